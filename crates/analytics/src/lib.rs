@@ -1,0 +1,1 @@
+//! Analytics: the Analytics trait, its local provider and the suite every provider passes.

@@ -1,0 +1,1 @@
+//! Notifications: the Notifier trait, its local provider and the suite every provider passes.

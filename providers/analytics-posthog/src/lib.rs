@@ -1,0 +1,1 @@
+//! PostHog provider of Gorgon analytics, over its HTTP API.

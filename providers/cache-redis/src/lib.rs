@@ -1,0 +1,1 @@
+//! Redis provider of the Gorgon cache.

@@ -1,0 +1,1 @@
+//! Redis Streams provider of the Gorgon event bus.

@@ -1,0 +1,1 @@
+//! S3 provider of Gorgon file storage, through object_store.

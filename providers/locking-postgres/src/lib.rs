@@ -1,0 +1,1 @@
+//! PostgreSQL provider of Gorgon locking.

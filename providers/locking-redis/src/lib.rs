@@ -1,0 +1,1 @@
+//! Redis provider of Gorgon locking.

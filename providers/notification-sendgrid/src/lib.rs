@@ -1,0 +1,1 @@
+//! SendGrid provider of Gorgon notifications, over its HTTP API.

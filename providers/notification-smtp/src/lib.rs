@@ -1,0 +1,1 @@
+//! SMTP provider of Gorgon notifications, through lettre.
