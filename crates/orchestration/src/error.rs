@@ -1,0 +1,127 @@
+//! The crate's error type.
+
+use crate::state::{HandlerType, StepState, StepStatus, TransactionState};
+
+/// Everything that can go wrong in the orchestration crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flow definition or workflow option is malformed; `path` names the field.
+    #[error("invalid flow at {path}: {reason}")]
+    InvalidFlow {
+        /// The path of the offending field, as `next.next[1].maxRetries`.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A workflow with this name is already registered with a different flow.
+    #[error("workflow {workflow} is already registered with a different flow")]
+    DuplicateWorkflow {
+        /// The workflow name.
+        workflow: String,
+    },
+    /// No workflow with this name is registered.
+    #[error("workflow {workflow} is not registered")]
+    UnknownWorkflow {
+        /// The workflow name.
+        workflow: String,
+    },
+    /// No transaction with this id exists for this workflow.
+    #[error("transaction {transaction} of workflow {workflow} could not be found")]
+    TransactionNotFound {
+        /// The workflow name.
+        workflow: String,
+        /// The transaction id.
+        transaction: String,
+    },
+    /// A transaction with this id is running already.
+    #[error("transaction {transaction} of workflow {workflow} is already started")]
+    AlreadyStarted {
+        /// The workflow name.
+        workflow: String,
+        /// The transaction id.
+        transaction: String,
+    },
+    /// An idempotency key does not have the form `workflow:transaction:action:invoke|compensate`.
+    #[error("invalid idempotency key `{key}`: {reason}")]
+    InvalidKey {
+        /// The key as given.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A transaction id is empty or contains `:`.
+    #[error("invalid transaction id `{transaction}`: {reason}")]
+    InvalidTransactionId {
+        /// The id as given.
+        transaction: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key names a step the workflow does not have.
+    #[error("workflow {workflow} has no step {action}")]
+    UnknownStep {
+        /// The workflow name.
+        workflow: String,
+        /// The action named by the key.
+        action: String,
+    },
+    /// The key names the invoke side of a compensating step, or the reverse.
+    #[error("step {action} is not running its {handler} handler")]
+    WrongHandlerType {
+        /// The step's action.
+        action: String,
+        /// The handler type named by the key.
+        handler: HandlerType,
+    },
+    /// `set_step_success`, `set_step_failure` or `retry_step` on a step that is not waiting.
+    #[error("cannot {operation} of step {action} when its status is {status}")]
+    StepNotWaiting {
+        /// What was asked.
+        operation: &'static str,
+        /// The step's action.
+        action: String,
+        /// The step's current status.
+        status: StepStatus,
+    },
+    /// A cancel of a transaction that failed for good or is already compensating.
+    #[error("cannot cancel transaction {transaction} in state {state}")]
+    CannotCancel {
+        /// The transaction id.
+        transaction: String,
+        /// Its state.
+        state: TransactionState,
+    },
+    /// The state machine was asked for a transition Medusa does not allow.
+    #[error("step {action}: updating state from {from} to {to} is not allowed")]
+    InvalidTransition {
+        /// The step's action.
+        action: String,
+        /// The current state.
+        from: StepState,
+        /// The requested state.
+        to: StepState,
+    },
+    /// A store operation failed.
+    #[error("store {operation} failed for {transaction}: {reason}")]
+    Store {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The transaction concerned.
+        transaction: String,
+        /// The store's own message.
+        reason: String,
+    },
+    /// A stored log cannot be replayed onto the registered flow (a step was renamed or removed).
+    #[error("stored transaction {transaction} does not match workflow {workflow}: {reason}")]
+    Replay {
+        /// The workflow name.
+        workflow: String,
+        /// The transaction id.
+        transaction: String,
+        /// What does not match.
+        reason: String,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1156 @@
+//! The transaction state machine: pure decisions, no I/O, no clock of its own.
+//!
+//! A [`Transaction`] is fed events (begin, "this handler returned", "set step success", cancel,
+//! "a timer fired") together with the current time, changes its state the way Medusa's
+//! `TransactionOrchestrator` does, and queues [`Effect`]s: records to persist, timers to arm or
+//! disarm, events to publish. The [`Engine`](crate::Engine) performs those effects and calls the
+//! handlers the machine asks for in a [`Round`].
+//!
+//! ```text
+//!        ┌──────────── next_round(now) ─────────────┐
+//!        │  scan steps (invoke: depth ascending,      │
+//!        │  compensate: depth descending), detect     │
+//!        │  timeouts, switch INVOKING → W_T_C →       │
+//!        │  COMPENSATING → DONE|REVERTED|FAILED       │
+//!        └───────┬────────────────────────┬───────────┘
+//!   Round::Run{steps}                 Round::Finished / Round::Idle
+//!        │ engine calls the handlers (sync ones concurrently, async ones fired)
+//!        ▼
+//!   complete(step, outcome, now) ── success / failure / skip / expiration ──► next_round …
+//! ```
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Data;
+use crate::error::{Error, Result};
+use crate::flow::{Flow, StepIndex};
+use crate::state::{HandlerType, SideState, StepRun, StepState, StepStatus, TransactionState};
+
+/// The error a step handler reports, kept on the transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    /// A human-readable message.
+    pub message: String,
+    /// A kind name, as `TransactionTimeoutError`, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl StepError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        StepError { message: message.into(), name: None }
+    }
+    /// An error with a kind name.
+    pub fn named(name: impl Into<String>, message: impl Into<String>) -> Self {
+        StepError { message: message.into(), name: Some(name.into()) }
+    }
+    fn step_timeout() -> Self {
+        StepError::named("TransactionStepTimeoutError", "Step timeout")
+    }
+    fn transaction_timeout() -> Self {
+        StepError::named("TransactionTimeoutError", "Transaction timeout")
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// An error recorded on a transaction: which handler of which step, and what it said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionError {
+    /// The step's action.
+    pub action: String,
+    /// The handler that failed.
+    pub handler_type: HandlerType,
+    /// The error.
+    pub error: StepError,
+}
+
+/// What a handler call came to.
+#[derive(Clone, Debug)]
+pub enum StepOutcome {
+    /// The handler succeeded, with its response (saved for later steps unless `saveResponse: false`).
+    Success(Option<Data>),
+    /// The handler asks for the step to be skipped.
+    Skip,
+    /// The handler failed.
+    Failure {
+        /// What went wrong.
+        error: StepError,
+        /// A permanent failure is never retried.
+        permanent: bool,
+        /// A response to keep anyway (the compensation input of a permanent failure).
+        response: Option<Data>,
+    },
+}
+
+impl StepOutcome {
+    /// A success with a response.
+    pub fn ok(response: impl Into<Data>) -> Self {
+        StepOutcome::Success(Some(response.into()))
+    }
+    /// A temporary failure: retried while retries remain.
+    pub fn fail(message: impl Into<String>) -> Self {
+        StepOutcome::Failure { error: StepError::new(message), permanent: false, response: None }
+    }
+    /// A permanent failure: never retried.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StepOutcome::Failure { error: StepError::new(message), permanent: true, response: None }
+    }
+}
+
+/// The responses saved so far, one slot per step and side; shared with running handlers.
+#[derive(Debug, Default)]
+pub struct Responses {
+    invoke: Vec<Mutex<Option<Data>>>,
+    compensate: Vec<Mutex<Option<Data>>>,
+}
+
+impl Responses {
+    fn new(len: usize) -> Self {
+        Responses {
+            invoke: (0..len).map(|_| Mutex::new(None)).collect(),
+            compensate: (0..len).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+    fn slot(&self, step: StepIndex, side: HandlerType) -> &Mutex<Option<Data>> {
+        match side {
+            HandlerType::Invoke => &self.invoke[step],
+            HandlerType::Compensate => &self.compensate[step],
+        }
+    }
+    /// The saved response of a step's side.
+    pub fn get(&self, step: StepIndex, side: HandlerType) -> Option<Data> {
+        self.slot(step, side).lock().clone()
+    }
+    fn set(&self, step: StepIndex, side: HandlerType, data: Option<Data>) {
+        *self.slot(step, side).lock() = data;
+    }
+}
+
+/// What stays fixed for a transaction's whole life, shared with every handler call.
+#[derive(Debug)]
+pub struct TransactionShared {
+    /// The compiled flow.
+    pub flow: Arc<Flow>,
+    /// The workflow name.
+    pub workflow: Arc<str>,
+    /// The transaction id.
+    pub id: Arc<str>,
+    /// The run id (a fresh one each time the id is begun anew).
+    pub run_id: Arc<str>,
+    /// The workflow input.
+    pub payload: Data,
+    /// The responses saved so far.
+    pub responses: Responses,
+}
+
+/// A timer the machine asks the engine to arm; when it fires, the transaction is resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Timer {
+    /// Retry (or continue after) a step.
+    Retry(StepIndex),
+    /// An async step's timeout.
+    StepTimeout(StepIndex),
+    /// The whole transaction's timeout.
+    TransactionTimeout,
+}
+
+/// Events published to subscribers (Medusa's `DistributedTransactionEvent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The transaction began.
+    Begin,
+    /// An existing transaction was resumed.
+    Resume,
+    /// Compensation began.
+    CompensateBegin,
+    /// The transaction finished.
+    Finish,
+    /// A step or the transaction timed out.
+    Timeout,
+    /// A step's handler is about to be called.
+    StepBegin,
+    /// A step's invoke succeeded.
+    StepSuccess,
+    /// A step was skipped.
+    StepSkipped,
+    /// A step's invoke failed.
+    StepFailure,
+    /// An async step waits for its response.
+    StepAwaiting,
+    /// A compensation succeeded.
+    CompensateStepSuccess,
+    /// A compensation failed.
+    CompensateStepFailure,
+}
+
+/// A durable change of a transaction: what a store appends, one batch per step event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// The transaction-level fields changed.
+    Transaction(TransactionFields),
+    /// A step's run changed; the whole (small) step record is written.
+    Step {
+        /// The step's index in the flow.
+        step: StepIndex,
+        /// The step's run after the change.
+        run: StepRun,
+    },
+    /// A response was saved.
+    Response {
+        /// The step's index in the flow.
+        step: StepIndex,
+        /// Which handler produced it.
+        handler: HandlerType,
+        /// The response (`None` clears it).
+        data: Option<Data>,
+    },
+    /// An error was recorded.
+    Error(TransactionError),
+}
+
+/// The transaction-level fields of a [`Record::Transaction`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransactionFields {
+    /// The transaction state.
+    pub state: TransactionState,
+    /// When it began.
+    pub started_at: Option<u64>,
+    /// When it timed out.
+    pub timed_out_at: Option<u64>,
+    /// When it was cancelled.
+    pub cancelled_at: Option<u64>,
+    /// Some step failed under continue/skip-on-permanent-failure.
+    pub has_failed_steps: bool,
+    /// Some step was skipped.
+    pub has_skipped_steps: bool,
+    /// Some step was skipped because of an ancestor's failure.
+    pub has_skipped_on_failure_steps: bool,
+    /// Some step waits for a response.
+    pub has_waiting_steps: bool,
+    /// Some step was reverted.
+    pub has_reverted_steps: bool,
+}
+
+/// Something the engine must do for the machine.
+#[derive(Clone, Debug)]
+pub enum Effect {
+    /// Append these records to the store, in order, before anything that follows.
+    Persist(Vec<Record>),
+    /// Arm a timer to fire at this time (replacing one with the same key).
+    Arm(Timer, u64),
+    /// Disarm a timer.
+    Disarm(Timer),
+    /// Publish an event (about a step, when one is given).
+    Emit(EventKind, Option<StepIndex>),
+}
+
+/// One handler call the machine asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dispatch {
+    /// The step.
+    pub step: StepIndex,
+    /// Which handler.
+    pub handler: HandlerType,
+    /// The 1-based attempt of this side.
+    pub attempt: u32,
+    /// Whether the handler is fire-and-forget.
+    pub is_async: bool,
+}
+
+/// What the engine should do next with a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Round {
+    /// The transaction has finished.
+    Finished,
+    /// Call these handlers. Sync ones run concurrently and are awaited; async ones are fired
+    /// after them. `continue_after` says whether to ask for another round once the sync ones
+    /// returned.
+    Run {
+        /// The calls of this round, in scan order.
+        calls: Vec<Dispatch>,
+        /// The steps prepared in this round (a timeout found while they run applies to them).
+        steps: Vec<StepIndex>,
+        /// Whether another round follows this one.
+        continue_after: bool,
+    },
+}
+
+struct Scan {
+    current: Vec<StepIndex>,
+    next: Vec<StepIndex>,
+    remaining: usize,
+}
+
+#[derive(Default)]
+struct ScanFlags {
+    skipped: bool,
+    skipped_on_failure: bool,
+    ignored_failure: bool,
+    failed: bool,
+    waiting: bool,
+    reverted: bool,
+}
+
+/// One transaction: the flow's steps with their states, and the machine that advances them.
+pub struct Transaction {
+    shared: Arc<TransactionShared>,
+    fields: TransactionFields,
+    steps: Vec<StepRun>,
+    errors: Vec<TransactionError>,
+    dirty: Vec<bool>,
+    dirty_list: Vec<StepIndex>,
+    fields_dirty: bool,
+    pending: Vec<Record>,
+    effects: Vec<Effect>,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("workflow", &self.shared.workflow)
+            .field("id", &self.shared.id)
+            .field("state", &self.fields.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transaction {
+    /// A new transaction, `not_started`.
+    pub fn new(flow: Arc<Flow>, id: Arc<str>, run_id: Arc<str>, payload: Data) -> Self {
+        let len = flow.steps().len();
+        let workflow: Arc<str> = Arc::from(flow.workflow());
+        Transaction {
+            shared: Arc::new(TransactionShared { responses: Responses::new(len), flow, workflow, id, run_id, payload }),
+            fields: TransactionFields {
+                state: TransactionState::NotStarted,
+                started_at: None,
+                timed_out_at: None,
+                cancelled_at: None,
+                has_failed_steps: false,
+                has_skipped_steps: false,
+                has_skipped_on_failure_steps: false,
+                has_waiting_steps: false,
+                has_reverted_steps: false,
+            },
+            steps: vec![StepRun::default(); len],
+            errors: Vec::new(),
+            dirty: vec![false; len],
+            dirty_list: Vec::new(),
+            fields_dirty: false,
+            pending: Vec::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a transaction from its stored records (the inverse of the `Persist` effects).
+    pub fn replay(flow: Arc<Flow>, id: Arc<str>, run_id: Arc<str>, payload: Data, records: &[Record]) -> Result<Self> {
+        let mut tx = Transaction::new(flow, id, run_id, payload);
+        for record in records {
+            match record {
+                Record::Transaction(fields) => tx.fields = *fields,
+                Record::Step { step, run } => {
+                    let run_slot = tx.steps.get_mut(*step).filter(|_| *step > 0).ok_or_else(|| Error::Replay {
+                        workflow: tx.shared.workflow.to_string(),
+                        transaction: tx.shared.id.to_string(),
+                        reason: format!("step index {step} is not in the flow"),
+                    })?;
+                    *run_slot = *run;
+                }
+                Record::Response { step, handler, data } => {
+                    if *step >= tx.steps.len() {
+                        return Err(Error::Replay {
+                            workflow: tx.shared.workflow.to_string(),
+                            transaction: tx.shared.id.to_string(),
+                            reason: format!("response of step index {step} is not in the flow"),
+                        });
+                    }
+                    tx.shared.responses.set(*step, *handler, data.clone());
+                }
+                Record::Error(error) => tx.errors.push(error.clone()),
+            }
+        }
+        Ok(tx)
+    }
+
+    /// What the transaction shares with its handler calls.
+    pub fn shared(&self) -> &Arc<TransactionShared> {
+        &self.shared
+    }
+    /// The compiled flow.
+    pub fn flow(&self) -> &Flow {
+        &self.shared.flow
+    }
+    /// The transaction state.
+    pub fn state(&self) -> TransactionState {
+        self.fields.state
+    }
+    /// The transaction-level fields.
+    pub fn fields(&self) -> &TransactionFields {
+        &self.fields
+    }
+    /// Whether the transaction is `done`, `reverted` or `failed`.
+    pub fn has_finished(&self) -> bool {
+        self.fields.state.is_finished()
+    }
+    /// The run of one step.
+    pub fn step(&self, step: StepIndex) -> &StepRun {
+        &self.steps[step]
+    }
+    /// The runs of every step (index 0, the root, is unused).
+    pub fn steps(&self) -> &[StepRun] {
+        &self.steps
+    }
+    /// The errors recorded so far.
+    pub fn errors(&self) -> &[TransactionError] {
+        &self.errors
+    }
+    /// Takes the effects queued so far.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+    /// Appends the effects queued so far to `out`, keeping the allocation of both.
+    pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
+        out.append(&mut self.effects);
+    }
+
+    // ---- bookkeeping -------------------------------------------------------------------------
+
+    fn run_mut(&mut self, step: StepIndex) -> &mut StepRun {
+        if !self.dirty[step] {
+            self.dirty[step] = true;
+            self.dirty_list.push(step);
+        }
+        &mut self.steps[step]
+    }
+
+    fn fields_mut(&mut self) -> &mut TransactionFields {
+        self.fields_dirty = true;
+        &mut self.fields
+    }
+
+    fn set_tx_state(&mut self, state: TransactionState) {
+        self.fields_mut().state = state;
+    }
+
+    fn checkpoint(&mut self) {
+        let mut records = std::mem::take(&mut self.pending);
+        if self.fields_dirty {
+            self.fields_dirty = false;
+            records.push(Record::Transaction(self.fields));
+        }
+        for step in self.dirty_list.drain(..) {
+            self.dirty[step] = false;
+            records.push(Record::Step { step, run: self.steps[step] });
+        }
+        if !records.is_empty() {
+            self.effects.push(Effect::Persist(records));
+        }
+    }
+
+    fn emit(&mut self, kind: EventKind, step: Option<StepIndex>) {
+        self.effects.push(Effect::Emit(kind, step));
+    }
+
+    fn change_state(&mut self, step: StepIndex, to: StepState) -> Result<()> {
+        let from = self.steps[step].side().state;
+        if !from.can_become(to) {
+            return Err(Error::InvalidTransition { action: self.action(step).to_string(), from, to });
+        }
+        self.run_mut(step).side_mut().state = to;
+        Ok(())
+    }
+
+    fn change_status(&mut self, step: StepIndex, to: StepStatus) {
+        debug_assert!(
+            self.steps[step].side().status.can_become(to),
+            "status {} -> {to} of {}",
+            self.steps[step].side().status,
+            self.action(step)
+        );
+        self.run_mut(step).side_mut().status = to;
+    }
+
+    fn action(&self, step: StepIndex) -> &str {
+        &self.shared.flow.step(step).action
+    }
+
+    fn add_response(&mut self, step: StepIndex, handler: HandlerType, data: Option<Data>) {
+        self.shared.responses.set(step, handler, data.clone());
+        self.pending.push(Record::Response { step, handler, data });
+    }
+
+    fn add_error(&mut self, step: StepIndex, handler_type: HandlerType, error: StepError) {
+        let error = TransactionError { action: self.action(step).to_string(), handler_type, error };
+        self.errors.push(error.clone());
+        self.pending.push(Record::Error(error));
+    }
+
+    fn schedule_retry(&mut self, step: StepIndex, interval_ms: u64, now: u64) {
+        if self.has_finished() {
+            return;
+        }
+        self.effects.push(Effect::Arm(Timer::Retry(step), now + interval_ms));
+    }
+
+    fn step_is_async(&self, step: StepIndex) -> bool {
+        self.flow().step(step).options.is_async_side(self.steps[step].handler_type())
+    }
+
+    fn clear_step_timers(&mut self, step: StepIndex) {
+        if self.steps[step].has_scheduled_retry {
+            self.effects.push(Effect::Disarm(Timer::Retry(step)));
+        }
+        let options = &self.shared.flow.step(step).options;
+        if options.timeout_ms().is_some() && options.is_async() && !self.steps[step].compensating {
+            self.effects.push(Effect::Disarm(Timer::StepTimeout(step)));
+        }
+    }
+
+    // ---- predicates (Medusa's TransactionStep and canMove*) -----------------------------------
+
+    fn can_move_forward(&self, previous: StepIndex) -> bool {
+        let flow = self.flow();
+        if flow.step(previous).options.no_wait() {
+            return true;
+        }
+        let parent = flow.step(previous).parent.expect("a step has a parent");
+        flow.step(parent).next.iter().all(|&sibling| {
+            matches!(
+                self.steps[sibling].invoke.state,
+                StepState::Done | StepState::Failed | StepState::Timeout | StepState::Skipped | StepState::SkippedFailure
+            )
+        })
+    }
+
+    fn can_move_backward(&self, step: StepIndex) -> bool {
+        self.flow().step(step).next.iter().all(|&child| {
+            matches!(
+                self.steps[child].compensate.state,
+                StepState::Done | StepState::Reverted | StepState::Failed | StepState::Dormant | StepState::Skipped
+            )
+        })
+    }
+
+    fn can_continue(&self, step: StepIndex) -> bool {
+        if self.fields.state == TransactionState::Compensating {
+            return self.can_move_backward(step);
+        }
+        match self.flow().step(step).parent {
+            Some(0) | None => true,
+            Some(parent) => self.can_move_forward(parent),
+        }
+    }
+
+    fn can_invoke(&self, step: StepIndex) -> bool {
+        let run = &self.steps[step];
+        let side = run.side();
+        (!run.compensating
+            && side.state == StepState::NotStarted
+            && self.fields.state == TransactionState::Invoking)
+            || (side.status == StepStatus::TemporaryFailure && run.temporary_failed_at.is_none())
+    }
+
+    fn can_compensate(&self, step: StepIndex) -> bool {
+        let run = &self.steps[step];
+        run.compensating
+            && run.compensate.state == StepState::NotStarted
+            && self.fields.state == TransactionState::Compensating
+    }
+
+    fn can_cancel(&self, step: StepIndex) -> bool {
+        let run = &self.steps[step];
+        !run.compensating && matches!(run.invoke.status, StepStatus::Waiting | StepStatus::TemporaryFailure)
+    }
+
+    fn can_retry(&self, step: StepIndex, now: u64) -> bool {
+        match self.flow().step(step).options.retry_interval_ms() {
+            None => true,
+            Some(interval) => self.steps[step].last_attempt.is_some_and(|last| now.saturating_sub(last) >= interval),
+        }
+    }
+
+    fn can_retry_awaiting(&self, step: StepIndex, now: u64) -> bool {
+        let options = &self.flow().step(step).options;
+        let run = &self.steps[step];
+        let Some(interval) = options.retry_interval_awaiting_ms() else { return false };
+        let within_cap = match options.max_awaiting_retries {
+            None => true,
+            Some(max) if run.compensating => run.attempts < max * 2,
+            Some(max) => run.attempts < max,
+        };
+        run.last_attempt.is_some_and(|last| now.saturating_sub(last) > interval) && within_cap
+    }
+
+    fn step_expired(&self, step: StepIndex, now: u64) -> bool {
+        let run = &self.steps[step];
+        match (self.flow().step(step).options.timeout_ms(), run.started_at) {
+            (Some(timeout), Some(started)) => !run.compensating && now > started + timeout,
+            _ => false,
+        }
+    }
+
+    fn transaction_expired(&self, now: u64) -> bool {
+        match (self.flow().options().timeout_ms(), self.fields.started_at) {
+            (Some(timeout), Some(started)) => {
+                self.fields.state != TransactionState::Compensating && now > started + timeout
+            }
+            _ => false,
+        }
+    }
+
+    // ---- the machine ---------------------------------------------------------------------------
+
+    /// Begins a `not_started` transaction, or notes a resume of a running one. Returns `false`
+    /// when the transaction has finished and nothing is to be done.
+    pub fn begin_or_resume(&mut self, now: u64) -> bool {
+        if self.has_finished() {
+            return false;
+        }
+        if self.fields.state == TransactionState::NotStarted {
+            self.set_tx_state(TransactionState::Invoking);
+            self.fields_mut().started_at = Some(now);
+            self.checkpoint();
+            if let Some(timeout) = self.flow().options().timeout_ms()
+                && self.flow().has_async_steps()
+            {
+                self.effects.push(Effect::Arm(Timer::TransactionTimeout, now + timeout));
+            }
+            self.emit(EventKind::Begin, None);
+        } else {
+            self.emit(EventKind::Resume, None);
+        }
+        true
+    }
+
+    /// One iteration of Medusa's `executeNext` up to calling the handlers.
+    pub fn next_round(&mut self, now: u64) -> Round {
+        loop {
+            if self.has_finished() {
+                return Round::Finished;
+            }
+            let scan = self.check_all_steps(now);
+            if self.check_transaction_timeout(&scan.current, now) {
+                continue;
+            }
+            if scan.remaining == 0 {
+                self.finalize();
+                return Round::Finished;
+            }
+            let mut calls = Vec::with_capacity(scan.next.len());
+            let mut has_async = false;
+            let mut has_sync = false;
+            for &step in &scan.next {
+                if self.prepare(step, now) {
+                    let run = &self.steps[step];
+                    let is_async = self.step_is_async(step);
+                    has_async |= is_async;
+                    has_sync |= !is_async;
+                    calls.push(Dispatch { step, handler: run.handler_type(), attempt: run.attempts, is_async });
+                }
+            }
+            self.checkpoint();
+            for call in &calls {
+                let run = &self.steps[call.step];
+                if let Some(timeout) = self.flow().step(call.step).options.timeout_ms()
+                    && run.timed_out_at.is_none()
+                    && run.attempts == 1
+                    && self.flow().step(call.step).options.is_async()
+                {
+                    self.effects.push(Effect::Arm(Timer::StepTimeout(call.step), now + timeout));
+                }
+                self.emit(EventKind::StepBegin, Some(call.step));
+            }
+            if !calls.is_empty() {
+                // Medusa recomputes the state before each call; once is enough for its flags.
+                self.compute_current_state(now);
+            }
+            let continue_after = !scan.next.is_empty() && !(has_async && !has_sync);
+            if calls.is_empty() && continue_after {
+                // Only `noCompensation` steps this round: nothing to call, scan again.
+                continue;
+            }
+            return Round::Run { calls, steps: scan.next, continue_after };
+        }
+    }
+
+    /// Records the outcome of a handler the engine called for `dispatch`. `round` holds the steps
+    /// of the round it belongs to (a transaction timeout found now applies to all of them).
+    pub fn complete(&mut self, dispatch: Dispatch, outcome: StepOutcome, round: &[StepIndex], now: u64) {
+        let step = dispatch.step;
+        if dispatch.is_async {
+            return self.complete_async(step, outcome, round, now);
+        }
+        self.handle_expiration(step, round, now);
+        match outcome {
+            StepOutcome::Skip => self.skip_step(step),
+            StepOutcome::Success(response) => self.handle_success(step, response, now),
+            StepOutcome::Failure { error, permanent, response } => {
+                self.handle_failure(step, error, permanent, response, now)
+            }
+        }
+    }
+
+    fn complete_async(&mut self, step: StepIndex, outcome: StepOutcome, round: &[StepIndex], now: u64) {
+        match outcome {
+            StepOutcome::Skip => {
+                self.skip_step(step);
+                self.schedule_retry(step, 0, now);
+            }
+            StepOutcome::Success(response) => {
+                let options = &self.flow().step(step).options;
+                if !options.background_execution() || options.nested() {
+                    self.emit(EventKind::StepAwaiting, Some(step));
+                    return;
+                }
+                self.handle_expiration(step, round, now);
+                self.handle_success(step, response, now);
+            }
+            StepOutcome::Failure { error, permanent, response } => {
+                self.handle_failure(step, error, permanent, response, now)
+            }
+        }
+    }
+
+    /// `set_step_success` on a waiting (async) step.
+    pub fn register_success(&mut self, step: StepIndex, handler: HandlerType, response: Option<Data>) -> Result<()> {
+        self.check_waiting(step, handler, "set step success")?;
+        self.emit(EventKind::Resume, None);
+        self.set_step_success(step, response);
+        Ok(())
+    }
+
+    /// `set_step_failure` on a waiting (async) step; `force_permanent` skips the retries.
+    pub fn register_failure(
+        &mut self,
+        step: StepIndex,
+        handler: HandlerType,
+        error: StepError,
+        force_permanent: bool,
+        now: u64,
+    ) -> Result<()> {
+        self.check_waiting(step, handler, "set step failure")?;
+        self.emit(EventKind::Resume, None);
+        let max_retries = if force_permanent { 0 } else { self.flow().step(step).options.max_retries() };
+        self.set_step_failure(step, Some(error), max_retries, None, now);
+        Ok(())
+    }
+
+    /// `retry_step`: invoke a waiting step again on the next round.
+    pub fn retry_step(&mut self, step: StepIndex, handler: HandlerType, now: u64) -> Result<()> {
+        self.check_waiting(step, handler, "retry step")?;
+        self.emit(EventKind::Resume, None);
+        let run = self.run_mut(step);
+        if run.retry_rescheduled_at.is_none() {
+            run.has_scheduled_retry = true;
+            run.retry_rescheduled_at = Some(now);
+        }
+        self.fields_mut().has_waiting_steps = true;
+        self.checkpoint();
+        self.schedule_retry(step, 0, now);
+        Ok(())
+    }
+
+    /// Cancels a running or finished transaction: everything done so far is compensated.
+    pub fn cancel(&mut self, now: u64) -> Result<()> {
+        match self.fields.state {
+            TransactionState::Failed | TransactionState::Compensating | TransactionState::WaitingToCompensate => {
+                return Err(Error::CannotCancel { transaction: self.shared.id.to_string(), state: self.fields.state });
+            }
+            _ => {}
+        }
+        self.set_tx_state(TransactionState::WaitingToCompensate);
+        self.fields_mut().cancelled_at = Some(now);
+        self.checkpoint();
+        Ok(())
+    }
+
+    fn check_waiting(&self, step: StepIndex, handler: HandlerType, operation: &'static str) -> Result<()> {
+        let run = &self.steps[step];
+        if run.handler_type() != handler {
+            return Err(Error::WrongHandlerType { action: self.action(step).to_string(), handler });
+        }
+        if run.side().status != StepStatus::Waiting {
+            return Err(Error::StepNotWaiting {
+                operation,
+                action: self.action(step).to_string(),
+                status: run.side().status,
+            });
+        }
+        Ok(())
+    }
+
+    fn finalize(&mut self) {
+        if self.flow().options().timeout_ms().is_some() && self.flow().has_async_steps() {
+            self.effects.push(Effect::Disarm(Timer::TransactionTimeout));
+        }
+        self.checkpoint();
+        self.emit(EventKind::Finish, None);
+    }
+
+    fn prepare(&mut self, step: StepIndex, now: u64) -> bool {
+        let tx_state = self.fields.state;
+        let no_compensation = self.flow().step(step).options.no_compensation();
+        let run = self.run_mut(step);
+        run.last_attempt = Some(now);
+        run.attempts += 1;
+        if run.side().state == StepState::NotStarted {
+            if run.started_at.is_none() {
+                run.started_at = Some(now);
+            }
+            if run.compensating {
+                run.compensate.state = StepState::Compensating;
+                if no_compensation {
+                    run.compensate.state = StepState::Reverted;
+                    return false;
+                }
+            } else if tx_state == TransactionState::Invoking {
+                run.invoke.state = StepState::Invoking;
+            }
+        }
+        run.side_mut().status = StepStatus::Waiting;
+        true
+    }
+
+    fn check_all_steps(&mut self, now: u64) -> Scan {
+        loop {
+            let (scan, flags, completed, total) = self.compute_current_state(now);
+            if self.fields.state == TransactionState::WaitingToCompensate
+                && scan.next.is_empty()
+                && !self.fields.has_waiting_steps
+            {
+                self.set_tx_state(TransactionState::Compensating);
+                self.flag_steps_to_revert();
+                self.emit(EventKind::CompensateBegin, None);
+                continue;
+            }
+            if completed == total {
+                let fields = self.fields_mut();
+                fields.has_skipped_on_failure_steps |= flags.skipped_on_failure;
+                fields.has_skipped_steps |= flags.skipped;
+                fields.has_failed_steps |= flags.ignored_failure;
+                fields.state = if flags.failed {
+                    TransactionState::Failed
+                } else if flags.reverted {
+                    TransactionState::Reverted
+                } else {
+                    TransactionState::Done
+                };
+            }
+            return scan;
+        }
+    }
+
+    fn compute_current_state(&mut self, now: u64) -> (Scan, ScanFlags, usize, usize) {
+        let flow = Arc::clone(&self.shared.flow);
+        let order = if self.fields.state == TransactionState::Compensating {
+            flow.compensate_order()
+        } else {
+            flow.invoke_order()
+        };
+        let mut flags = ScanFlags::default();
+        let mut current = Vec::new();
+        let mut next = Vec::new();
+        let mut completed = 0;
+        for &step in order {
+            if !self.can_continue(step) {
+                continue;
+            }
+            if self.check_step_timeout(step, now) {
+                continue;
+            }
+            let options = &flow.step(step).options;
+            let side = *self.steps[step].side();
+            if side.status == StepStatus::Waiting {
+                current.push(step);
+                flags.waiting = true;
+                if let Some(interval) = options.retry_interval_awaiting_ms() {
+                    if self.can_retry_awaiting(step, now) {
+                        self.run_mut(step).retry_rescheduled_at = None;
+                        next.push(step);
+                    } else if self.steps[step].retry_rescheduled_at.is_none() {
+                        let run = self.run_mut(step);
+                        run.has_scheduled_retry = true;
+                        run.retry_rescheduled_at = Some(now);
+                        self.schedule_retry(step, interval, now);
+                    }
+                } else if self.steps[step].retry_rescheduled_at.is_some() {
+                    // Not configured for awaiting retries, but forced by `retry_step`.
+                    self.run_mut(step).retry_rescheduled_at = None;
+                    next.push(step);
+                }
+                continue;
+            } else if side.status == StepStatus::TemporaryFailure {
+                if self.steps[step].temporary_failed_at.is_none() && !options.auto_retry() {
+                    self.run_mut(step).temporary_failed_at = Some(now);
+                    continue;
+                }
+                if self.steps[step].temporary_failed_at.is_some() {
+                    self.run_mut(step).temporary_failed_at = None;
+                }
+                current.push(step);
+                if !self.can_retry(step, now) {
+                    if let Some(interval) = options.retry_interval_ms()
+                        && self.steps[step].retry_rescheduled_at.is_none()
+                    {
+                        let run = self.run_mut(step);
+                        run.has_scheduled_retry = true;
+                        run.retry_rescheduled_at = Some(now);
+                        self.schedule_retry(step, interval, now);
+                    }
+                    continue;
+                }
+                if self.steps[step].retry_rescheduled_at.is_some() {
+                    self.run_mut(step).retry_rescheduled_at = None;
+                }
+            }
+            if self.can_invoke(step) || self.can_compensate(step) {
+                next.push(step);
+            } else {
+                completed += 1;
+                match side.state {
+                    StepState::SkippedFailure => flags.skipped_on_failure = true,
+                    StepState::Skipped => flags.skipped = true,
+                    StepState::Reverted => flags.reverted = true,
+                    StepState::Failed | StepState::Timeout => {
+                        if options.continue_on_permanent_failure() || options.skips_on_permanent_failure() {
+                            flags.ignored_failure = true;
+                        } else {
+                            flags.failed = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.fields.has_waiting_steps != flags.waiting || self.fields.has_reverted_steps != flags.reverted {
+            let fields = self.fields_mut();
+            fields.has_waiting_steps = flags.waiting;
+            fields.has_reverted_steps = flags.reverted;
+        }
+        let total = order.len();
+        (Scan { current, next, remaining: total - completed }, flags, completed, total)
+    }
+
+    fn flag_steps_to_revert(&mut self) {
+        for step in 1..self.steps.len() {
+            let side = *self.steps[step].side();
+            if matches!(side.state, StepState::Done | StepState::Timeout) || side.status == StepStatus::PermanentFailure {
+                let run = self.run_mut(step);
+                run.begin_compensation();
+                if run.compensate.state.can_become(StepState::NotStarted) {
+                    run.compensate.state = StepState::NotStarted;
+                }
+            }
+        }
+    }
+
+    fn check_step_timeout(&mut self, step: StepIndex, now: u64) -> bool {
+        if self.steps[step].timed_out_at.is_none() && self.can_cancel(step) && self.step_expired(step, now) {
+            self.run_mut(step).timed_out_at = Some(now);
+            self.set_step_timeout(step, StepError::step_timeout(), false, now);
+            self.emit(EventKind::Timeout, Some(step));
+            return true;
+        }
+        false
+    }
+
+    fn check_transaction_timeout(&mut self, current: &[StepIndex], now: u64) -> bool {
+        if self.fields.timed_out_at.is_none() && self.transaction_expired(now) {
+            self.fields_mut().timed_out_at = Some(now);
+            if self.flow().has_async_steps() {
+                self.effects.push(Effect::Disarm(Timer::TransactionTimeout));
+            }
+            for &step in current {
+                self.set_step_timeout(step, StepError::transaction_timeout(), true, now);
+            }
+            self.emit(EventKind::Timeout, None);
+            return true;
+        }
+        false
+    }
+
+    fn handle_expiration(&mut self, step: StepIndex, round: &[StepIndex], now: u64) {
+        if self.transaction_expired(now) || self.step_expired(step, now) {
+            self.check_step_timeout(step, now);
+            if round.contains(&step) {
+                self.check_transaction_timeout(round, now);
+            } else {
+                self.check_transaction_timeout(&[step], now);
+            }
+        }
+    }
+
+    fn set_step_timeout(&mut self, step: StepIndex, error: StepError, transaction_timeout: bool, now: u64) {
+        let state = self.steps[step].side().state;
+        if matches!(state, StepState::Timeout | StepState::Done | StepState::Reverted) {
+            return;
+        }
+        if self.change_state(step, StepState::Timeout).is_err() {
+            // Medusa throws here (a compensating step cannot time out); ignoring keeps the run going.
+            tracing::debug!(action = self.action(step), %state, "timeout ignored for a step that cannot time out");
+            return;
+        }
+        self.add_error(step, HandlerType::Invoke, error);
+        self.set_step_failure(step, None, 0, Some(transaction_timeout), now);
+    }
+
+    /// Medusa's `setStepFailure`. `timeout` is `Some(is_transaction_timeout)` for timeouts.
+    fn set_step_failure(
+        &mut self,
+        step: StepIndex,
+        error: Option<StepError>,
+        max_retries: u32,
+        timeout: Option<bool>,
+        now: u64,
+    ) -> bool {
+        let is_timeout = timeout.is_some();
+        self.run_mut(step).failures += 1;
+        if !is_timeout && self.steps[step].side().status != StepStatus::PermanentFailure {
+            self.change_status(step, StepStatus::TemporaryFailure);
+        }
+        let has_timed_out = self.steps[step].side().state == StepState::Timeout;
+        let mut stop_execution = false;
+        if self.steps[step].failures > max_retries || has_timed_out {
+            if !has_timed_out {
+                // INVOKING/COMPENSATING -> FAILED is always allowed.
+                let _ = self.change_state(step, StepState::Failed);
+            }
+            self.change_status(step, StepStatus::PermanentFailure);
+            let handler = self.steps[step].handler_type();
+            if !is_timeout {
+                let error = error.unwrap_or_else(|| StepError::new("Unknown error"));
+                self.add_error(step, handler, error);
+            }
+            if !self.steps[step].compensating {
+                let options = &self.shared.flow.step(step).options;
+                let is_transaction_timeout = timeout == Some(true);
+                let continue_on_failure = (options.continue_on_permanent_failure()
+                    || options.skips_on_permanent_failure())
+                    && !is_transaction_timeout;
+                if continue_on_failure {
+                    if options.skips_on_permanent_failure() {
+                        self.skip_descendants(step);
+                    }
+                } else {
+                    self.set_tx_state(TransactionState::WaitingToCompensate);
+                }
+            }
+        } else if self.steps[step].side().status == StepStatus::TemporaryFailure
+            && !self.flow().step(step).options.auto_retry()
+            && self.step_is_async(step)
+        {
+            self.run_mut(step).temporary_failed_at = Some(now);
+            stop_execution = true;
+        }
+        self.checkpoint();
+        self.clear_step_timers(step);
+        if !stop_execution {
+            let kind = if self.steps[step].compensating {
+                EventKind::CompensateStepFailure
+            } else {
+                EventKind::StepFailure
+            };
+            self.emit(kind, Some(step));
+        }
+        stop_execution
+    }
+
+    fn skip_descendants(&mut self, step: StepIndex) {
+        let flow = Arc::clone(&self.shared.flow);
+        let until = flow.step(step).options.skip_until();
+        let mut queue: std::collections::VecDeque<StepIndex> = flow.step(step).next.iter().copied().collect();
+        while let Some(current) = queue.pop_front() {
+            if until.is_some_and(|u| flow.step(current).action == u) {
+                break;
+            }
+            if self.change_state(current, StepState::SkippedFailure).is_err() {
+                // A `noWait` descendant may already run; it is left to finish.
+                tracing::debug!(action = flow.step(current).action, "descendant already started, not skipped");
+            }
+            queue.extend(flow.step(current).next.iter().copied());
+        }
+    }
+
+    fn set_step_success(&mut self, step: StepIndex, response: Option<Data>) {
+        let timed_out = self.steps[step].side().state == StepState::Timeout;
+        let handler = self.steps[step].handler_type();
+        if self.flow().step(step).options.save_response() {
+            self.add_response(step, handler, response);
+        }
+        if !timed_out {
+            self.change_status(step, StepStatus::Ok);
+        }
+        if self.steps[step].compensating {
+            let _ = self.change_state(step, StepState::Reverted);
+        } else if !timed_out {
+            let _ = self.change_state(step, StepState::Done);
+        }
+        self.checkpoint();
+        self.clear_step_timers(step);
+        let kind =
+            if self.steps[step].compensating { EventKind::CompensateStepSuccess } else { EventKind::StepSuccess };
+        self.emit(kind, Some(step));
+    }
+
+    fn skip_step(&mut self, step: StepIndex) {
+        let run = &self.steps[step];
+        if run.compensating {
+            // A compensation cannot be skipped; asking for it counts as done.
+            return self.set_step_success(step, None);
+        }
+        if run.side().state != StepState::Timeout {
+            self.change_status(step, StepStatus::Ok);
+            let _ = self.change_state(step, StepState::Skipped);
+        }
+        self.checkpoint();
+        self.clear_step_timers(step);
+        self.emit(EventKind::StepSkipped, Some(step));
+    }
+
+    fn handle_success(&mut self, step: StepIndex, response: Option<Data>, now: u64) {
+        let is_async = self.step_is_async(step);
+        if response.is_some() && !is_async && self.flow().step(step).options.save_response() {
+            let handler = self.steps[step].handler_type();
+            self.add_response(step, handler, response.clone());
+        }
+        self.set_step_success(step, response);
+        if is_async {
+            self.schedule_retry(step, 0, now);
+        }
+    }
+
+    fn handle_failure(&mut self, step: StepIndex, error: StepError, permanent: bool, response: Option<Data>, now: u64) {
+        let is_async = self.step_is_async(step);
+        if response.is_some() && self.flow().step(step).options.save_response() {
+            let handler = self.steps[step].handler_type();
+            self.add_response(step, handler, response);
+        }
+        let max_retries = if permanent { 0 } else { self.flow().step(step).options.max_retries() };
+        let stop_execution = self.set_step_failure(step, Some(error), max_retries, None, now);
+        if is_async && !stop_execution {
+            self.schedule_retry(step, 0, now);
+        }
+    }
+}
+
+/// The side of a step as seen from outside: a convenience for observers.
+pub fn side_of(run: &StepRun, handler: HandlerType) -> SideState {
+    match handler {
+        HandlerType::Invoke => run.invoke,
+        HandlerType::Compensate => run.compensate,
+    }
+}
