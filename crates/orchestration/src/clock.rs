@@ -26,7 +26,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     }
     fn sleep_until(&self, at_ms: u64) -> Sleep {
         let wait = at_ms.saturating_sub(self.now_ms());
@@ -47,7 +50,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `start_ms`.
     pub fn new(start_ms: u64) -> Self {
-        ManualClock { now: watch::Sender::new(start_ms) }
+        ManualClock {
+            now: watch::Sender::new(start_ms),
+        }
     }
     /// Moves the clock forward, waking the timers that are now due.
     pub fn advance(&self, by: Duration) {

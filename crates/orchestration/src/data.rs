@@ -74,13 +74,16 @@ impl fmt::Debug for Data {
 
 impl PartialEq for Data {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || matches!((self.to_json(), other.to_json()), (Ok(a), Ok(b)) if a == b)
+        Arc::ptr_eq(&self.0, &other.0)
+            || matches!((self.to_json(), other.to_json()), (Ok(a), Ok(b)) if a == b)
     }
 }
 
 impl Serialize for Data {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_json().map_err(serde::ser::Error::custom)?.serialize(serializer)
+        self.to_json()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
     }
 }
 

@@ -32,8 +32,8 @@ use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, KEY_SEPARATOR, StepIndex};
 use crate::machine::{
-    Dispatch, Effect, EventKind, Round, StepError, StepOutcome, Timer, Transaction, TransactionError,
-    TransactionShared,
+    Dispatch, Effect, EventKind, Round, StepError, StepOutcome, Timer, Transaction,
+    TransactionError, TransactionShared,
 };
 use crate::state::{HandlerType, StepRun, TransactionState};
 use crate::store::{MemoryStore, Store, TransactionHeader, TransactionKey};
@@ -59,20 +59,32 @@ impl IdempotencyKey {
         action: impl Into<Arc<str>>,
         handler: HandlerType,
     ) -> Self {
-        IdempotencyKey { workflow: workflow.into(), transaction: transaction.into(), action: action.into(), handler }
+        IdempotencyKey {
+            workflow: workflow.into(),
+            transaction: transaction.into(),
+            action: action.into(),
+            handler,
+        }
     }
 }
 
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}:{}", self.workflow, self.transaction, self.action, self.handler)
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.workflow, self.transaction, self.action, self.handler
+        )
     }
 }
 
 impl FromStr for IdempotencyKey {
     type Err = Error;
     fn from_str(key: &str) -> Result<Self> {
-        let invalid = |reason: &str| Error::InvalidKey { key: key.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| Error::InvalidKey {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
         let parts: Vec<&str> = key.split(KEY_SEPARATOR).collect();
         let [workflow, transaction, action, handler] = parts[..] else {
             return Err(invalid("expected four parts separated by `:`"));
@@ -227,7 +239,12 @@ impl fmt::Debug for Execution {
 
 impl Execution {
     fn of(tx: &Transaction) -> Self {
-        Execution { shared: tx.shared().clone(), state: tx.state(), errors: tx.errors().to_vec(), steps: tx.steps().to_vec() }
+        Execution {
+            shared: tx.shared().clone(),
+            state: tx.state(),
+            errors: tx.errors().to_vec(),
+            steps: tx.steps().to_vec(),
+        }
     }
     /// The workflow name.
     pub fn workflow(&self) -> &str {
@@ -274,7 +291,10 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { store: Arc::new(MemoryStore::new()), clock: Arc::new(SystemClock) }
+        EngineOptions {
+            store: Arc::new(MemoryStore::new()),
+            clock: Arc::new(SystemClock),
+        }
     }
 }
 
@@ -303,7 +323,9 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine").field("workflows", &self.inner.workflows.read().len()).finish()
+        f.debug_struct("Engine")
+            .field("workflows", &self.inner.workflows.read().len())
+            .finish()
     }
 }
 
@@ -353,7 +375,10 @@ fn check_transaction_id(id: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidTransactionId { transaction: id.to_string(), reason: reason.to_string() })
+    Err(Error::InvalidTransactionId {
+        transaction: id.to_string(),
+        reason: reason.to_string(),
+    })
 }
 
 impl Engine {
@@ -382,11 +407,17 @@ impl Engine {
     pub fn register_arc(&self, flow: Arc<Flow>, handler: Arc<dyn Handler>) -> Result<()> {
         let mut workflows = self.inner.workflows.write();
         if let Some(existing) = workflows.get(flow.workflow())
-            && (existing.flow.definition() != flow.definition() || existing.flow.options() != flow.options())
+            && (existing.flow.definition() != flow.definition()
+                || existing.flow.options() != flow.options())
         {
-            return Err(Error::DuplicateWorkflow { workflow: flow.workflow().to_string() });
+            return Err(Error::DuplicateWorkflow {
+                workflow: flow.workflow().to_string(),
+            });
         }
-        workflows.insert(Arc::from(flow.workflow()), Arc::new(Registered { flow, handler }));
+        workflows.insert(
+            Arc::from(flow.workflow()),
+            Arc::new(Registered { flow, handler }),
+        );
         Ok(())
     }
 
@@ -401,7 +432,9 @@ impl Engine {
             .read()
             .get(workflow)
             .cloned()
-            .ok_or_else(|| Error::UnknownWorkflow { workflow: workflow.to_string() })
+            .ok_or_else(|| Error::UnknownWorkflow {
+                workflow: workflow.to_string(),
+            })
     }
 
     /// Subscribes to the events of every transaction.
@@ -425,10 +458,17 @@ impl Engine {
             None => (format!("auto-{}", uuid::Uuid::now_v7()), false),
         };
         let key = TransactionKey::new(Arc::from(registered.flow.workflow()), id);
-        let existing = if chosen { self.existing_cell(&key, &registered).await? } else { None };
+        let existing = if chosen {
+            self.existing_cell(&key, &registered).await?
+        } else {
+            None
+        };
         if let Some(cell) = existing {
             let Ok(mut tx) = cell.tx.try_lock() else {
-                return Err(Error::AlreadyStarted { workflow: workflow.to_string(), transaction: key.id.to_string() });
+                return Err(Error::AlreadyStarted {
+                    workflow: workflow.to_string(),
+                    transaction: key.id.to_string(),
+                });
             };
             if !tx.has_finished() {
                 self.drive(&cell, &mut tx, true).await?;
@@ -440,7 +480,12 @@ impl Engine {
         }
         let payload = options.payload.unwrap_or_else(Data::null);
         let run_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().to_string());
-        let header = TransactionHeader { key: key.clone(), run_id: run_id.clone(), payload: payload.clone(), created_at: self.now() };
+        let header = TransactionHeader {
+            key: key.clone(),
+            run_id: run_id.clone(),
+            payload: payload.clone(),
+            created_at: self.now(),
+        };
         self.inner.store.create(&header).await?;
         let tx = Transaction::new(registered.flow.clone(), key.id.clone(), run_id, payload);
         let cell = Arc::new(Cell {
@@ -465,7 +510,11 @@ impl Engine {
     }
 
     /// Completes a waiting (async) step's handler with a response, then advances.
-    pub async fn set_step_success(&self, key: &IdempotencyKey, response: Option<Data>) -> Result<Execution> {
+    pub async fn set_step_success(
+        &self,
+        key: &IdempotencyKey,
+        response: Option<Data>,
+    ) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
         let mut tx = cell.tx.lock().await;
         tx.register_success(step, key.handler, response)?;
@@ -475,7 +524,12 @@ impl Engine {
 
     /// Fails a waiting (async) step's handler (retried while retries remain, unless
     /// `force_permanent`), then advances.
-    pub async fn set_step_failure(&self, key: &IdempotencyKey, error: StepError, force_permanent: bool) -> Result<Execution> {
+    pub async fn set_step_failure(
+        &self,
+        key: &IdempotencyKey,
+        error: StepError,
+        force_permanent: bool,
+    ) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
         let mut tx = cell.tx.lock().await;
         let now = self.now();
@@ -530,28 +584,39 @@ impl Engine {
         let registered = self.registered(workflow)?;
         check_transaction_id(transaction)?;
         let key = TransactionKey::new(Arc::from(registered.flow.workflow()), transaction);
-        self.existing_cell(&key, &registered).await?.ok_or_else(|| Error::TransactionNotFound {
-            workflow: workflow.to_string(),
-            transaction: transaction.to_string(),
-        })
+        self.existing_cell(&key, &registered)
+            .await?
+            .ok_or_else(|| Error::TransactionNotFound {
+                workflow: workflow.to_string(),
+                transaction: transaction.to_string(),
+            })
     }
 
     async fn cell_and_step(&self, key: &IdempotencyKey) -> Result<(Arc<Cell>, StepIndex)> {
         let cell = self.cell(&key.workflow, &key.transaction).await?;
         let registered = self.registered(&key.workflow)?;
-        let step = registered.flow.step_index(&key.action).ok_or_else(|| Error::UnknownStep {
-            workflow: key.workflow.to_string(),
-            action: key.action.to_string(),
-        })?;
+        let step = registered
+            .flow
+            .step_index(&key.action)
+            .ok_or_else(|| Error::UnknownStep {
+                workflow: key.workflow.to_string(),
+                action: key.action.to_string(),
+            })?;
         Ok((cell, step))
     }
 
     /// The live cell of a transaction, loading it from the store when it is not in memory.
-    async fn existing_cell(&self, key: &TransactionKey, registered: &Arc<Registered>) -> Result<Option<Arc<Cell>>> {
+    async fn existing_cell(
+        &self,
+        key: &TransactionKey,
+        registered: &Arc<Registered>,
+    ) -> Result<Option<Arc<Cell>>> {
         if let Some(cell) = self.inner.live.lock().get(key) {
             return Ok(Some(cell.clone()));
         }
-        let Some(stored) = self.inner.store.load(key).await? else { return Ok(None) };
+        let Some(stored) = self.inner.store.load(key).await? else {
+            return Ok(None);
+        };
         let tx = Transaction::replay(
             registered.flow.clone(),
             key.id.clone(),
@@ -583,13 +648,23 @@ impl Engine {
                     self.retire(cell);
                     return Ok(());
                 }
-                Round::Run { calls, steps, continue_after } => (calls, steps, continue_after),
+                Round::Run {
+                    calls,
+                    steps,
+                    continue_after,
+                } => (calls, steps, continue_after),
             };
             let mut sync_calls = calls.iter().filter(|c| !c.is_async).copied();
             match (sync_calls.next(), sync_calls.next()) {
                 (None, _) => {}
                 (Some(only), None) => {
-                    let outcome = cell.handler.call(StepCall { shared: tx.shared().clone(), dispatch: only }).await;
+                    let outcome = cell
+                        .handler
+                        .call(StepCall {
+                            shared: tx.shared().clone(),
+                            dispatch: only,
+                        })
+                        .await;
                     tx.complete(only, outcome, &steps, self.now());
                     self.apply_effects(cell, tx).await?;
                 }
@@ -598,7 +673,10 @@ impl Engine {
                         .iter()
                         .filter(|c| !c.is_async)
                         .map(|&dispatch| {
-                            let call = StepCall { shared: tx.shared().clone(), dispatch };
+                            let call = StepCall {
+                                shared: tx.shared().clone(),
+                                dispatch,
+                            };
                             let handler = cell.handler.clone();
                             async move { (dispatch, handler.call(call).await) }
                         })
@@ -619,10 +697,19 @@ impl Engine {
         }
     }
 
-    fn spawn_async(&self, cell: &Arc<Cell>, tx: &Transaction, dispatch: Dispatch, steps: Arc<[StepIndex]>) {
+    fn spawn_async(
+        &self,
+        cell: &Arc<Cell>,
+        tx: &Transaction,
+        dispatch: Dispatch,
+        steps: Arc<[StepIndex]>,
+    ) {
         let guard = ActivityGuard::new(cell);
         let engine = self.clone();
-        let call = StepCall { shared: tx.shared().clone(), dispatch };
+        let call = StepCall {
+            shared: tx.shared().clone(),
+            dispatch,
+        };
         tokio::spawn(async move {
             let cell = guard.0.clone();
             let outcome = cell.handler.call(call).await;

@@ -11,7 +11,7 @@
 //! let definition = FlowDefinition::from_json(json).unwrap();
 //! let flow = Flow::compile("restock", definition, WorkflowOptions::default()).unwrap();
 //! assert_eq!(flow.len(), 3);
-//! assert_eq!(flow.step(flow.step_index("b").unwrap()).parent, Some(0));
+//! assert_eq!(flow.step(flow.step_index("b").unwrap()).parent, flow.step_index("a"));
 //! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -240,8 +240,11 @@ impl FlowDefinition {
     /// Reads a step tree from JSON. An unknown option or a wrong type is refused with the path of
     /// the offending field (`next.next[1].maxRetries`).
     pub fn from_json(json: &str) -> Result<Self, Error> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| Error::InvalidFlow { path: "(root)".into(), reason: e.to_string() })?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::InvalidFlow {
+                path: "(root)".into(),
+                reason: e.to_string(),
+            })?;
         Self::from_value(value)
     }
 
@@ -251,10 +254,20 @@ impl FlowDefinition {
     }
 
     fn parse_node(value: serde_json::Value, path: &str) -> Result<Self, Error> {
-        let here = |field: &str| if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        let here = |field: &str| {
+            if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            }
+        };
         let serde_json::Value::Object(mut map) = value else {
             return Err(Error::InvalidFlow {
-                path: if path.is_empty() { "(root)".into() } else { path.to_string() },
+                path: if path.is_empty() {
+                    "(root)".into()
+                } else {
+                    path.to_string()
+                },
                 reason: "expected a step object".into(),
             });
         };
@@ -262,7 +275,10 @@ impl FlowDefinition {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s),
             Some(other) => {
-                return Err(Error::InvalidFlow { path: here("action"), reason: format!("expected a string, got {other}") });
+                return Err(Error::InvalidFlow {
+                    path: here("action"),
+                    reason: format!("expected a string, got {other}"),
+                });
             }
         };
         let next = match map.remove("next") {
@@ -278,19 +294,31 @@ impl FlowDefinition {
             }
             Some(item) => Some(Next::One(Box::new(Self::parse_node(item, &here("next"))?))),
         };
-        let options: StepOptions = serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
-            let inner = e.path().to_string();
-            let field = if inner == "." { String::new() } else { inner };
-            let reason = e.inner().to_string();
-            // An unknown field is reported at the node; name it from the message.
-            let field = if field.is_empty() {
-                reason.split('`').nth(1).unwrap_or_default().to_string()
-            } else {
-                field
-            };
-            Error::InvalidFlow { path: if field.is_empty() { here("") } else { here(&field) }, reason }
-        })?;
-        Ok(FlowDefinition { action, next, options })
+        let options: StepOptions = serde_path_to_error::deserialize(serde_json::Value::Object(map))
+            .map_err(|e| {
+                let inner = e.path().to_string();
+                let field = if inner == "." { String::new() } else { inner };
+                let reason = e.inner().to_string();
+                // An unknown field is reported at the node; name it from the message.
+                let field = if field.is_empty() {
+                    reason.split('`').nth(1).unwrap_or_default().to_string()
+                } else {
+                    field
+                };
+                Error::InvalidFlow {
+                    path: if field.is_empty() {
+                        here("")
+                    } else {
+                        here(&field)
+                    },
+                    reason,
+                }
+            })?;
+        Ok(FlowDefinition {
+            action,
+            next,
+            options,
+        })
     }
 
     /// Writes the step tree as JSON.
@@ -306,12 +334,20 @@ impl FlowDefinition {
             step.next = next;
             next = Some(Next::One(Box::new(step)));
         }
-        FlowDefinition { action: None, next, options: StepOptions::default() }
+        FlowDefinition {
+            action: None,
+            next,
+            options: StepOptions::default(),
+        }
     }
 
     /// A step node with the given action and options and no children.
     pub fn step(action: impl Into<String>, options: StepOptions) -> Self {
-        FlowDefinition { action: Some(action.into()), next: None, options }
+        FlowDefinition {
+            action: Some(action.into()),
+            next: None,
+            options,
+        }
     }
 
     fn children(&self) -> &[FlowDefinition] {
@@ -324,7 +360,11 @@ impl FlowDefinition {
 }
 
 fn display_path(path: &str) -> String {
-    if path == "." { "(root)".to_string() } else { path.to_string() }
+    if path == "." {
+        "(root)".to_string()
+    } else {
+        path.to_string()
+    }
 }
 
 impl<'de> Deserialize<'de> for FlowDefinition {
@@ -385,7 +425,10 @@ impl Flow {
         options: WorkflowOptions,
     ) -> Result<Self, Error> {
         let workflow = workflow.into();
-        check_name(&workflow).map_err(|reason| Error::InvalidFlow { path: "workflow".into(), reason })?;
+        check_name(&workflow).map_err(|reason| Error::InvalidFlow {
+            path: "workflow".into(),
+            reason,
+        })?;
         if definition.action.is_some() {
             return Err(Error::InvalidFlow {
                 path: "action".into(),
@@ -414,7 +457,10 @@ impl Flow {
                 path: format!("{path}.action"),
                 reason: "every step needs an action".into(),
             })?;
-            check_name(&action).map_err(|reason| Error::InvalidFlow { path: format!("{path}.action"), reason })?;
+            check_name(&action).map_err(|reason| Error::InvalidFlow {
+                path: format!("{path}.action"),
+                reason,
+            })?;
             if by_action.contains_key(&action) {
                 return Err(Error::InvalidFlow {
                     path: format!("{path}.action"),
@@ -423,7 +469,10 @@ impl Flow {
             }
             for (field, value) in [
                 ("retryInterval", node.options.retry_interval),
-                ("retryIntervalAwaiting", node.options.retry_interval_awaiting),
+                (
+                    "retryIntervalAwaiting",
+                    node.options.retry_interval_awaiting,
+                ),
                 ("timeout", node.options.timeout),
             ] {
                 check_duration(&format!("{path}.{field}"), value)?;
@@ -433,7 +482,14 @@ impl Flow {
             let id = format!("{}.{}", steps[parent].id, action);
             steps[parent].next.push(index);
             by_action.insert(action.clone(), index);
-            steps.push(FlowStep { id, action, depth, parent: Some(parent), next: Vec::new(), options: node.options.clone() });
+            steps.push(FlowStep {
+                id,
+                action,
+                depth,
+                parent: Some(parent),
+                next: Vec::new(),
+                options: node.options.clone(),
+            });
             for (i, child) in node.children().iter().enumerate() {
                 queue.push_back((child, index, child_path(&format!("{path}.next"), node, i)));
             }
@@ -442,10 +498,15 @@ impl Flow {
         // A skip target must be a descendant of the step that names it.
         for (index, step) in steps.iter().enumerate().skip(1) {
             if let Some(target) = step.options.skip_until() {
-                let found = by_action.get(target).is_some_and(|&t| is_descendant(&steps, t, index));
+                let found = by_action
+                    .get(target)
+                    .is_some_and(|&t| is_descendant(&steps, t, index));
                 if !found {
                     return Err(Error::InvalidFlow {
-                        path: format!("{}.skipOnPermanentFailure", step.id.trim_start_matches("_root.")),
+                        path: format!(
+                            "{}.skipOnPermanentFailure",
+                            step.id.trim_start_matches("_root.")
+                        ),
                         reason: format!("`{target}` is not a descendant of step {}", step.action),
                     });
                 }
@@ -556,16 +617,19 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err("a name cannot be empty".into());
     }
     if name.contains(KEY_SEPARATOR) {
-        return Err(format!("`{name}` contains `{KEY_SEPARATOR}`, the idempotency key separator"));
+        return Err(format!(
+            "`{name}` contains `{KEY_SEPARATOR}`, the idempotency key separator"
+        ));
     }
     Ok(())
 }
 
 fn check_duration(path: &str, seconds: Option<f64>) -> Result<(), Error> {
     match seconds {
-        Some(s) if !s.is_finite() || s < 0.0 => {
-            Err(Error::InvalidFlow { path: path.to_string(), reason: format!("expected a non-negative number of seconds, got {s}") })
-        }
+        Some(s) if !s.is_finite() || s < 0.0 => Err(Error::InvalidFlow {
+            path: path.to_string(),
+            reason: format!("expected a non-negative number of seconds, got {s}"),
+        }),
         _ => Ok(()),
     }
 }
@@ -581,7 +645,11 @@ mod tests {
     use super::*;
 
     fn compile(json: &str) -> Result<Flow, Error> {
-        Flow::compile("wf", FlowDefinition::from_json(json)?, WorkflowOptions::default())
+        Flow::compile(
+            "wf",
+            FlowDefinition::from_json(json)?,
+            WorkflowOptions::default(),
+        )
     }
 
     fn path_of(err: Error) -> String {
@@ -599,21 +667,32 @@ mod tests {
         .unwrap();
         let actions: Vec<_> = flow.steps().iter().map(|s| s.action.as_str()).collect();
         assert_eq!(actions, ["", "one", "two", "three", "four", "five"]);
-        assert_eq!(flow.step(flow.step_index("four").unwrap()).id, "_root.two.four");
+        assert_eq!(
+            flow.step(flow.step_index("four").unwrap()).id,
+            "_root.two.four"
+        );
         assert_eq!(flow.step(4).depth, 2);
-        let order: Vec<_> = flow.compensate_order().iter().map(|&i| flow.step(i).action.as_str()).collect();
+        let order: Vec<_> = flow
+            .compensate_order()
+            .iter()
+            .map(|&i| flow.step(i).action.as_str())
+            .collect();
         assert_eq!(order, ["four", "five", "one", "two", "three"]);
     }
 
     #[test]
     fn unknown_option_names_the_field() {
-        let err = compile(r#"{"next":{"action":"a","next":[{"action":"b"},{"action":"c","maxRetrys":1}]}}"#).unwrap_err();
+        let err = compile(
+            r#"{"next":{"action":"a","next":[{"action":"b"},{"action":"c","maxRetrys":1}]}}"#,
+        )
+        .unwrap_err();
         assert_eq!(path_of(err), "next.next[1].maxRetrys");
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let err = FlowDefinition::from_json(r#"{"next":{"action":"a","maxRetries":"three"}}"#).unwrap_err();
+        let err = FlowDefinition::from_json(r#"{"next":{"action":"a","maxRetries":"three"}}"#)
+            .unwrap_err();
         assert_eq!(path_of(err), "next.maxRetries");
     }
 
@@ -625,10 +704,9 @@ mod tests {
 
     #[test]
     fn skip_target_must_be_a_descendant() {
-        let err = compile(
-            r#"{"next":[{"action":"a","skipOnPermanentFailure":"b"},{"action":"b"}]}"#,
-        )
-        .unwrap_err();
+        let err =
+            compile(r#"{"next":[{"action":"a","skipOnPermanentFailure":"b"},{"action":"b"}]}"#)
+                .unwrap_err();
         assert_eq!(path_of(err), "a.skipOnPermanentFailure");
         compile(r#"{"next":{"action":"a","skipOnPermanentFailure":"c","next":{"action":"b","next":{"action":"c"}}}}"#)
             .unwrap();
@@ -636,18 +714,40 @@ mod tests {
 
     #[test]
     fn names_with_the_separator_and_negative_durations_are_refused() {
-        assert_eq!(path_of(compile(r#"{"next":{"action":"a:b"}}"#).unwrap_err()), "next.action");
-        assert_eq!(path_of(compile(r#"{"next":{"action":"a","timeout":-1}}"#).unwrap_err()), "next.timeout");
-        assert_eq!(path_of(compile(r#"{"next":{"next":{"action":"b"}}}"#).unwrap_err()), "next.action");
+        assert_eq!(
+            path_of(compile(r#"{"next":{"action":"a:b"}}"#).unwrap_err()),
+            "next.action"
+        );
+        assert_eq!(
+            path_of(compile(r#"{"next":{"action":"a","timeout":-1}}"#).unwrap_err()),
+            "next.timeout"
+        );
+        assert_eq!(
+            path_of(compile(r#"{"next":{"next":{"action":"b"}}}"#).unwrap_err()),
+            "next.action"
+        );
     }
 
     #[test]
     fn store_is_derived_like_medusa() {
         assert!(!compile(r#"{"next":{"action":"a"}}"#).unwrap().store());
-        assert!(compile(r#"{"next":{"action":"a","async":true}}"#).unwrap().store());
-        assert!(compile(r#"{"next":{"action":"a","retryInterval":1}}"#).unwrap().store());
+        assert!(
+            compile(r#"{"next":{"action":"a","async":true}}"#)
+                .unwrap()
+                .store()
+        );
+        assert!(
+            compile(r#"{"next":{"action":"a","retryInterval":1}}"#)
+                .unwrap()
+                .store()
+        );
         let opts = WorkflowOptions::from_json(r#"{"idempotent":true}"#).unwrap();
-        let flow = Flow::compile("wf", FlowDefinition::from_json(r#"{"next":{"action":"a"}}"#).unwrap(), opts).unwrap();
+        let flow = Flow::compile(
+            "wf",
+            FlowDefinition::from_json(r#"{"next":{"action":"a"}}"#).unwrap(),
+            opts,
+        )
+        .unwrap();
         assert!(flow.store());
         assert!(WorkflowOptions::from_json(r#"{"timeot":1}"#).is_err());
     }
@@ -658,12 +758,17 @@ mod tests {
         let def = FlowDefinition::from_json(json).unwrap();
         let back = FlowDefinition::from_value(def.to_json()).unwrap();
         assert_eq!(def, back);
-        assert_eq!(def.to_json(), serde_json::from_str::<serde_json::Value>(json).unwrap());
+        assert_eq!(
+            def.to_json(),
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
     }
 
     #[test]
     fn chain_builds_a_sequence() {
-        let def = FlowDefinition::chain(["a", "b", "c"].map(|a| FlowDefinition::step(a, StepOptions::default())));
+        let def = FlowDefinition::chain(
+            ["a", "b", "c"].map(|a| FlowDefinition::step(a, StepOptions::default())),
+        );
         let flow = Flow::compile("wf", def, WorkflowOptions::default()).unwrap();
         assert_eq!(flow.step(3).id, "_root.a.b.c");
     }

@@ -68,9 +68,14 @@ pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::Data;
-pub use engine::{Engine, EngineOptions, Execution, Handler, IdempotencyKey, RunOptions, StepCall, TransactionEvent};
+pub use engine::{
+    Engine, EngineOptions, Execution, Handler, IdempotencyKey, RunOptions, StepCall,
+    TransactionEvent,
+};
 pub use error::{Error, Result};
 pub use flow::{Flow, FlowDefinition, StepIndex, StepOptions, WorkflowOptions};
-pub use machine::{Effect, EventKind, Record, StepError, StepOutcome, Transaction, TransactionError};
+pub use machine::{
+    Effect, EventKind, Record, StepError, StepOutcome, Transaction, TransactionError,
+};
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
 pub use store::{MemoryStore, Store, TransactionKey};

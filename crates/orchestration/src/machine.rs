@@ -42,11 +42,17 @@ pub struct StepError {
 impl StepError {
     /// An error with this message.
     pub fn new(message: impl Into<String>) -> Self {
-        StepError { message: message.into(), name: None }
+        StepError {
+            message: message.into(),
+            name: None,
+        }
     }
     /// An error with a kind name.
     pub fn named(name: impl Into<String>, message: impl Into<String>) -> Self {
-        StepError { message: message.into(), name: Some(name.into()) }
+        StepError {
+            message: message.into(),
+            name: Some(name.into()),
+        }
     }
     fn step_timeout() -> Self {
         StepError::named("TransactionStepTimeoutError", "Step timeout")
@@ -101,11 +107,19 @@ impl StepOutcome {
     }
     /// A temporary failure: retried while retries remain.
     pub fn fail(message: impl Into<String>) -> Self {
-        StepOutcome::Failure { error: StepError::new(message), permanent: false, response: None }
+        StepOutcome::Failure {
+            error: StepError::new(message),
+            permanent: false,
+            response: None,
+        }
     }
     /// A permanent failure: never retried.
     pub fn permanent(message: impl Into<String>) -> Self {
-        StepOutcome::Failure { error: StepError::new(message), permanent: true, response: None }
+        StepOutcome::Failure {
+            error: StepError::new(message),
+            permanent: true,
+            response: None,
+        }
     }
 }
 
@@ -334,7 +348,14 @@ impl Transaction {
         let len = flow.steps().len();
         let workflow: Arc<str> = Arc::from(flow.workflow());
         Transaction {
-            shared: Arc::new(TransactionShared { responses: Responses::new(len), flow, workflow, id, run_id, payload }),
+            shared: Arc::new(TransactionShared {
+                responses: Responses::new(len),
+                flow,
+                workflow,
+                id,
+                run_id,
+                payload,
+            }),
             fields: TransactionFields {
                 state: TransactionState::NotStarted,
                 started_at: None,
@@ -357,20 +378,34 @@ impl Transaction {
     }
 
     /// Rebuilds a transaction from its stored records (the inverse of the `Persist` effects).
-    pub fn replay(flow: Arc<Flow>, id: Arc<str>, run_id: Arc<str>, payload: Data, records: &[Record]) -> Result<Self> {
+    pub fn replay(
+        flow: Arc<Flow>,
+        id: Arc<str>,
+        run_id: Arc<str>,
+        payload: Data,
+        records: &[Record],
+    ) -> Result<Self> {
         let mut tx = Transaction::new(flow, id, run_id, payload);
         for record in records {
             match record {
                 Record::Transaction(fields) => tx.fields = *fields,
                 Record::Step { step, run } => {
-                    let run_slot = tx.steps.get_mut(*step).filter(|_| *step > 0).ok_or_else(|| Error::Replay {
-                        workflow: tx.shared.workflow.to_string(),
-                        transaction: tx.shared.id.to_string(),
-                        reason: format!("step index {step} is not in the flow"),
-                    })?;
+                    let run_slot =
+                        tx.steps
+                            .get_mut(*step)
+                            .filter(|_| *step > 0)
+                            .ok_or_else(|| Error::Replay {
+                                workflow: tx.shared.workflow.to_string(),
+                                transaction: tx.shared.id.to_string(),
+                                reason: format!("step index {step} is not in the flow"),
+                            })?;
                     *run_slot = *run;
                 }
-                Record::Response { step, handler, data } => {
+                Record::Response {
+                    step,
+                    handler,
+                    data,
+                } => {
                     if *step >= tx.steps.len() {
                         return Err(Error::Replay {
                             workflow: tx.shared.workflow.to_string(),
@@ -454,7 +489,10 @@ impl Transaction {
         }
         for step in self.dirty_list.drain(..) {
             self.dirty[step] = false;
-            records.push(Record::Step { step, run: self.steps[step] });
+            records.push(Record::Step {
+                step,
+                run: self.steps[step],
+            });
         }
         if !records.is_empty() {
             self.effects.push(Effect::Persist(records));
@@ -468,7 +506,11 @@ impl Transaction {
     fn change_state(&mut self, step: StepIndex, to: StepState) -> Result<()> {
         let from = self.steps[step].side().state;
         if !from.can_become(to) {
-            return Err(Error::InvalidTransition { action: self.action(step).to_string(), from, to });
+            return Err(Error::InvalidTransition {
+                action: self.action(step).to_string(),
+                from,
+                to,
+            });
         }
         self.run_mut(step).side_mut().state = to;
         Ok(())
@@ -490,11 +532,19 @@ impl Transaction {
 
     fn add_response(&mut self, step: StepIndex, handler: HandlerType, data: Option<Data>) {
         self.shared.responses.set(step, handler, data.clone());
-        self.pending.push(Record::Response { step, handler, data });
+        self.pending.push(Record::Response {
+            step,
+            handler,
+            data,
+        });
     }
 
     fn add_error(&mut self, step: StepIndex, handler_type: HandlerType, error: StepError) {
-        let error = TransactionError { action: self.action(step).to_string(), handler_type, error };
+        let error = TransactionError {
+            action: self.action(step).to_string(),
+            handler_type,
+            error,
+        };
         self.errors.push(error.clone());
         self.pending.push(Record::Error(error));
     }
@@ -503,11 +553,15 @@ impl Transaction {
         if self.has_finished() {
             return;
         }
-        self.effects.push(Effect::Arm(Timer::Retry(step), now + interval_ms));
+        self.effects
+            .push(Effect::Arm(Timer::Retry(step), now + interval_ms));
     }
 
     fn step_is_async(&self, step: StepIndex) -> bool {
-        self.flow().step(step).options.is_async_side(self.steps[step].handler_type())
+        self.flow()
+            .step(step)
+            .options
+            .is_async_side(self.steps[step].handler_type())
     }
 
     fn clear_step_timers(&mut self, step: StepIndex) {
@@ -531,7 +585,11 @@ impl Transaction {
         flow.step(parent).next.iter().all(|&sibling| {
             matches!(
                 self.steps[sibling].invoke.state,
-                StepState::Done | StepState::Failed | StepState::Timeout | StepState::Skipped | StepState::SkippedFailure
+                StepState::Done
+                    | StepState::Failed
+                    | StepState::Timeout
+                    | StepState::Skipped
+                    | StepState::SkippedFailure
             )
         })
     }
@@ -540,7 +598,11 @@ impl Transaction {
         self.flow().step(step).next.iter().all(|&child| {
             matches!(
                 self.steps[child].compensate.state,
-                StepState::Done | StepState::Reverted | StepState::Failed | StepState::Dormant | StepState::Skipped
+                StepState::Done
+                    | StepState::Reverted
+                    | StepState::Failed
+                    | StepState::Dormant
+                    | StepState::Skipped
             )
         })
     }
@@ -573,26 +635,36 @@ impl Transaction {
 
     fn can_cancel(&self, step: StepIndex) -> bool {
         let run = &self.steps[step];
-        !run.compensating && matches!(run.invoke.status, StepStatus::Waiting | StepStatus::TemporaryFailure)
+        !run.compensating
+            && matches!(
+                run.invoke.status,
+                StepStatus::Waiting | StepStatus::TemporaryFailure
+            )
     }
 
     fn can_retry(&self, step: StepIndex, now: u64) -> bool {
         match self.flow().step(step).options.retry_interval_ms() {
             None => true,
-            Some(interval) => self.steps[step].last_attempt.is_some_and(|last| now.saturating_sub(last) >= interval),
+            Some(interval) => self.steps[step]
+                .last_attempt
+                .is_some_and(|last| now.saturating_sub(last) >= interval),
         }
     }
 
     fn can_retry_awaiting(&self, step: StepIndex, now: u64) -> bool {
         let options = &self.flow().step(step).options;
         let run = &self.steps[step];
-        let Some(interval) = options.retry_interval_awaiting_ms() else { return false };
+        let Some(interval) = options.retry_interval_awaiting_ms() else {
+            return false;
+        };
         let within_cap = match options.max_awaiting_retries {
             None => true,
             Some(max) if run.compensating => run.attempts < max * 2,
             Some(max) => run.attempts < max,
         };
-        run.last_attempt.is_some_and(|last| now.saturating_sub(last) > interval) && within_cap
+        run.last_attempt
+            .is_some_and(|last| now.saturating_sub(last) > interval)
+            && within_cap
     }
 
     fn step_expired(&self, step: StepIndex, now: u64) -> bool {
@@ -627,7 +699,8 @@ impl Transaction {
             if let Some(timeout) = self.flow().options().timeout_ms()
                 && self.flow().has_async_steps()
             {
-                self.effects.push(Effect::Arm(Timer::TransactionTimeout, now + timeout));
+                self.effects
+                    .push(Effect::Arm(Timer::TransactionTimeout, now + timeout));
             }
             self.emit(EventKind::Begin, None);
         } else {
@@ -659,7 +732,12 @@ impl Transaction {
                     let is_async = self.step_is_async(step);
                     has_async |= is_async;
                     has_sync |= !is_async;
-                    calls.push(Dispatch { step, handler: run.handler_type(), attempt: run.attempts, is_async });
+                    calls.push(Dispatch {
+                        step,
+                        handler: run.handler_type(),
+                        attempt: run.attempts,
+                        is_async,
+                    });
                 }
             }
             self.checkpoint();
@@ -670,7 +748,8 @@ impl Transaction {
                     && run.attempts == 1
                     && self.flow().step(call.step).options.is_async()
                 {
-                    self.effects.push(Effect::Arm(Timer::StepTimeout(call.step), now + timeout));
+                    self.effects
+                        .push(Effect::Arm(Timer::StepTimeout(call.step), now + timeout));
                 }
                 self.emit(EventKind::StepBegin, Some(call.step));
             }
@@ -678,18 +757,28 @@ impl Transaction {
                 // Medusa recomputes the state before each call; once is enough for its flags.
                 self.compute_current_state(now);
             }
-            let continue_after = !scan.next.is_empty() && !(has_async && !has_sync);
+            let continue_after = !scan.next.is_empty() && (!has_async || has_sync);
             if calls.is_empty() && continue_after {
                 // Only `noCompensation` steps this round: nothing to call, scan again.
                 continue;
             }
-            return Round::Run { calls, steps: scan.next, continue_after };
+            return Round::Run {
+                calls,
+                steps: scan.next,
+                continue_after,
+            };
         }
     }
 
     /// Records the outcome of a handler the engine called for `dispatch`. `round` holds the steps
     /// of the round it belongs to (a transaction timeout found now applies to all of them).
-    pub fn complete(&mut self, dispatch: Dispatch, outcome: StepOutcome, round: &[StepIndex], now: u64) {
+    pub fn complete(
+        &mut self,
+        dispatch: Dispatch,
+        outcome: StepOutcome,
+        round: &[StepIndex],
+        now: u64,
+    ) {
         let step = dispatch.step;
         if dispatch.is_async {
             return self.complete_async(step, outcome, round, now);
@@ -698,13 +787,21 @@ impl Transaction {
         match outcome {
             StepOutcome::Skip => self.skip_step(step),
             StepOutcome::Success(response) => self.handle_success(step, response, now),
-            StepOutcome::Failure { error, permanent, response } => {
-                self.handle_failure(step, error, permanent, response, now)
-            }
+            StepOutcome::Failure {
+                error,
+                permanent,
+                response,
+            } => self.handle_failure(step, error, permanent, response, now),
         }
     }
 
-    fn complete_async(&mut self, step: StepIndex, outcome: StepOutcome, round: &[StepIndex], now: u64) {
+    fn complete_async(
+        &mut self,
+        step: StepIndex,
+        outcome: StepOutcome,
+        round: &[StepIndex],
+        now: u64,
+    ) {
         match outcome {
             StepOutcome::Skip => {
                 self.skip_step(step);
@@ -719,14 +816,21 @@ impl Transaction {
                 self.handle_expiration(step, round, now);
                 self.handle_success(step, response, now);
             }
-            StepOutcome::Failure { error, permanent, response } => {
-                self.handle_failure(step, error, permanent, response, now)
-            }
+            StepOutcome::Failure {
+                error,
+                permanent,
+                response,
+            } => self.handle_failure(step, error, permanent, response, now),
         }
     }
 
     /// `set_step_success` on a waiting (async) step.
-    pub fn register_success(&mut self, step: StepIndex, handler: HandlerType, response: Option<Data>) -> Result<()> {
+    pub fn register_success(
+        &mut self,
+        step: StepIndex,
+        handler: HandlerType,
+        response: Option<Data>,
+    ) -> Result<()> {
         self.check_waiting(step, handler, "set step success")?;
         self.emit(EventKind::Resume, None);
         self.set_step_success(step, response);
@@ -744,7 +848,11 @@ impl Transaction {
     ) -> Result<()> {
         self.check_waiting(step, handler, "set step failure")?;
         self.emit(EventKind::Resume, None);
-        let max_retries = if force_permanent { 0 } else { self.flow().step(step).options.max_retries() };
+        let max_retries = if force_permanent {
+            0
+        } else {
+            self.flow().step(step).options.max_retries()
+        };
         self.set_step_failure(step, Some(error), max_retries, None, now);
         Ok(())
     }
@@ -767,8 +875,13 @@ impl Transaction {
     /// Cancels a running or finished transaction: everything done so far is compensated.
     pub fn cancel(&mut self, now: u64) -> Result<()> {
         match self.fields.state {
-            TransactionState::Failed | TransactionState::Compensating | TransactionState::WaitingToCompensate => {
-                return Err(Error::CannotCancel { transaction: self.shared.id.to_string(), state: self.fields.state });
+            TransactionState::Failed
+            | TransactionState::Compensating
+            | TransactionState::WaitingToCompensate => {
+                return Err(Error::CannotCancel {
+                    transaction: self.shared.id.to_string(),
+                    state: self.fields.state,
+                });
             }
             _ => {}
         }
@@ -778,10 +891,18 @@ impl Transaction {
         Ok(())
     }
 
-    fn check_waiting(&self, step: StepIndex, handler: HandlerType, operation: &'static str) -> Result<()> {
+    fn check_waiting(
+        &self,
+        step: StepIndex,
+        handler: HandlerType,
+        operation: &'static str,
+    ) -> Result<()> {
         let run = &self.steps[step];
         if run.handler_type() != handler {
-            return Err(Error::WrongHandlerType { action: self.action(step).to_string(), handler });
+            return Err(Error::WrongHandlerType {
+                action: self.action(step).to_string(),
+                handler,
+            });
         }
         if run.side().status != StepStatus::Waiting {
             return Err(Error::StepNotWaiting {
@@ -926,7 +1047,13 @@ impl Transaction {
                     StepState::Skipped => flags.skipped = true,
                     StepState::Reverted => flags.reverted = true,
                     StepState::Failed | StepState::Timeout => {
-                        if options.continue_on_permanent_failure() || options.skips_on_permanent_failure() {
+                        // Medusa ignores the compensation failure of a continue/skip step and
+                        // reports `reverted`; a failed compensation always fails the transaction here.
+                        let compensation_failed = self.steps[step].compensating;
+                        if !compensation_failed
+                            && (options.continue_on_permanent_failure()
+                                || options.skips_on_permanent_failure())
+                        {
                             flags.ignored_failure = true;
                         } else {
                             flags.failed = true;
@@ -936,19 +1063,32 @@ impl Transaction {
                 }
             }
         }
-        if self.fields.has_waiting_steps != flags.waiting || self.fields.has_reverted_steps != flags.reverted {
+        if self.fields.has_waiting_steps != flags.waiting
+            || self.fields.has_reverted_steps != flags.reverted
+        {
             let fields = self.fields_mut();
             fields.has_waiting_steps = flags.waiting;
             fields.has_reverted_steps = flags.reverted;
         }
         let total = order.len();
-        (Scan { current, next, remaining: total - completed }, flags, completed, total)
+        (
+            Scan {
+                current,
+                next,
+                remaining: total - completed,
+            },
+            flags,
+            completed,
+            total,
+        )
     }
 
     fn flag_steps_to_revert(&mut self) {
         for step in 1..self.steps.len() {
             let side = *self.steps[step].side();
-            if matches!(side.state, StepState::Done | StepState::Timeout) || side.status == StepStatus::PermanentFailure {
+            if matches!(side.state, StepState::Done | StepState::Timeout)
+                || side.status == StepStatus::PermanentFailure
+            {
                 let run = self.run_mut(step);
                 run.begin_compensation();
                 if run.compensate.state.can_become(StepState::NotStarted) {
@@ -959,7 +1099,10 @@ impl Transaction {
     }
 
     fn check_step_timeout(&mut self, step: StepIndex, now: u64) -> bool {
-        if self.steps[step].timed_out_at.is_none() && self.can_cancel(step) && self.step_expired(step, now) {
+        if self.steps[step].timed_out_at.is_none()
+            && self.can_cancel(step)
+            && self.step_expired(step, now)
+        {
             self.run_mut(step).timed_out_at = Some(now);
             self.set_step_timeout(step, StepError::step_timeout(), false, now);
             self.emit(EventKind::Timeout, Some(step));
@@ -994,9 +1137,18 @@ impl Transaction {
         }
     }
 
-    fn set_step_timeout(&mut self, step: StepIndex, error: StepError, transaction_timeout: bool, now: u64) {
+    fn set_step_timeout(
+        &mut self,
+        step: StepIndex,
+        error: StepError,
+        transaction_timeout: bool,
+        now: u64,
+    ) {
         let state = self.steps[step].side().state;
-        if matches!(state, StepState::Timeout | StepState::Done | StepState::Reverted) {
+        if matches!(
+            state,
+            StepState::Timeout | StepState::Done | StepState::Reverted
+        ) {
             return;
         }
         if self.change_state(step, StepState::Timeout).is_err() {
@@ -1072,14 +1224,21 @@ impl Transaction {
     fn skip_descendants(&mut self, step: StepIndex) {
         let flow = Arc::clone(&self.shared.flow);
         let until = flow.step(step).options.skip_until();
-        let mut queue: std::collections::VecDeque<StepIndex> = flow.step(step).next.iter().copied().collect();
+        let mut queue: std::collections::VecDeque<StepIndex> =
+            flow.step(step).next.iter().copied().collect();
         while let Some(current) = queue.pop_front() {
             if until.is_some_and(|u| flow.step(current).action == u) {
                 break;
             }
-            if self.change_state(current, StepState::SkippedFailure).is_err() {
+            if self
+                .change_state(current, StepState::SkippedFailure)
+                .is_err()
+            {
                 // A `noWait` descendant may already run; it is left to finish.
-                tracing::debug!(action = flow.step(current).action, "descendant already started, not skipped");
+                tracing::debug!(
+                    action = flow.step(current).action,
+                    "descendant already started, not skipped"
+                );
             }
             queue.extend(flow.step(current).next.iter().copied());
         }
@@ -1101,8 +1260,11 @@ impl Transaction {
         }
         self.checkpoint();
         self.clear_step_timers(step);
-        let kind =
-            if self.steps[step].compensating { EventKind::CompensateStepSuccess } else { EventKind::StepSuccess };
+        let kind = if self.steps[step].compensating {
+            EventKind::CompensateStepSuccess
+        } else {
+            EventKind::StepSuccess
+        };
         self.emit(kind, Some(step));
     }
 
@@ -1133,13 +1295,24 @@ impl Transaction {
         }
     }
 
-    fn handle_failure(&mut self, step: StepIndex, error: StepError, permanent: bool, response: Option<Data>, now: u64) {
+    fn handle_failure(
+        &mut self,
+        step: StepIndex,
+        error: StepError,
+        permanent: bool,
+        response: Option<Data>,
+        now: u64,
+    ) {
         let is_async = self.step_is_async(step);
         if response.is_some() && self.flow().step(step).options.save_response() {
             let handler = self.steps[step].handler_type();
             self.add_response(step, handler, response);
         }
-        let max_retries = if permanent { 0 } else { self.flow().step(step).options.max_retries() };
+        let max_retries = if permanent {
+            0
+        } else {
+            self.flow().step(step).options.max_retries()
+        };
         let stop_execution = self.set_step_failure(step, Some(error), max_retries, None, now);
         if is_async && !stop_execution {
             self.schedule_retry(step, 0, now);

@@ -93,7 +93,10 @@ impl StepState {
             || matches!(
                 (self, to),
                 (Dormant, NotStarted)
-                    | (NotStarted, Invoking | Compensating | Failed | Skipped | SkippedFailure)
+                    | (
+                        NotStarted,
+                        Invoking | Compensating | Failed | Skipped | SkippedFailure
+                    )
                     | (Invoking, Failed | Done | Timeout | Skipped)
                     | (Compensating, Reverted | Failed)
                     | (Done, Compensating)
@@ -220,8 +223,14 @@ pub struct StepRun {
 impl Default for StepRun {
     fn default() -> Self {
         StepRun {
-            invoke: SideState { state: StepState::NotStarted, status: StepStatus::Idle },
-            compensate: SideState { state: StepState::Dormant, status: StepStatus::Idle },
+            invoke: SideState {
+                state: StepState::NotStarted,
+                status: StepStatus::Idle,
+            },
+            compensate: SideState {
+                state: StepState::Dormant,
+                status: StepStatus::Idle,
+            },
             compensating: false,
             attempts: 0,
             failures: 0,
@@ -238,15 +247,27 @@ impl Default for StepRun {
 impl StepRun {
     /// The side in effect: compensate once compensation began, else invoke.
     pub fn side(&self) -> &SideState {
-        if self.compensating { &self.compensate } else { &self.invoke }
+        if self.compensating {
+            &self.compensate
+        } else {
+            &self.invoke
+        }
     }
     /// The side in effect, mutably.
     pub fn side_mut(&mut self) -> &mut SideState {
-        if self.compensating { &mut self.compensate } else { &mut self.invoke }
+        if self.compensating {
+            &mut self.compensate
+        } else {
+            &mut self.invoke
+        }
     }
     /// The handler type of the side in effect.
     pub fn handler_type(&self) -> HandlerType {
-        if self.compensating { HandlerType::Compensate } else { HandlerType::Invoke }
+        if self.compensating {
+            HandlerType::Compensate
+        } else {
+            HandlerType::Invoke
+        }
     }
     /// Switches to compensation, resetting the attempt counters.
     pub fn begin_compensation(&mut self) {
@@ -270,9 +291,18 @@ mod tests {
 
     #[test]
     fn names_are_medusas() {
-        assert_eq!(serde_json::to_string(&StepStatus::Waiting).unwrap(), "\"waiting_response\"");
-        assert_eq!(serde_json::to_string(&StepState::SkippedFailure).unwrap(), "\"skipped_failure\"");
-        assert_eq!(TransactionState::WaitingToCompensate.to_string(), "waiting_to_compensate");
+        assert_eq!(
+            serde_json::to_string(&StepStatus::Waiting).unwrap(),
+            "\"waiting_response\""
+        );
+        assert_eq!(
+            serde_json::to_string(&StepState::SkippedFailure).unwrap(),
+            "\"skipped_failure\""
+        );
+        assert_eq!(
+            TransactionState::WaitingToCompensate.to_string(),
+            "waiting_to_compensate"
+        );
     }
 
     #[test]

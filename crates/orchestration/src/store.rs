@@ -36,7 +36,10 @@ pub struct TransactionKey {
 impl TransactionKey {
     /// A key from its parts.
     pub fn new(workflow: impl Into<Arc<str>>, id: impl Into<Arc<str>>) -> Self {
-        TransactionKey { workflow: workflow.into(), id: id.into() }
+        TransactionKey {
+            workflow: workflow.into(),
+            id: id.into(),
+        }
     }
 }
 
@@ -124,7 +127,10 @@ impl MemoryStore {
     }
     /// A store keeping at most `keep_finished` finished transactions.
     pub fn keeping_finished(keep_finished: usize) -> Self {
-        MemoryStore { inner: Mutex::new(MemoryInner::default()), keep_finished }
+        MemoryStore {
+            inner: Mutex::new(MemoryInner::default()),
+            keep_finished,
+        }
     }
     /// How many transactions the store holds.
     pub fn len(&self) -> usize {
@@ -156,14 +162,21 @@ impl Store for MemoryStore {
         }
         inner.transactions.insert(
             header.key.clone(),
-            MemoryEntry { header: header.clone(), records: Vec::new(), state: TransactionState::NotStarted },
+            MemoryEntry {
+                header: header.clone(),
+                records: Vec::new(),
+                state: TransactionState::NotStarted,
+            },
         );
         Ok(())
     }
 
     async fn append(&self, key: &TransactionKey, records: Vec<Record>) -> Result<()> {
         let mut inner = self.inner.lock();
-        let MemoryInner { transactions, finished } = &mut *inner;
+        let MemoryInner {
+            transactions,
+            finished,
+        } = &mut *inner;
         let entry = transactions.get_mut(key).ok_or_else(|| Error::Store {
             operation: "append",
             transaction: key.to_string(),
@@ -185,7 +198,10 @@ impl Store for MemoryStore {
             while finished.len() > self.keep_finished {
                 let (old, run) = finished.pop_front().expect("not empty");
                 // Only drop the run that finished, not a newer run of the same id.
-                if transactions.get(&old).is_some_and(|e| e.header.run_id == run && e.state.is_finished()) {
+                if transactions
+                    .get(&old)
+                    .is_some_and(|e| e.header.run_id == run && e.state.is_finished())
+                {
                     transactions.remove(&old);
                 }
             }
@@ -195,10 +211,10 @@ impl Store for MemoryStore {
 
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>> {
         let inner = self.inner.lock();
-        Ok(inner
-            .transactions
-            .get(key)
-            .map(|e| StoredTransaction { header: e.header.clone(), records: e.records.clone() }))
+        Ok(inner.transactions.get(key).map(|e| StoredTransaction {
+            header: e.header.clone(),
+            records: e.records.clone(),
+        }))
     }
 
     async fn summary(&self, key: &TransactionKey) -> Result<Option<TransactionSummary>> {

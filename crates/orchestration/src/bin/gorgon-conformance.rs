@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use gorgon_orchestration::{
-    Data, Engine, EngineOptions, Execution, Flow, FlowDefinition, HandlerType, IdempotencyKey, MemoryStore, RunOptions,
-    StepCall, StepError, StepOutcome, WorkflowOptions,
+    Data, Engine, EngineOptions, Execution, Flow, FlowDefinition, HandlerType, IdempotencyKey,
+    MemoryStore, RunOptions, StepCall, StepError, StepOutcome, WorkflowOptions,
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -25,7 +25,9 @@ enum StoreKind {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "Runs a conformance scenario through Gorgon's engine and prints what it observed")]
+#[command(
+    about = "Runs a conformance scenario through Gorgon's engine and prints what it observed"
+)]
 struct Args {
     /// The scenario file.
     scenario: PathBuf,
@@ -60,12 +62,19 @@ async fn act(behaviour: Value, action: &str, handler: &str) -> StepOutcome {
     loop {
         if let Some(ms) = behaviour.get("sleep_ms").and_then(Value::as_u64) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            behaviour = behaviour.get("then").cloned().unwrap_or_else(|| json!("ok"));
+            behaviour = behaviour
+                .get("then")
+                .cloned()
+                .unwrap_or_else(|| json!("ok"));
             continue;
         }
         return match &behaviour {
-            Value::String(s) if s == "ok" => StepOutcome::ok(json!({"step": action, "handler": handler})),
-            Value::String(s) if s == "fail" => StepOutcome::fail(format!("{action} {handler} failed")),
+            Value::String(s) if s == "ok" => {
+                StepOutcome::ok(json!({"step": action, "handler": handler}))
+            }
+            Value::String(s) if s == "fail" => {
+                StepOutcome::fail(format!("{action} {handler} failed"))
+            }
             Value::String(s) if s == "permanent" => {
                 StepOutcome::permanent(format!("{action} {handler} failed permanently"))
             }
@@ -85,8 +94,11 @@ fn observe(execution: &Execution, calls: Vec<String>) -> Value {
             json!({"invoke": run.invoke.state.as_str(), "compensate": run.compensate.state.as_str(), "attempts": run.attempts}),
         );
     }
-    let errors: Vec<String> =
-        execution.errors.iter().map(|e| format!("{}:{}", e.handler_type.as_str(), e.action)).collect();
+    let errors: Vec<String> = execution
+        .errors
+        .iter()
+        .map(|e| format!("{}:{}", e.handler_type.as_str(), e.action))
+        .collect();
     json!({"state": execution.state.as_str(), "calls": calls, "steps": steps, "errors": errors})
 }
 
@@ -102,11 +114,21 @@ async fn settle(engine: &Engine, script: &Script, workflow: &str, transaction: &
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let text = std::fs::read_to_string(&args.scenario).with_context(|| format!("reading {}", args.scenario.display()))?;
+    let text = std::fs::read_to_string(&args.scenario)
+        .with_context(|| format!("reading {}", args.scenario.display()))?;
     let scenario: Value = serde_json::from_str(&text).context("the scenario is not JSON")?;
-    let workflow = scenario.get("workflow").and_then(Value::as_str).unwrap_or("conformance").to_string();
-    let transaction = scenario.get("transaction_id").and_then(Value::as_str).unwrap_or("tx-1").to_string();
-    let definition = FlowDefinition::from_value(scenario.get("flow").cloned().unwrap_or(Value::Null))?;
+    let workflow = scenario
+        .get("workflow")
+        .and_then(Value::as_str)
+        .unwrap_or("conformance")
+        .to_string();
+    let transaction = scenario
+        .get("transaction_id")
+        .and_then(Value::as_str)
+        .unwrap_or("tx-1")
+        .to_string();
+    let definition =
+        FlowDefinition::from_value(scenario.get("flow").cloned().unwrap_or(Value::Null))?;
     let options: WorkflowOptions = match scenario.get("options") {
         Some(o) => WorkflowOptions::from_json(&o.to_string())?,
         None => WorkflowOptions::default(),
@@ -121,13 +143,20 @@ async fn main() -> anyhow::Result<()> {
     let store = match args.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
     };
-    let engine = EngineOptions { store, ..EngineOptions::default() }.build();
+    let engine = EngineOptions {
+        store,
+        ..EngineOptions::default()
+    }
+    .build();
     let handler_script = script.clone();
     engine.register(flow, move |call: StepCall| {
         let script = handler_script.clone();
         async move {
             let handler = call.handler_type().as_str();
-            script.calls.lock().push(format!("{handler}:{}", call.action()));
+            script
+                .calls
+                .lock()
+                .push(format!("{handler}:{}", call.action()));
             script.in_flight.fetch_add(1, Ordering::SeqCst);
             let behaviour = script.next_behaviour(call.action(), handler);
             let outcome = act(behaviour, call.action(), handler).await;
@@ -138,25 +167,48 @@ async fn main() -> anyhow::Result<()> {
 
     let mut stages = Vec::new();
     let payload = scenario.get("payload").cloned().unwrap_or(json!({}));
-    let options = RunOptions { transaction_id: Some(transaction.clone()), payload: Some(Data::json(payload)) };
+    let options = RunOptions {
+        transaction_id: Some(transaction.clone()),
+        payload: Some(Data::json(payload)),
+    };
     if let Err(e) = engine.run(&workflow, options).await {
         stages.push(json!({"thrown": e.to_string()}));
     }
     settle(&engine, &script, &workflow, &transaction).await;
-    let mut last = observe(&engine.get(&workflow, &transaction).await?, script.calls.lock().clone());
+    let mut last = observe(
+        &engine.get(&workflow, &transaction).await?,
+        script.calls.lock().clone(),
+    );
     stages.push(json!({"after": "run", "observation": last.clone()}));
 
-    for step in scenario.get("drive").and_then(Value::as_array).cloned().unwrap_or_default() {
+    for step in scenario
+        .get("drive")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
         let handler = match step.get("handler").and_then(Value::as_str) {
             Some("compensate") => HandlerType::Compensate,
             _ => HandlerType::Invoke,
         };
-        let key = |action: &str| IdempotencyKey::new(workflow.as_str(), transaction.as_str(), action, handler);
+        let key = |action: &str| {
+            IdempotencyKey::new(workflow.as_str(), transaction.as_str(), action, handler)
+        };
         let result = if let Some(action) = step.get("set_step_success").and_then(Value::as_str) {
             let response = step.get("response").cloned().map(Data::json);
-            engine.set_step_success(&key(action), response).await.map(drop)
+            engine
+                .set_step_success(&key(action), response)
+                .await
+                .map(drop)
         } else if let Some(action) = step.get("set_step_failure").and_then(Value::as_str) {
-            engine.set_step_failure(&key(action), StepError::new(format!("{action} failed")), false).await.map(drop)
+            engine
+                .set_step_failure(
+                    &key(action),
+                    StepError::new(format!("{action} failed")),
+                    false,
+                )
+                .await
+                .map(drop)
         } else if step.get("cancel").is_some() {
             engine.cancel(&workflow, &transaction).await.map(drop)
         } else if step.get("resume").is_some() {
@@ -168,7 +220,10 @@ async fn main() -> anyhow::Result<()> {
             bail!("unknown drive step {step}");
         };
         settle(&engine, &script, &workflow, &transaction).await;
-        last = observe(&engine.get(&workflow, &transaction).await?, script.calls.lock().clone());
+        last = observe(
+            &engine.get(&workflow, &transaction).await?,
+            script.calls.lock().clone(),
+        );
         let mut stage = json!({"after": step, "observation": last.clone()});
         if let Err(e) = result {
             stage["refused"] = json!(e.to_string());
