@@ -753,9 +753,10 @@ impl Transaction {
                 }
                 self.emit(EventKind::StepBegin, Some(call.step));
             }
-            if !calls.is_empty() {
-                // Medusa recomputes the state before each call; once is enough for its flags.
-                self.compute_current_state(now);
+            if !calls.is_empty() && !self.fields.has_waiting_steps {
+                // Medusa rescans before each call to refresh its flags; the steps just prepared
+                // wait for their handlers, which is all that rescan can change.
+                self.fields_mut().has_waiting_steps = true;
             }
             let continue_after = !scan.next.is_empty() && (!has_async || has_sync);
             if calls.is_empty() && continue_after {
