@@ -65,6 +65,8 @@ pub mod flow;
 pub mod machine;
 pub mod state;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::Data;

@@ -87,8 +87,8 @@ fn tree() -> impl Strategy<Value = Vec<Node>> {
         spec,
         children: vec![],
     });
-    let node = leaf.prop_recursive(4, 40, 6, |inner| {
-        (step_spec(), prop::collection::vec(inner, 0..4))
+    let node = leaf.prop_recursive(4, 60, 6, |inner| {
+        (step_spec(), prop::collection::vec(inner, 0..7))
             .prop_map(|(spec, children)| Node { spec, children })
     });
     prop::collection::vec(node, 1..7)
