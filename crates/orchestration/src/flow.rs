@@ -410,6 +410,7 @@ pub struct Flow {
     steps: Vec<FlowStep>,
     by_action: HashMap<String, StepIndex>,
     invoke_order: Vec<StepIndex>,
+    invoke_position: Vec<usize>,
     compensate_order: Vec<StepIndex>,
     has_async_steps: bool,
     store: bool,
@@ -515,6 +516,10 @@ impl Flow {
 
         let mut invoke_order: Vec<StepIndex> = (1..steps.len()).collect();
         invoke_order.sort_by_key(|&i| steps[i].depth);
+        let mut invoke_position = vec![0; steps.len()];
+        for (position, &step) in invoke_order.iter().enumerate() {
+            invoke_position[step] = position;
+        }
         let mut compensate_order = invoke_order.clone();
         compensate_order.sort_by_key(|&i| std::cmp::Reverse(steps[i].depth));
 
@@ -538,6 +543,7 @@ impl Flow {
             steps,
             by_action,
             invoke_order,
+            invoke_position,
             compensate_order,
             has_async_steps,
             store,
@@ -579,6 +585,10 @@ impl Flow {
     /// Steps by ascending depth (breadth-first within a depth): the invoke scan order.
     pub fn invoke_order(&self) -> &[StepIndex] {
         &self.invoke_order
+    }
+    /// The position of a step in [`invoke_order`](Self::invoke_order).
+    pub fn invoke_position(&self, step: StepIndex) -> usize {
+        self.invoke_position[step]
     }
     /// Steps by descending depth: the compensation scan order.
     pub fn compensate_order(&self) -> &[StepIndex] {

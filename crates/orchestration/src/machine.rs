@@ -309,7 +309,7 @@ struct Scan {
     remaining: usize,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct ScanFlags {
     skipped: bool,
     skipped_on_failure: bool,
@@ -317,6 +317,139 @@ struct ScanFlags {
     failed: bool,
     waiting: bool,
     reverted: bool,
+}
+
+impl ScanFlags {
+    fn merge(&mut self, other: &ScanFlags) {
+        self.skipped |= other.skipped;
+        self.skipped_on_failure |= other.skipped_on_failure;
+        self.ignored_failure |= other.ignored_failure;
+        self.failed |= other.failed;
+        self.waiting |= other.waiting;
+        self.reverted |= other.reverted;
+    }
+}
+
+/// What one scan collects.
+struct Pass {
+    current: Vec<StepIndex>,
+    next: Vec<StepIndex>,
+    completed: usize,
+    flags: ScanFlags,
+}
+
+fn is_forward_complete(state: StepState) -> bool {
+    matches!(
+        state,
+        StepState::Done
+            | StepState::Failed
+            | StepState::Timeout
+            | StepState::Skipped
+            | StepState::SkippedFailure
+    )
+}
+
+/// Makes a scan of the invoke side cost the frontier, not the whole flow.
+///
+/// Medusa scans every step each round; on the invoke side a step the scan skips (its parent's
+/// group has not finished) has no effect, and a step in a final state counts the same way every
+/// time. So only *open* steps (the scan would not skip them) that are not *settled* are visited;
+/// settled ones are summed once. A step opens when its parent's whole group of siblings reaches
+/// a forward-complete state (or at once, under the root or a `noWait` parent). Debug builds
+/// check the index against a full scan after every use.
+#[derive(Debug)]
+struct InvokeIndex {
+    /// Positions in the invoke order of the open, unsettled steps.
+    visit: std::collections::BTreeSet<usize>,
+    /// Per step: its invoke side reached a forward-complete state (counted in its group).
+    forward_done: Vec<bool>,
+    /// Per step: how many of its children are forward-complete.
+    group_done: Vec<usize>,
+    /// Per step: settled and removed from `visit`.
+    settled: Vec<bool>,
+    settled_count: usize,
+    settled_flags: ScanFlags,
+}
+
+impl InvokeIndex {
+    fn build(tx: &Transaction) -> Self {
+        let flow = tx.flow();
+        let len = flow.steps().len();
+        let mut index = InvokeIndex {
+            visit: Default::default(),
+            forward_done: vec![false; len],
+            group_done: vec![0; len],
+            settled: vec![false; len],
+            settled_count: 0,
+            settled_flags: ScanFlags::default(),
+        };
+        for step in 1..len {
+            if is_forward_complete(tx.steps[step].invoke.state) {
+                index.forward_done[step] = true;
+                index.group_done[flow.step(step).parent.unwrap_or(0)] += 1;
+            }
+        }
+        for (position, &step) in flow.invoke_order().iter().enumerate() {
+            if tx.can_continue(step) {
+                index.visit.insert(position);
+            }
+        }
+        index
+    }
+
+    fn settle(&mut self, flow: &Flow, step: StepIndex, flags: &ScanFlags) {
+        self.visit.remove(&flow.invoke_position(step));
+        self.settled[step] = true;
+        self.settled_count += 1;
+        self.settled_flags.merge(flags);
+    }
+
+    /// Counts a step whose invoke side became forward-complete (called on every such state
+    /// change); opens the children of its group once the whole group is.
+    fn note_forward(&mut self, flow: &Flow, steps: &[StepRun], step: StepIndex) {
+        if self.forward_done[step] || !is_forward_complete(steps[step].invoke.state) {
+            return;
+        }
+        self.forward_done[step] = true;
+        let parent = flow.step(step).parent.unwrap_or(0);
+        self.group_done[parent] += 1;
+        if self.group_done[parent] == flow.step(parent).next.len() {
+            for &member in &flow.step(parent).next {
+                if flow.step(member).options.no_wait() {
+                    continue; // its children were open from the start
+                }
+                for &child in &flow.step(member).next {
+                    if !self.settled[child] {
+                        self.visit.insert(flow.invoke_position(child));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Debug builds: the index agrees with what a full scan would visit.
+    #[cfg(debug_assertions)]
+    fn check(&self, tx: &Transaction) {
+        let flow = tx.flow();
+        for (position, &step) in flow.invoke_order().iter().enumerate() {
+            let open = tx.can_continue(step);
+            let indexed = self.visit.contains(&position) || self.settled[step];
+            debug_assert_eq!(
+                open,
+                indexed,
+                "step {} open={open} indexed={indexed}",
+                flow.step(step).action
+            );
+            if self.settled[step] {
+                debug_assert!(
+                    is_forward_complete(tx.steps[step].side().state),
+                    "settled step {} moved to {}",
+                    flow.step(step).action,
+                    tx.steps[step].side().state
+                );
+            }
+        }
+    }
 }
 
 /// One transaction: the flow's steps with their states, and the machine that advances them.
@@ -330,6 +463,7 @@ pub struct Transaction {
     fields_dirty: bool,
     pending: Vec<Record>,
     effects: Vec<Effect>,
+    index: Option<InvokeIndex>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -374,6 +508,7 @@ impl Transaction {
             fields_dirty: false,
             pending: Vec::new(),
             effects: Vec::new(),
+            index: None,
         }
     }
 
@@ -513,6 +648,12 @@ impl Transaction {
             });
         }
         self.run_mut(step).side_mut().state = to;
+        if !self.steps[step].compensating
+            && is_forward_complete(to)
+            && let Some(index) = self.index.as_mut()
+        {
+            index.note_forward(&self.shared.flow, &self.steps, step);
+        }
         Ok(())
     }
 
@@ -888,6 +1029,7 @@ impl Transaction {
         }
         self.set_tx_state(TransactionState::WaitingToCompensate);
         self.fields_mut().cancelled_at = Some(now);
+        self.index = None;
         self.checkpoint();
         Ok(())
     }
@@ -978,92 +1120,46 @@ impl Transaction {
 
     fn compute_current_state(&mut self, now: u64) -> (Scan, ScanFlags, usize, usize) {
         let flow = Arc::clone(&self.shared.flow);
-        let order = if self.fields.state == TransactionState::Compensating {
-            flow.compensate_order()
-        } else {
-            flow.invoke_order()
+        let mut pass = Pass {
+            current: Vec::new(),
+            next: Vec::new(),
+            completed: 0,
+            flags: ScanFlags::default(),
         };
-        let mut flags = ScanFlags::default();
-        let mut current = Vec::new();
-        let mut next = Vec::new();
-        let mut completed = 0;
-        for &step in order {
-            if !self.can_continue(step) {
-                continue;
-            }
-            if self.check_step_timeout(step, now) {
-                continue;
-            }
-            let options = &flow.step(step).options;
-            let side = *self.steps[step].side();
-            if side.status == StepStatus::Waiting {
-                current.push(step);
-                flags.waiting = true;
-                if let Some(interval) = options.retry_interval_awaiting_ms() {
-                    if self.can_retry_awaiting(step, now) {
-                        self.run_mut(step).retry_rescheduled_at = None;
-                        next.push(step);
-                    } else if self.steps[step].retry_rescheduled_at.is_none() {
-                        let run = self.run_mut(step);
-                        run.has_scheduled_retry = true;
-                        run.retry_rescheduled_at = Some(now);
-                        self.schedule_retry(step, interval, now);
-                    }
-                } else if self.steps[step].retry_rescheduled_at.is_some() {
-                    // Not configured for awaiting retries, but forced by `retry_step`.
-                    self.run_mut(step).retry_rescheduled_at = None;
-                    next.push(step);
-                }
-                continue;
-            } else if side.status == StepStatus::TemporaryFailure {
-                if self.steps[step].temporary_failed_at.is_none() && !options.auto_retry() {
-                    self.run_mut(step).temporary_failed_at = Some(now);
-                    continue;
-                }
-                if self.steps[step].temporary_failed_at.is_some() {
-                    self.run_mut(step).temporary_failed_at = None;
-                }
-                current.push(step);
-                if !self.can_retry(step, now) {
-                    if let Some(interval) = options.retry_interval_ms()
-                        && self.steps[step].retry_rescheduled_at.is_none()
-                    {
-                        let run = self.run_mut(step);
-                        run.has_scheduled_retry = true;
-                        run.retry_rescheduled_at = Some(now);
-                        self.schedule_retry(step, interval, now);
-                    }
-                    continue;
-                }
-                if self.steps[step].retry_rescheduled_at.is_some() {
-                    self.run_mut(step).retry_rescheduled_at = None;
+        if self.fields.state == TransactionState::Compensating {
+            for &step in flow.compensate_order() {
+                if self.can_continue(step) {
+                    self.visit(step, now, &mut pass, false);
                 }
             }
-            if self.can_invoke(step) || self.can_compensate(step) {
-                next.push(step);
-            } else {
-                completed += 1;
-                match side.state {
-                    StepState::SkippedFailure => flags.skipped_on_failure = true,
-                    StepState::Skipped => flags.skipped = true,
-                    StepState::Reverted => flags.reverted = true,
-                    StepState::Failed | StepState::Timeout => {
-                        // Medusa ignores the compensation failure of a continue/skip step and
-                        // reports `reverted`; a failed compensation always fails the transaction here.
-                        let compensation_failed = self.steps[step].compensating;
-                        if !compensation_failed
-                            && (options.continue_on_permanent_failure()
-                                || options.skips_on_permanent_failure())
-                        {
-                            flags.ignored_failure = true;
-                        } else {
-                            flags.failed = true;
-                        }
-                    }
-                    _ => {}
-                }
+        } else {
+            // Invoke side: only the open, unsettled steps are visited (see `InvokeIndex`).
+            if self.index.is_none() {
+                self.index = Some(InvokeIndex::build(self));
+            }
+            let mut cursor = 0;
+            while let Some(position) = self
+                .index
+                .as_ref()
+                .and_then(|index| index.visit.range(cursor..).next().copied())
+            {
+                cursor = position + 1;
+                self.visit(flow.invoke_order()[position], now, &mut pass, true);
+            }
+            if let Some(index) = &self.index {
+                pass.completed += index.settled_count;
+                pass.flags.merge(&index.settled_flags);
+                #[cfg(debug_assertions)]
+                index.check(self);
             }
         }
+        let Pass {
+            current,
+            next,
+            completed,
+            flags,
+        } = pass;
+        let total = flow.len();
         if self.fields.has_waiting_steps != flags.waiting
             || self.fields.has_reverted_steps != flags.reverted
         {
@@ -1071,7 +1167,6 @@ impl Transaction {
             fields.has_waiting_steps = flags.waiting;
             fields.has_reverted_steps = flags.reverted;
         }
-        let total = order.len();
         (
             Scan {
                 current,
@@ -1084,7 +1179,95 @@ impl Transaction {
         )
     }
 
+    /// One step of Medusa's `computeCurrentTransactionState` loop, for a step that can continue.
+    fn visit(&mut self, step: StepIndex, now: u64, pass: &mut Pass, indexed: bool) {
+        let flow = Arc::clone(&self.shared.flow);
+        if self.check_step_timeout(step, now) {
+            return;
+        }
+        let options = &flow.step(step).options;
+        let side = *self.steps[step].side();
+        if side.status == StepStatus::Waiting {
+            pass.current.push(step);
+            pass.flags.waiting = true;
+            if let Some(interval) = options.retry_interval_awaiting_ms() {
+                if self.can_retry_awaiting(step, now) {
+                    self.run_mut(step).retry_rescheduled_at = None;
+                    pass.next.push(step);
+                } else if self.steps[step].retry_rescheduled_at.is_none() {
+                    let run = self.run_mut(step);
+                    run.has_scheduled_retry = true;
+                    run.retry_rescheduled_at = Some(now);
+                    self.schedule_retry(step, interval, now);
+                }
+            } else if self.steps[step].retry_rescheduled_at.is_some() {
+                // Not configured for awaiting retries, but forced by `retry_step`.
+                self.run_mut(step).retry_rescheduled_at = None;
+                pass.next.push(step);
+            }
+            return;
+        } else if side.status == StepStatus::TemporaryFailure {
+            if self.steps[step].temporary_failed_at.is_none() && !options.auto_retry() {
+                self.run_mut(step).temporary_failed_at = Some(now);
+                return;
+            }
+            if self.steps[step].temporary_failed_at.is_some() {
+                self.run_mut(step).temporary_failed_at = None;
+            }
+            pass.current.push(step);
+            if !self.can_retry(step, now) {
+                if let Some(interval) = options.retry_interval_ms()
+                    && self.steps[step].retry_rescheduled_at.is_none()
+                {
+                    let run = self.run_mut(step);
+                    run.has_scheduled_retry = true;
+                    run.retry_rescheduled_at = Some(now);
+                    self.schedule_retry(step, interval, now);
+                }
+                return;
+            }
+            if self.steps[step].retry_rescheduled_at.is_some() {
+                self.run_mut(step).retry_rescheduled_at = None;
+            }
+        }
+        if self.can_invoke(step) || self.can_compensate(step) {
+            pass.next.push(step);
+            return;
+        }
+        let mut flags = ScanFlags::default();
+        match side.state {
+            StepState::SkippedFailure => flags.skipped_on_failure = true,
+            StepState::Skipped => flags.skipped = true,
+            StepState::Reverted => flags.reverted = true,
+            StepState::Failed | StepState::Timeout => {
+                // Medusa ignores the compensation failure of a continue/skip step and reports
+                // `reverted`; a failed compensation always fails the transaction here.
+                let compensation_failed = self.steps[step].compensating;
+                if !compensation_failed
+                    && (options.continue_on_permanent_failure()
+                        || options.skips_on_permanent_failure())
+                {
+                    flags.ignored_failure = true;
+                } else {
+                    flags.failed = true;
+                }
+            }
+            _ => {}
+        }
+        match self.index.as_mut() {
+            Some(index) if indexed && is_forward_complete(side.state) => {
+                // Settled: it counts the same way in every later scan of the invoke side.
+                index.settle(&flow, step, &flags);
+            }
+            _ => {
+                pass.completed += 1;
+                pass.flags.merge(&flags);
+            }
+        }
+    }
+
     fn flag_steps_to_revert(&mut self) {
+        self.index = None;
         for step in 1..self.steps.len() {
             let side = *self.steps[step].side();
             if matches!(side.state, StepState::Done | StepState::Timeout)
