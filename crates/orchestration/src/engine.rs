@@ -306,8 +306,8 @@ impl EngineOptions {
             inner: Arc::new(Inner {
                 store: self.store,
                 clock: self.clock,
-                workflows: RwLock::new(HashMap::new()),
-                live: Mutex::new(HashMap::new()),
+                workflows: RwLock::new(Default::default()),
+                live: Mutex::new(Default::default()),
                 events,
                 timer_ids: AtomicU64::new(0),
             }),
@@ -332,8 +332,8 @@ impl fmt::Debug for Engine {
 struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    workflows: RwLock<HashMap<Arc<str>, Arc<Registered>>>,
-    live: Mutex<HashMap<TransactionKey, Arc<Cell>>>,
+    workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
+    live: Mutex<foldhash::HashMap<TransactionKey, Arc<Cell>>>,
     events: broadcast::Sender<TransactionEvent>,
     timer_ids: AtomicU64,
 }
@@ -450,14 +450,15 @@ impl Engine {
     /// advanced is refused with [`Error::AlreadyStarted`].
     pub async fn run(&self, workflow: &str, options: RunOptions) -> Result<Execution> {
         let registered = self.registered(workflow)?;
+        let run_uuid = uuid::Uuid::now_v7();
         let (id, chosen) = match options.transaction_id {
             Some(id) => {
                 check_transaction_id(&id)?;
                 (id, true)
             }
-            None => (format!("auto-{}", uuid::Uuid::now_v7()), false),
+            None => (format!("auto-{run_uuid}"), false),
         };
-        let key = TransactionKey::new(Arc::from(registered.flow.workflow()), id);
+        let key = TransactionKey::new(registered.flow.workflow_arc().clone(), id);
         let existing = if chosen {
             self.existing_cell(&key, &registered).await?
         } else {
@@ -479,7 +480,7 @@ impl Engine {
             }
         }
         let payload = options.payload.unwrap_or_else(Data::null);
-        let run_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().to_string());
+        let run_id: Arc<str> = Arc::from(run_uuid.to_string());
         let header = TransactionHeader {
             key: key.clone(),
             run_id: run_id.clone(),
@@ -583,7 +584,7 @@ impl Engine {
     async fn cell(&self, workflow: &str, transaction: &str) -> Result<Arc<Cell>> {
         let registered = self.registered(workflow)?;
         check_transaction_id(transaction)?;
-        let key = TransactionKey::new(Arc::from(registered.flow.workflow()), transaction);
+        let key = TransactionKey::new(registered.flow.workflow_arc().clone(), transaction);
         self.existing_cell(&key, &registered)
             .await?
             .ok_or_else(|| Error::TransactionNotFound {
@@ -687,9 +688,11 @@ impl Engine {
                     }
                 }
             }
-            let steps: Arc<[StepIndex]> = steps.into();
-            for &dispatch in calls.iter().filter(|c| c.is_async) {
-                self.spawn_async(cell, tx, dispatch, steps.clone());
+            if calls.iter().any(|c| c.is_async) {
+                let steps: Arc<[StepIndex]> = steps.into();
+                for &dispatch in calls.iter().filter(|c| c.is_async) {
+                    self.spawn_async(cell, tx, dispatch, steps.clone());
+                }
             }
             if !continue_after {
                 return Ok(());
@@ -732,7 +735,10 @@ impl Engine {
     async fn apply_effects(&self, cell: &Arc<Cell>, tx: &mut Transaction) -> Result<()> {
         for effect in tx.take_effects() {
             match effect {
-                Effect::Persist(records) => self.inner.store.append(&cell.key, records).await?,
+                Effect::Persist(records) => {
+                    self.inner.store.append(&cell.key, &records).await?;
+                    tx.recycle(records);
+                }
                 Effect::Arm(timer, at) => self.arm(cell, timer, at),
                 Effect::Disarm(timer) => {
                     if let Some((_, handle)) = cell.timers.lock().remove(&timer) {

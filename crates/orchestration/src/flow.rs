@@ -404,7 +404,7 @@ pub struct FlowStep {
 /// A checked, compiled flow: the step table the state machine runs.
 #[derive(Clone, Debug)]
 pub struct Flow {
-    workflow: String,
+    workflow: std::sync::Arc<str>,
     definition: FlowDefinition,
     options: WorkflowOptions,
     steps: Vec<FlowStep>,
@@ -537,7 +537,7 @@ impl Flow {
             || options.retention_ms().is_some();
 
         Ok(Flow {
-            workflow,
+            workflow: workflow.into(),
             definition,
             options,
             steps,
@@ -552,6 +552,10 @@ impl Flow {
 
     /// The workflow this flow belongs to.
     pub fn workflow(&self) -> &str {
+        &self.workflow
+    }
+    /// The workflow name, shared.
+    pub fn workflow_arc(&self) -> &std::sync::Arc<str> {
         &self.workflow
     }
     /// The definition the flow was compiled from.

@@ -462,6 +462,7 @@ pub struct Transaction {
     dirty_list: Vec<StepIndex>,
     fields_dirty: bool,
     pending: Vec<Record>,
+    spare: Vec<Vec<Record>>,
     effects: Vec<Effect>,
     index: Option<InvokeIndex>,
 }
@@ -480,7 +481,7 @@ impl Transaction {
     /// A new transaction, `not_started`.
     pub fn new(flow: Arc<Flow>, id: Arc<str>, run_id: Arc<str>, payload: Data) -> Self {
         let len = flow.steps().len();
-        let workflow: Arc<str> = Arc::from(flow.workflow());
+        let workflow = flow.workflow_arc().clone();
         Transaction {
             shared: Arc::new(TransactionShared {
                 responses: Responses::new(len),
@@ -507,6 +508,7 @@ impl Transaction {
             dirty_list: Vec::new(),
             fields_dirty: false,
             pending: Vec::new(),
+            spare: Vec::new(),
             effects: Vec::new(),
             index: None,
         }
@@ -596,6 +598,13 @@ impl Transaction {
     pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
         out.append(&mut self.effects);
     }
+    /// Hands back the buffer of a performed [`Effect::Persist`] for reuse.
+    pub fn recycle(&mut self, mut records: Vec<Record>) {
+        if self.spare.len() < 2 {
+            records.clear();
+            self.spare.push(records);
+        }
+    }
 
     // ---- bookkeeping -------------------------------------------------------------------------
 
@@ -617,7 +626,8 @@ impl Transaction {
     }
 
     fn checkpoint(&mut self) {
-        let mut records = std::mem::take(&mut self.pending);
+        let spare = self.spare.pop().unwrap_or_default();
+        let mut records = std::mem::replace(&mut self.pending, spare);
         if self.fields_dirty {
             self.fields_dirty = false;
             records.push(Record::Transaction(self.fields));

@@ -12,7 +12,7 @@
 //! - `create` refuses a second *unfinished* transaction with the same workflow and id
 //!   ([`Error::AlreadyStarted`]); a finished one is replaced by the new run.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -90,7 +90,7 @@ pub trait Store: Send + Sync + 'static {
     /// Writes the header of a new transaction (or of a new run of a finished one).
     async fn create(&self, header: &TransactionHeader) -> Result<()>;
     /// Appends records to a transaction's log, in one durable write.
-    async fn append(&self, key: &TransactionKey, records: Vec<Record>) -> Result<()>;
+    async fn append(&self, key: &TransactionKey, records: &[Record]) -> Result<()>;
     /// Reads a transaction's header and log, if it exists.
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>>;
     /// The summary of a transaction, if it exists.
@@ -109,7 +109,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct MemoryInner {
-    transactions: HashMap<TransactionKey, MemoryEntry>,
+    transactions: foldhash::HashMap<TransactionKey, MemoryEntry>,
     finished: VecDeque<(TransactionKey, Arc<str>)>,
 }
 
@@ -171,7 +171,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn append(&self, key: &TransactionKey, records: Vec<Record>) -> Result<()> {
+    async fn append(&self, key: &TransactionKey, records: &[Record]) -> Result<()> {
         let mut inner = self.inner.lock();
         let MemoryInner {
             transactions,
@@ -183,16 +183,12 @@ impl Store for MemoryStore {
             reason: "the transaction was never created".into(),
         })?;
         let was_finished = entry.state.is_finished();
-        for record in &records {
+        for record in records {
             if let Record::Transaction(fields) = record {
                 entry.state = fields.state;
             }
         }
-        if entry.records.is_empty() {
-            entry.records = records;
-        } else {
-            entry.records.extend(records);
-        }
+        entry.records.extend_from_slice(records);
         if !was_finished && entry.state.is_finished() {
             finished.push_back((key.clone(), entry.header.run_id.clone()));
             while finished.len() > self.keep_finished {

@@ -73,7 +73,7 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
     store
         .append(
             &h.key,
-            vec![
+            &[
                 fields(TransactionState::Invoking),
                 Record::Step { step: 1, run },
             ],
@@ -87,10 +87,7 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
         data: Some(Data::json(json!({"ok": 1}))),
     };
     store
-        .append(
-            &h.key,
-            vec![response.clone(), Record::Step { step: 1, run }],
-        )
+        .append(&h.key, &[response.clone(), Record::Step { step: 1, run }])
         .await
         .expect("append");
     let stored = store.load(&h.key).await.expect("load").expect("exists");
@@ -136,7 +133,7 @@ pub async fn a_finished_id_starts_a_new_run(store: Arc<dyn Store>) {
     let first = header("suite", &id, "first");
     store.create(&first).await.expect("create");
     store
-        .append(&first.key, vec![fields(TransactionState::Done)])
+        .append(&first.key, &[fields(TransactionState::Done)])
         .await
         .expect("append");
     assert_eq!(
@@ -162,7 +159,7 @@ pub async fn append_to_an_unknown_transaction_is_an_error(store: Arc<dyn Store>)
     let key = TransactionKey::new("suite", unique("ghost"));
     assert!(matches!(
         store
-            .append(&key, vec![fields(TransactionState::Invoking)])
+            .append(&key, &[fields(TransactionState::Invoking)])
             .await,
         Err(Error::Store { .. })
     ));

@@ -1,0 +1,158 @@
+//! [`StepContext`]: what a step knows about its run, and the run's shared [`WorkflowContext`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gorgon_orchestration::{Data, HandlerType, IdempotencyKey, StepCall};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::services::Services;
+
+/// The context shared by every step of a run, saved with the run (it crosses checkpoints).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowContext {
+    /// Groups the events the run emits; the run id when the run does not give one.
+    pub event_group_id: String,
+    /// What the request that started the run said about itself.
+    #[serde(default)]
+    pub request: RequestMetadata,
+}
+
+/// Metadata of the request that started a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMetadata {
+    /// The request id, for tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Who asked (a user or an API key id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<String>,
+    /// Anything else, as small string pairs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// The payload a run starts with: the typed input and the shared context.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Payload {
+    pub(crate) input: Data,
+    pub(crate) context: Arc<WorkflowContext>,
+}
+
+impl Payload {
+    /// The payload held by `data`: borrowed when typed, decoded when it came from a store.
+    pub(crate) fn with<R>(
+        data: &Data,
+        workflow: &str,
+        f: impl FnOnce(&Payload) -> R,
+    ) -> Result<R, Error> {
+        match data.downcast_ref::<Payload>() {
+            Some(payload) => Ok(f(payload)),
+            None => {
+                let payload: Payload = data.decode().map_err(|e| Error::Decode {
+                    workflow: workflow.to_string(),
+                    source_name: "input".to_string(),
+                    reason: e.to_string(),
+                })?;
+                Ok(f(&payload))
+            }
+        }
+    }
+}
+
+/// The second argument of every step function: the run, the step, the shared context and the
+/// application's services.
+///
+/// Cheap to clone (two reference counts); everything is read lazily from the running call.
+#[derive(Clone)]
+pub struct StepContext {
+    call: StepCall,
+    services: Arc<Services>,
+    invoke_failed: bool,
+}
+
+impl std::fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("workflow", &self.workflow())
+            .field("transaction_id", &self.transaction_id())
+            .field("step", &self.step_name())
+            .field("attempt", &self.attempt())
+            .finish()
+    }
+}
+
+impl StepContext {
+    pub(crate) fn new(call: StepCall, services: Arc<Services>, invoke_failed: bool) -> Self {
+        StepContext {
+            call,
+            services,
+            invoke_failed,
+        }
+    }
+    /// The workflow name.
+    pub fn workflow(&self) -> &str {
+        self.call.workflow()
+    }
+    /// The transaction id.
+    pub fn transaction_id(&self) -> &str {
+        self.call.transaction_id()
+    }
+    /// The id of this run of the transaction.
+    pub fn run_id(&self) -> &str {
+        self.call.run_id()
+    }
+    /// The step's name in the workflow (after any `.named(...)`).
+    pub fn step_name(&self) -> &str {
+        self.call.action()
+    }
+    /// The 1-based attempt of the running handler (reset when compensation begins).
+    pub fn attempt(&self) -> u32 {
+        self.call.attempt()
+    }
+    /// Whether the invoke or the compensation is running.
+    pub fn handler_type(&self) -> HandlerType {
+        self.call.handler_type()
+    }
+    /// The running handler's idempotency key, `<workflow>:<transaction>:<step>:<invoke|compensate>`:
+    /// the key to give `App::set_step_success` for an async step, and to deduplicate side effects.
+    pub fn idempotency_key(&self) -> IdempotencyKey {
+        self.call.idempotency_key()
+    }
+    /// In a compensation: whether the step's invoke failed (the compensation input is then
+    /// `None`, unless a permanent failure carried one).
+    pub fn invoke_failed(&self) -> bool {
+        self.invoke_failed
+    }
+    /// The run's shared context (event group id, request metadata). When the run was started
+    /// without an event group id, it is the run id.
+    pub fn workflow_context(&self) -> Arc<WorkflowContext> {
+        let context = Payload::with(self.call.payload(), self.workflow(), |p| p.context.clone())
+            .unwrap_or_default();
+        if !context.event_group_id.is_empty() {
+            return context;
+        }
+        let mut context = (*context).clone();
+        context.event_group_id = self.run_id().to_string();
+        Arc::new(context)
+    }
+    /// The service of type `T` from the application's registry.
+    pub fn service<T: ?Sized + Send + Sync + 'static>(&self) -> Result<Arc<T>, Error> {
+        self.services
+            .get::<T>()
+            .ok_or_else(|| Error::MissingService {
+                type_name: std::any::type_name::<T>(),
+                workflow: self.workflow().to_string(),
+                step: self.step_name().to_string(),
+            })
+    }
+    /// The whole service registry.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+    /// The orchestrator's call, for what the SDK does not wrap.
+    pub fn call(&self) -> &StepCall {
+        &self.call
+    }
+}

@@ -1,0 +1,207 @@
+//! Hooks: a workflow declares a named hook with typed data; an application binds a handler step
+//! (optionally with its own compensation, which takes part in rollback). An unbound hook is not
+//! in the flow at all, so it costs nothing.
+
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use gorgon_orchestration::{Data, StepCall, StepOptions, StepOutcome};
+
+use crate::compose::{Builder, Composed, Handle, Inputs, Node, NodeDef, Resolver, StepNode, ready};
+use crate::error::Error;
+use crate::step::{Step, Value};
+use crate::workflow::{Compiled, Runtime, Workflow};
+
+/// A hook: a named point of a workflow where an application can run its own step, with the data
+/// `T`, producing `R` (Medusa's `createHook`).
+///
+/// Declare it next to the workflow, use it in the composer with [`Builder::hook`], and bind a
+/// handler with [`Workflow::with_hook`].
+pub struct Hook<T, R = ()> {
+    name: Cow<'static, str>,
+    _types: PhantomData<fn(T) -> R>,
+}
+
+impl<T, R> Clone for Hook<T, R> {
+    fn clone(&self) -> Self {
+        Hook {
+            name: self.name.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T, R> std::fmt::Debug for Hook<T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hook({})", self.name)
+    }
+}
+
+impl<T, R> Hook<T, R> {
+    /// A hook with this (stable) name; it is the name of its step in the flow.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Hook {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+    /// The hook's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// What the composer recorded about a hook: how to read its data, and its guards.
+pub(crate) struct HookDecl {
+    /// A `Resolver<T>`.
+    input: Box<dyn Any + Send + Sync>,
+    guards: Box<[usize]>,
+    types: TypeId,
+    type_name: &'static str,
+}
+
+/// The node of an unbound hook; never in the flow, so never called.
+struct UnboundHook;
+
+impl Node for UnboundHook {
+    fn invoke(&self, _call: StepCall, _rt: &Runtime) -> BoxFuture<'static, StepOutcome> {
+        ready(StepOutcome::Skip)
+    }
+    fn compensate(&self, _call: StepCall, _rt: &Runtime) -> BoxFuture<'static, StepOutcome> {
+        ready(StepOutcome::Success(None))
+    }
+    fn external_success(&self, _output: Box<dyn Any + Send>) -> Option<Data> {
+        None
+    }
+    fn output_type(&self) -> &'static str {
+        "()"
+    }
+}
+
+impl Builder {
+    /// Declares `hook` here, with `input` as its data. Returns the handler's result: `None`
+    /// when no handler is bound (or the handler skipped). Hooks inside a `when` block run only
+    /// when the block does.
+    pub fn hook<T, R>(
+        &mut self,
+        hook: &Hook<T, R>,
+        input: impl Inputs<Values = T>,
+    ) -> Handle<Option<R>>
+    where
+        T: Send + 'static,
+        R: Clone + Send + Sync + 'static,
+    {
+        let name = hook.name.clone();
+        let stage = self.next_stage();
+        let source = self.checked_source(input, &name, stage);
+        let decl = Arc::new(HookDecl {
+            input: Box::new(source.resolver),
+            guards: self.guards.clone().into_boxed_slice(),
+            types: TypeId::of::<(T, R)>(),
+            type_name: std::any::type_name::<Hook<T, R>>(),
+        });
+        let index = self.add_node(
+            NodeDef {
+                name: name.clone(),
+                options: StepOptions::default(),
+                node: Arc::new(UnboundHook),
+                requires: Vec::new(),
+                hook: Some((decl, false)),
+            },
+            stage,
+        );
+        let workflow = self.workflow().to_string();
+        let resolver: Resolver<Option<R>> = Arc::new(move |env| {
+            let Some(data) = env.response(index) else {
+                return Ok(Some(None));
+            };
+            let output = env.compiled.nodes[index]
+                .node
+                .output_any(&data)
+                .map_err(|e| Error::Decode {
+                    workflow: workflow.clone(),
+                    source_name: name.to_string(),
+                    reason: e.to_string(),
+                })?;
+            Ok(Some(
+                output.and_then(|o| o.downcast::<R>().ok()).map(|o| *o),
+            ))
+        });
+        self.slot(resolver, Some(stage))
+    }
+}
+
+impl<In, Out> Workflow<In, Out> {
+    /// This workflow with `handler` bound to `hook`: the handler runs where the hook was
+    /// declared, under the hook's name, with its options and compensation. A hook takes one
+    /// handler; binding a second is [`Error::HookAlreadyBound`].
+    pub fn with_hook<T, R, C>(
+        &self,
+        hook: &Hook<T, R>,
+        handler: &Step<T, R, C>,
+    ) -> Result<Self, Error>
+    where
+        T: Send + 'static,
+        R: Value,
+        C: Value,
+    {
+        let compiled = &self.compiled;
+        let unknown = || Error::UnknownHook {
+            workflow: compiled.name.to_string(),
+            hook: hook.name.to_string(),
+        };
+        let n = compiled
+            .nodes
+            .iter()
+            .position(|d| d.name == hook.name && d.hook.is_some())
+            .ok_or_else(unknown)?;
+        let Some((decl, bound)) = compiled.nodes[n].hook.clone() else {
+            return Err(unknown());
+        };
+        if bound {
+            return Err(Error::HookAlreadyBound {
+                workflow: compiled.name.to_string(),
+                hook: hook.name.to_string(),
+            });
+        }
+        let input = decl
+            .input
+            .downcast_ref::<Resolver<T>>()
+            .filter(|_| decl.types == TypeId::of::<(T, R)>())
+            .ok_or_else(|| Error::HookType {
+                workflow: compiled.name.to_string(),
+                hook: hook.name.to_string(),
+                declared: decl.type_name,
+            })?
+            .clone();
+        let mut options = handler.options.clone();
+        if handler.compensate.is_none() {
+            options.no_compensation = Some(true);
+        }
+        let mut nodes = compiled.nodes.clone();
+        nodes[n] = NodeDef {
+            name: hook.name.clone(),
+            options,
+            node: Arc::new(StepNode {
+                step: handler.clone(),
+                input,
+                guards: decl.guards.clone(),
+            }),
+            requires: handler.requires.clone(),
+            hook: Some((decl, true)),
+        };
+        let rebuilt = Compiled::build(
+            compiled.name.clone(),
+            compiled.options.clone(),
+            Composed {
+                stages: compiled.stages.clone(),
+                nodes,
+                children: compiled.children.clone(),
+            },
+        )?;
+        Ok(Workflow::from_parts(Arc::new(rebuilt), self.result.clone()))
+    }
+}

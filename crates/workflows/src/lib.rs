@@ -1,0 +1,122 @@
+//! Gorgon's workflows SDK: typed steps and declarative composition, compiled to the
+//! orchestrator's flow (Medusa's `createStep` / `createWorkflow` / `StepResponse` / `transform` /
+//! `when` / `parallelize`, made type-safe).
+//!
+//! How to use it:
+//! 1. Write steps: [`Step::new`]`(name, async fn(I, StepContext) -> StepResult<O, C>)`, optionally
+//!    [`.compensate(...)`](Step::compensate) and options (`max_retries`, `timeout`, `asynchronous`,
+//!    ...). A [`StepResponse`] carries the output and, separately, the compensation input.
+//! 2. Compose a [`Workflow`] with [`Workflow::define`]: the composer gets a [`Builder`] and the
+//!    input as a typed [`Handle`], adds steps ([`Builder::step`]), [`transform`](Builder::transform)s,
+//!    [`when`](Builder::when) blocks and [`parallel`](Builder::parallel) blocks, and returns the
+//!    result's handle. It runs once, at definition, and performs no I/O.
+//!    Beyond those: [`hook`](Builder::hook)s an application binds a handler to
+//!    ([`Workflow::with_hook`]), nested workflows as a step ([`subflow`](Builder::subflow)), and
+//!    fan-out over a runtime `Vec` ([`for_each`](Builder::for_each)), each element a run of its
+//!    own, compensated on its own.
+//! 3. Build an [`App`] with the [`Services`] your steps use (resolved by type, no string keys),
+//!    and [`register`](App::register) the workflow: missing services are reported then.
+//! 4. [`run`](App::run) it for a typed result or a [`RunError`] carrying the final state and
+//!    errors; or [`start`](App::start) it with a transaction id, and drive it with
+//!    [`set_step_success`](App::set_step_success), [`resume`](App::resume),
+//!    [`cancel`](App::cancel); [`subscribe`](App::subscribe) to its events.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use parking_lot::Mutex;
+//! use serde::{Deserialize, Serialize};
+//! use gorgon_workflows::{App, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
+//!     TransactionState, Workflow, RunError};
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize)]
+//! struct Restock { sku: String, quantity: u32 }
+//! #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+//! struct Order { id: u32, quantity: u32 }
+//!
+//! /// A service the steps use, resolved by type.
+//! #[derive(Default)]
+//! struct Orders { rows: Mutex<Vec<Order>> }
+//!
+//! async fn create_order(input: Restock, ctx: StepContext) -> StepResult<Order, u32> {
+//!     let orders = ctx.service::<Orders>()?;
+//!     let order = Order { id: 1, quantity: input.quantity };
+//!     orders.rows.lock().push(order.clone());
+//!     // The compensation gets the id only.
+//!     Ok(StepResponse::new(order.clone()).with_compensation(order.id))
+//! }
+//! async fn delete_order(id: Option<u32>, ctx: StepContext) -> Result<(), StepFailure> {
+//!     if let Some(id) = id {
+//!         ctx.service::<Orders>()?.rows.lock().retain(|o| o.id != id);
+//!     }
+//!     Ok(())
+//! }
+//! async fn confirm(order: Order, _ctx: StepContext) -> StepResult<String> {
+//!     if order.quantity > 100 {
+//!         return Ok(StepResponse::permanent_failure("too many"));
+//!     }
+//!     Ok(StepResponse::new(format!("order {} confirmed", order.id)))
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let create = Step::new("create-order", create_order).compensate(delete_order).requires::<Orders>();
+//! let confirm = Step::new("confirm", confirm).max_retries(2);
+//! let restock = Workflow::define("restock", |b, input| {
+//!     let order = b.step(&create, input);
+//!     let message = b.step(&confirm, order);
+//!     b.transform((order, message), |(order, message)| format!("{message} ({} units)", order.quantity))
+//! })?;
+//!
+//! let orders = Arc::new(Orders::default());
+//! let app = App::new(Services::new().with(orders.clone()));
+//! app.register(&restock)?;
+//!
+//! let done = app.run(&restock, Restock { sku: "tee".into(), quantity: 5 }).await?;
+//! assert_eq!(done, "order 1 confirmed (5 units)");
+//!
+//! orders.rows.lock().clear();
+//! let err = app.run(&restock, Restock { sku: "tee".into(), quantity: 500 }).await.unwrap_err();
+//! assert_eq!(err.state(), Some(TransactionState::Reverted));
+//! assert_eq!(err.errors()[0].error.message, "too many");
+//! assert!(orders.rows.lock().is_empty()); // the order was deleted again
+//! # Ok::<_, anyhow::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! How a run flows:
+//!
+//! ```text
+//!  define:  composer(&mut Builder, Handle<In>) ─► stages of nodes ─► FlowDefinition ─► Flow
+//!  run:     App::run ─► Engine::run(payload = {input, context}) ─► WorkflowHandler::call(step index)
+//!              ─► nodes[index]: resolve the input from saved responses (typed: a refcount, no JSON)
+//!              ─► the step's async fn ─► StepOutcome (output + compensation input, saved)
+//!  result:  the result handle resolved against the finished execution ─► Ok(Out) | RunError
+//! ```
+//!
+//! Contract: values that cross a checkpoint (the input, step outputs and compensation inputs)
+//! are `serde` ([`Value`]); in memory they keep their Rust type and are handed on by reference
+//! count, and read back from JSON when the run was loaded from a durable store. Transforms are
+//! not saved: they are recomputed when needed, so they must be pure. A `when` decision is saved.
+
+mod app;
+mod compose;
+mod context;
+mod error;
+mod hook;
+mod nested;
+mod services;
+mod step;
+mod workflow;
+
+pub use app::{App, Run, RunOptions};
+pub use compose::{Branch, Builder, Handle, Inputs, Source};
+pub use context::{RequestMetadata, StepContext, WorkflowContext};
+pub use error::{Error, RunError, StepFailure};
+pub use hook::Hook;
+pub use services::{Requirement, Services};
+pub use step::{Step, StepResponse, StepResult, Value};
+pub use workflow::Workflow;
+
+pub use gorgon_orchestration::{
+    EngineOptions, HandlerType, IdempotencyKey, StepOptions, TransactionError, TransactionEvent,
+    TransactionState, WorkflowOptions,
+};
