@@ -22,8 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
@@ -641,9 +639,10 @@ impl Engine {
         if announce && !tx.begin_or_resume(self.now()) {
             return Ok(());
         }
+        let mut effects = Vec::new();
         loop {
             let round = tx.next_round(self.now());
-            self.apply_effects(cell, tx).await?;
+            self.apply(cell, tx, &mut effects).await?;
             let (calls, steps, continue_after) = match round {
                 Round::Finished => {
                     self.retire(cell);
@@ -655,49 +654,78 @@ impl Engine {
                     continue_after,
                 } => (calls, steps, continue_after),
             };
-            let mut sync_calls = calls.iter().filter(|c| !c.is_async).copied();
-            match (sync_calls.next(), sync_calls.next()) {
-                (None, _) => {}
-                (Some(only), None) => {
-                    let outcome = cell
-                        .handler
-                        .call(StepCall {
-                            shared: tx.shared().clone(),
-                            dispatch: only,
-                        })
-                        .await;
-                    tx.complete(only, outcome, &steps, self.now());
-                    self.apply_effects(cell, tx).await?;
-                }
-                (Some(_), Some(_)) => {
-                    let mut running: FuturesUnordered<_> = calls
-                        .iter()
-                        .filter(|c| !c.is_async)
-                        .map(|&dispatch| {
-                            let call = StepCall {
-                                shared: tx.shared().clone(),
-                                dispatch,
-                            };
-                            let handler = cell.handler.clone();
-                            async move { (dispatch, handler.call(call).await) }
-                        })
-                        .collect();
-                    while let Some((dispatch, outcome)) = running.next().await {
-                        tx.complete(dispatch, outcome, &steps, self.now());
-                        self.apply_effects(cell, tx).await?;
-                    }
-                }
+            let sync_count = calls.iter().filter(|c| !c.is_async).count();
+            if sync_count == 1 {
+                let only = *calls.iter().find(|c| !c.is_async).expect("one sync call");
+                let outcome = cell
+                    .handler
+                    .call(StepCall {
+                        shared: tx.shared().clone(),
+                        dispatch: only,
+                    })
+                    .await;
+                tx.complete(only, outcome, &steps, self.now());
+                self.apply(cell, tx, &mut effects).await?;
+            } else if sync_count > 1 {
+                self.run_concurrently(cell, tx, &calls, &steps, &mut effects)
+                    .await?;
             }
             if calls.iter().any(|c| c.is_async) {
-                let steps: Arc<[StepIndex]> = steps.into();
+                let round_steps: Arc<[StepIndex]> = steps.as_slice().into();
                 for &dispatch in calls.iter().filter(|c| c.is_async) {
-                    self.spawn_async(cell, tx, dispatch, steps.clone());
+                    self.spawn_async(cell, tx, dispatch, round_steps.clone());
                 }
             }
+            tx.recycle_round(calls, steps);
             if !continue_after {
                 return Ok(());
             }
         }
+    }
+
+    /// Runs the sync calls of a round concurrently, recording each outcome as it arrives.
+    async fn run_concurrently(
+        &self,
+        cell: &Arc<Cell>,
+        tx: &mut Transaction,
+        calls: &[Dispatch],
+        steps: &[StepIndex],
+        effects: &mut Vec<Effect>,
+    ) -> Result<()> {
+        type Call = std::pin::Pin<Box<dyn std::future::Future<Output = StepOutcome> + Send>>;
+        let mut running: Vec<(Dispatch, Option<Call>)> = calls
+            .iter()
+            .filter(|c| !c.is_async)
+            .map(|&dispatch| {
+                let call = StepCall {
+                    shared: tx.shared().clone(),
+                    dispatch,
+                };
+                let handler = cell.handler.clone();
+                let future: Call = Box::pin(async move { handler.call(call).await });
+                (dispatch, Some(future))
+            })
+            .collect();
+        let mut pending = running.len();
+        while pending > 0 {
+            // Polls every unfinished call (a round is narrow), returning the first that is done.
+            let (dispatch, outcome) = std::future::poll_fn(|cx| {
+                for (dispatch, slot) in running.iter_mut() {
+                    if let Some(future) = slot
+                        && let std::task::Poll::Ready(outcome) = future.as_mut().poll(cx)
+                    {
+                        *slot = None;
+                        return std::task::Poll::Ready((*dispatch, outcome));
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await;
+            pending -= 1;
+            tx.complete(dispatch, outcome, steps, self.now());
+            self.apply(cell, tx, effects).await?;
+        }
+        Ok(())
     }
 
     fn spawn_async(
@@ -733,10 +761,25 @@ impl Engine {
     }
 
     async fn apply_effects(&self, cell: &Arc<Cell>, tx: &mut Transaction) -> Result<()> {
-        for effect in tx.take_effects() {
+        self.apply(cell, tx, &mut Vec::new()).await
+    }
+
+    /// Performs the effects the machine queued, in order, using `buffer` as scratch space.
+    async fn apply(
+        &self,
+        cell: &Arc<Cell>,
+        tx: &mut Transaction,
+        buffer: &mut Vec<Effect>,
+    ) -> Result<()> {
+        tx.drain_effects_into(buffer);
+        let mut result = Ok(());
+        for effect in buffer.drain(..) {
+            if result.is_err() {
+                continue; // drop what follows a failed write; the caller sees the error
+            }
             match effect {
                 Effect::Persist(records) => {
-                    self.inner.store.append(&cell.key, &records).await?;
+                    result = self.inner.store.append(&cell.key, &records).await;
                     tx.recycle(records);
                 }
                 Effect::Arm(timer, at) => self.arm(cell, timer, at),
@@ -758,7 +801,7 @@ impl Engine {
                 }
             }
         }
-        Ok(())
+        result
     }
 
     fn arm(&self, cell: &Arc<Cell>, timer: Timer, at: u64) {

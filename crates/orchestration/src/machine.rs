@@ -349,6 +349,32 @@ fn is_forward_complete(state: StepState) -> bool {
     )
 }
 
+/// A small sorted set of positions (the frontier of a flow is narrow: a sorted `Vec` beats a
+/// tree and allocates once).
+#[derive(Debug, Default)]
+struct SortedPositions(Vec<usize>);
+
+impl SortedPositions {
+    fn insert(&mut self, position: usize) {
+        if let Err(at) = self.0.binary_search(&position) {
+            self.0.insert(at, position);
+        }
+    }
+    fn remove(&mut self, position: &usize) {
+        if let Ok(at) = self.0.binary_search(position) {
+            self.0.remove(at);
+        }
+    }
+    #[cfg(debug_assertions)]
+    fn contains(&self, position: &usize) -> bool {
+        self.0.binary_search(position).is_ok()
+    }
+    /// The first position at or after `cursor`.
+    fn first_from(&self, cursor: usize) -> Option<usize> {
+        self.0.get(self.0.partition_point(|&p| p < cursor)).copied()
+    }
+}
+
 /// Makes a scan of the invoke side cost the frontier, not the whole flow.
 ///
 /// Medusa scans every step each round; on the invoke side a step the scan skips (its parent's
@@ -359,8 +385,8 @@ fn is_forward_complete(state: StepState) -> bool {
 /// check the index against a full scan after every use.
 #[derive(Debug)]
 struct InvokeIndex {
-    /// Positions in the invoke order of the open, unsettled steps.
-    visit: std::collections::BTreeSet<usize>,
+    /// Positions in the invoke order of the open, unsettled steps, sorted.
+    visit: SortedPositions,
     /// Per step: its invoke side reached a forward-complete state (counted in its group).
     forward_done: Vec<bool>,
     /// Per step: how many of its children are forward-complete.
@@ -376,7 +402,7 @@ impl InvokeIndex {
         let flow = tx.flow();
         let len = flow.steps().len();
         let mut index = InvokeIndex {
-            visit: Default::default(),
+            visit: SortedPositions::default(),
             forward_done: vec![false; len],
             group_done: vec![0; len],
             settled: vec![false; len],
@@ -463,6 +489,8 @@ pub struct Transaction {
     fields_dirty: bool,
     pending: Vec<Record>,
     spare: Vec<Vec<Record>>,
+    spare_indices: Vec<Vec<StepIndex>>,
+    spare_calls: Vec<Vec<Dispatch>>,
     effects: Vec<Effect>,
     index: Option<InvokeIndex>,
 }
@@ -509,6 +537,8 @@ impl Transaction {
             fields_dirty: false,
             pending: Vec::new(),
             spare: Vec::new(),
+            spare_indices: Vec::new(),
+            spare_calls: Vec::new(),
             effects: Vec::new(),
             index: None,
         }
@@ -598,6 +628,26 @@ impl Transaction {
     pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
         out.append(&mut self.effects);
     }
+    /// Hands back the buffers of a [`Round::Run`] once its calls are done, for reuse.
+    pub fn recycle_round(&mut self, mut calls: Vec<Dispatch>, steps: Vec<StepIndex>) {
+        if self.spare_calls.len() < 2 {
+            calls.clear();
+            self.spare_calls.push(calls);
+        }
+        self.recycle_indices(steps);
+    }
+
+    fn recycle_indices(&mut self, mut indices: Vec<StepIndex>) {
+        if self.spare_indices.len() < 4 {
+            indices.clear();
+            self.spare_indices.push(indices);
+        }
+    }
+
+    fn take_indices(&mut self) -> Vec<StepIndex> {
+        self.spare_indices.pop().unwrap_or_default()
+    }
+
     /// Hands back the buffer of a performed [`Effect::Persist`] for reuse.
     pub fn recycle(&mut self, mut records: Vec<Record>) {
         if self.spare.len() < 2 {
@@ -866,15 +916,19 @@ impl Transaction {
             if self.has_finished() {
                 return Round::Finished;
             }
-            let scan = self.check_all_steps(now);
-            if self.check_transaction_timeout(&scan.current, now) {
+            let mut scan = self.check_all_steps(now);
+            let timed_out = self.check_transaction_timeout(&scan.current, now);
+            self.recycle_indices(std::mem::take(&mut scan.current));
+            if timed_out {
+                self.recycle_indices(scan.next);
                 continue;
             }
             if scan.remaining == 0 {
+                self.recycle_indices(scan.next);
                 self.finalize();
                 return Round::Finished;
             }
-            let mut calls = Vec::with_capacity(scan.next.len());
+            let mut calls = self.spare_calls.pop().unwrap_or_default();
             let mut has_async = false;
             let mut has_sync = false;
             for &step in &scan.next {
@@ -912,6 +966,7 @@ impl Transaction {
             let continue_after = !scan.next.is_empty() && (!has_async || has_sync);
             if calls.is_empty() && continue_after {
                 // Only `noCompensation` steps this round: nothing to call, scan again.
+                self.recycle_round(calls, scan.next);
                 continue;
             }
             return Round::Run {
@@ -1131,8 +1186,8 @@ impl Transaction {
     fn compute_current_state(&mut self, now: u64) -> (Scan, ScanFlags, usize, usize) {
         let flow = Arc::clone(&self.shared.flow);
         let mut pass = Pass {
-            current: Vec::new(),
-            next: Vec::new(),
+            current: self.take_indices(),
+            next: self.take_indices(),
             completed: 0,
             flags: ScanFlags::default(),
         };
@@ -1151,7 +1206,7 @@ impl Transaction {
             while let Some(position) = self
                 .index
                 .as_ref()
-                .and_then(|index| index.visit.range(cursor..).next().copied())
+                .and_then(|index| index.visit.first_from(cursor))
             {
                 cursor = position + 1;
                 self.visit(flow.invoke_order()[position], now, &mut pass, true);

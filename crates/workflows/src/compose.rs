@@ -175,6 +175,33 @@ macro_rules! tuple_inputs {
     };
 }
 
+/// A list of handles (the members of a `parallel` block, say) resolves to the list of values.
+impl<T> sealed::Sealed for Vec<Handle<T>> {}
+impl<T: Clone + Send + Sync + 'static> Inputs for Vec<Handle<T>> {
+    type Values = Vec<T>;
+    fn source(self, builder: &Builder, user: &str) -> Result<Source<Vec<T>>, Error> {
+        let sources = self
+            .into_iter()
+            .map(|handle| builder.source_of(handle, user))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stage = sources.iter().filter_map(|s| s.stage).max();
+        let resolvers: Vec<_> = sources.into_iter().map(|s| s.resolver).collect();
+        Ok(Source {
+            resolver: Arc::new(move |env: &Env<'_>| {
+                let mut values = Vec::with_capacity(resolvers.len());
+                for resolver in &resolvers {
+                    let Some(value) = resolver(env)? else {
+                        return Ok(None);
+                    };
+                    values.push(value);
+                }
+                Ok(Some(values))
+            }),
+            stage,
+        })
+    }
+}
+
 tuple_inputs!(A a);
 tuple_inputs!(A a, B b);
 tuple_inputs!(A a, B b, C c);
@@ -284,7 +311,7 @@ impl<I: Send + 'static, O: Value, C: Value> Node for StepNode<I, O, C> {
             Ok(None) => return ready(StepOutcome::Skip),
             Err(error) => return ready(resolution_failure(error)),
         };
-        (self.step.invoke)(input, StepContext::new(call, rt.services.clone(), false))
+        (self.step.invoke)(input, StepContext::new(call, rt, false))
     }
 
     fn compensate(&self, call: StepCall, rt: &Runtime) -> BoxFuture<'static, StepOutcome> {
@@ -307,7 +334,7 @@ impl<I: Send + 'static, O: Value, C: Value> Node for StepNode<I, O, C> {
                 }
             },
         };
-        compensate(input, StepContext::new(call, rt.services.clone(), failed))
+        compensate(input, StepContext::new(call, rt, failed))
     }
 
     fn external_success(&self, output: Box<dyn Any + Send>) -> Option<Data> {

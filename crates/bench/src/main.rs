@@ -1,0 +1,258 @@
+//! `gorgon-bench [--quick] [--store memory] [shape ...]`: runs the workflow shapes of
+//! `shared/bench/FORMAT.md` (`seq10`, `seq100`, `fail10`, `par10`) through Gorgon's public SDK,
+//! serially and with 64 in flight, and prints one JSON line per (shape, mode, store), the same
+//! lines as `shared/bench/medusa/bench.mjs`.
+//!
+//! Every step is a no-op that returns its input plus one and registers a no-op compensation, so
+//! the figures measure the engine and the SDK, not the steps.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use gorgon_orchestration::MemoryStore;
+use gorgon_workflows::{
+    App, EngineOptions, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
+    Workflow,
+};
+use serde_json::json;
+
+/// Where checkpoints go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    /// The in-memory store.
+    Memory,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Runs the side-by-side benchmark shapes through Gorgon's SDK")]
+struct Args {
+    /// Fewer workflows per measurement.
+    #[arg(long)]
+    quick: bool,
+    /// The store the engine checkpoints to.
+    #[arg(long, value_enum, default_value = "memory")]
+    store: StoreKind,
+    /// Workflows kept in flight in the concurrent mode.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// The shapes to run (default: all).
+    shapes: Vec<String>,
+}
+
+async fn add_one(n: u64, _ctx: StepContext) -> StepResult<u64, u64> {
+    Ok(StepResponse::new(n + 1).with_compensation(n))
+}
+
+async fn undo(_n: Option<u64>, _ctx: StepContext) -> Result<(), StepFailure> {
+    Ok(())
+}
+
+async fn boom(_n: u64, _ctx: StepContext) -> StepResult<u64> {
+    Err(StepFailure::new("boom"))
+}
+
+/// The four shapes, each a registered workflow taking and returning numbers.
+struct Shapes {
+    seq10: Workflow<u64, u64>,
+    seq100: Workflow<u64, u64>,
+    fail10: Workflow<u64, u64>,
+    par10: Workflow<u64, Vec<u64>>,
+}
+
+fn shapes() -> anyhow::Result<Shapes> {
+    let steps: Vec<Step<u64, u64, u64>> = (0..100)
+        .map(|i| Step::new(format!("s{i}"), add_one).compensate(undo))
+        .collect();
+    let failing = Step::new("boom", boom).compensate(undo);
+    let chain = |name: &'static str, n: usize| {
+        let steps = steps[..n].to_vec();
+        Workflow::define(name, move |b, input| {
+            steps.iter().fold(input, |x, step| b.step(step, x))
+        })
+    };
+    let fail_steps = steps[..9].to_vec();
+    let par_steps = steps[..10].to_vec();
+    Ok(Shapes {
+        seq10: chain("seq10", 10)?,
+        seq100: chain("seq100", 100)?,
+        fail10: Workflow::define("fail10", move |b, input| {
+            let x = fail_steps.iter().fold(input, |x, step| b.step(step, x));
+            b.step(&failing, x)
+        })?,
+        par10: Workflow::define("par10", move |b, input| {
+            let outputs = b.parallel(|b| {
+                par_steps
+                    .iter()
+                    .map(|step| b.step(step, input))
+                    .collect::<Vec<_>>()
+            });
+            b.transform(outputs, |values| values)
+        })?,
+    })
+}
+
+struct Measurement {
+    workflows: usize,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+}
+
+/// Runs `total` workflows with `concurrency` in flight, after `warmup` unmeasured ones.
+async fn measure<F, Fut>(
+    run: F,
+    total: usize,
+    concurrency: usize,
+    warmup: usize,
+) -> anyhow::Result<Measurement>
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    for _ in 0..warmup {
+        run().await?;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (run, next) = (run.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let t = Instant::now();
+                    run().await?;
+                    latencies.push(t.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_us = Vec::with_capacity(total);
+    for worker in workers {
+        latencies_us.extend(worker.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    Ok(Measurement {
+        workflows: latencies_us.len(),
+        seconds,
+        latencies_us,
+    })
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn report(store: StoreKind, shape: &str, mode: &str, concurrency: usize, m: &Measurement) {
+    let line = json!({
+        "engine": "gorgon", "store": store.name(), "shape": shape, "mode": mode, "concurrency": concurrency,
+        "workflows": m.workflows, "seconds": (m.seconds * 1000.0).round() / 1000.0,
+        "wf_per_s": ((m.workflows as f64 / m.seconds) * 10.0).round() / 10.0,
+        "p50_us": percentile(&m.latencies_us, 0.5), "p99_us": percentile(&m.latencies_us, 0.99),
+    });
+    println!("{line}");
+}
+
+fn app(store: StoreKind) -> App {
+    let store = match store {
+        StoreKind::Memory => Arc::new(MemoryStore::keeping_finished(10_000)),
+    };
+    App::with_options(
+        EngineOptions {
+            store,
+            ..EngineOptions::default()
+        },
+        Services::new(),
+    )
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let all = ["seq10", "seq100", "fail10", "par10"];
+    let wanted: Vec<String> = if args.shapes.is_empty() {
+        all.map(String::from).to_vec()
+    } else {
+        args.shapes.clone()
+    };
+    for shape in &wanted {
+        if !all.contains(&shape.as_str()) {
+            bail!("unknown shape {shape}: expected one of {all:?}");
+        }
+    }
+    let shapes = Arc::new(shapes()?);
+    let app = app(args.store);
+    app.register(&shapes.seq10)?;
+    app.register(&shapes.seq100)?;
+    app.register(&shapes.fail10)?;
+    app.register(&shapes.par10)?;
+
+    for shape in &wanted {
+        let big = shape == "seq100";
+        let total = match (args.quick, big) {
+            (true, true) => 2_000,
+            (true, false) => 20_000,
+            (false, true) => 20_000,
+            (false, false) => 200_000,
+        };
+        let warmup = total / 10;
+        for (mode, concurrency) in [("serial", 1), ("concurrent", args.concurrency)] {
+            let (app, shapes, shape_name) = (app.clone(), shapes.clone(), shape.clone());
+            let run = move || {
+                let (app, shapes, shape_name) = (app.clone(), shapes.clone(), shape_name.clone());
+                async move {
+                    match shape_name.as_str() {
+                        "seq10" => {
+                            let out = app.run(&shapes.seq10, 0).await?;
+                            anyhow::ensure!(out == 10, "seq10 returned {out}");
+                        }
+                        "seq100" => {
+                            let out = app.run(&shapes.seq100, 0).await?;
+                            anyhow::ensure!(out == 100, "seq100 returned {out}");
+                        }
+                        "fail10" => {
+                            let err = app
+                                .run(&shapes.fail10, 0)
+                                .await
+                                .expect_err("fail10 must fail");
+                            anyhow::ensure!(
+                                err.state() == Some(gorgon_workflows::TransactionState::Reverted),
+                                "fail10 ended {:?}",
+                                err.state()
+                            );
+                        }
+                        _ => {
+                            let out = app.run(&shapes.par10, 0).await?;
+                            anyhow::ensure!(
+                                out.len() == 10 && out.iter().all(|&v| v == 1),
+                                "par10 returned {out:?}"
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+            };
+            let m = measure(run, total, concurrency, warmup)
+                .await
+                .with_context(|| format!("{shape} {mode}"))?;
+            report(args.store, shape, mode, concurrency, &m);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
