@@ -1,13 +1,15 @@
 //! [`App`]: the engine, the service registry and the registered workflows; running them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
+use gorgon_event_bus::{EventBus, EventGroupId};
 use gorgon_orchestration::{
     Data, Engine, EngineOptions, EventKind, Execution, HandlerType, IdempotencyKey,
     TransactionError, TransactionEvent, TransactionState,
 };
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
 use crate::compose::{Env, EnvSource, Resolver};
@@ -31,6 +33,11 @@ pub struct RunOptions {
     /// The shared context; without one (or with an empty event group id) the event group id is
     /// the run id, unique per run and kept across resumes.
     pub context: Option<WorkflowContext>,
+    /// Leave the run's event group staged when the run finishes, neither released nor
+    /// discarded: the caller settles it with [`App::release_events`] / [`App::discard_events`]
+    /// (Medusa's `preventReleaseEvents`, e.g. for a run inside a larger unit of work). Nested
+    /// runs always hold theirs for their parent.
+    pub hold_events: bool,
 }
 
 impl RunOptions {
@@ -38,12 +45,18 @@ impl RunOptions {
     pub fn transaction_id(id: impl Into<String>) -> Self {
         RunOptions {
             transaction_id: Some(id.into()),
-            context: None,
+            ..RunOptions::default()
         }
     }
     /// The same options with this shared context.
     pub fn with_context(mut self, context: WorkflowContext) -> Self {
         self.context = Some(context);
+        self
+    }
+    /// The same options, holding the run's events for the caller; see
+    /// [`hold_events`](Self::hold_events).
+    pub fn hold_events(mut self) -> Self {
+        self.hold_events = true;
         self
     }
 }
@@ -129,6 +142,8 @@ impl AppInner {
         let payload = Data::new(Payload {
             input: Data::new(input),
             context,
+            // The parent's outcome decides the group's fate.
+            hold_events: true,
         });
         Ok(self
             .engine
@@ -204,6 +219,185 @@ impl AppInner {
             Err(error) => Err(StepFailure::new(error.to_string())),
         }
     }
+
+    /// The event bus, when the app has one.
+    pub(crate) fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
+        self.event_bus.read().clone()
+    }
+
+    /// Releases or discards a whole event group on the app's bus.
+    async fn settle_group(&self, settle: Settle, group_id: &str) -> Result<usize, Error> {
+        let operation = settle.operation();
+        let Some(bus) = self.event_bus() else {
+            return Err(Error::NoEventBus {
+                operation,
+                group_id: group_id.to_string(),
+            });
+        };
+        let bus_error = |source| Error::EventBus {
+            operation,
+            group_id: group_id.to_string(),
+            source,
+        };
+        let id = EventGroupId::new(group_id).map_err(bus_error)?;
+        match settle {
+            Settle::Release => bus.release_group(&id).await,
+            Settle::Discard => bus.clear_group(&id, None).await,
+        }
+        .map_err(bus_error)
+    }
+
+    /// Settles the event group of a run that finished in `state`: done releases it (publishes),
+    /// reverted or failed discards it. Runs that hold their events (nested runs, `hold_events`),
+    /// unfinished runs, workflows not registered through this app, and apps without a bus are
+    /// left alone. Idempotent: a settled group is empty, so settling again does nothing.
+    ///
+    /// A failing bus is logged, not returned: the run's outcome stands, and the staged events
+    /// stay in the bus (Redis: until their TTL) for [`App::release_events`].
+    pub(crate) async fn settle_events(&self, execution: &Execution, state: TransactionState) {
+        if state.is_finished() && self.event_bus.read().is_some() {
+            // The watcher then skips this end (a late duplicate could publish what a cancel
+            // right after it staged).
+            self.settled
+                .lock()
+                .insert(Arc::from(execution.run_id()), state);
+        }
+        self.settle_run(
+            execution.workflow(),
+            execution.transaction_id(),
+            execution.run_id(),
+            execution.payload(),
+            state,
+        )
+        .await;
+    }
+
+    /// [`settle_events`](Self::settle_events) from the parts of a run.
+    async fn settle_run(
+        &self,
+        workflow: &str,
+        transaction_id: &str,
+        run_id: &str,
+        payload: &Data,
+        state: TransactionState,
+    ) {
+        if !state.is_finished() || self.event_bus.read().is_none() {
+            return;
+        }
+        if !self.workflows.read().contains_key(workflow) {
+            return;
+        }
+        let decoded = Payload::with(payload, workflow, |p| {
+            (p.hold_events, p.context.event_group_id.clone())
+        });
+        let (hold, group_id) = match decoded {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(%workflow, transaction_id, %error,
+                    "cannot read the run's event group; its events stay staged");
+                return;
+            }
+        };
+        if hold {
+            return;
+        }
+        let group_id = if group_id.is_empty() {
+            run_id.to_string()
+        } else {
+            group_id
+        };
+        let settle = if state == TransactionState::Done {
+            Settle::Release
+        } else {
+            Settle::Discard
+        };
+        let operation = settle.operation();
+        match self.settle_group(settle, &group_id).await {
+            Ok(count) => tracing::debug!(%workflow, transaction_id,
+                %group_id, count, operation, "settled the run's event group"),
+            Err(error) => tracing::error!(%workflow, transaction_id,
+                %group_id, %error, operation, "settling the run's event group failed; its events stay staged"),
+        }
+    }
+
+    /// Settles the group of a run that finished in the background (a retry timer, an async
+    /// child completing its parent): watches the engine's `Finish` events.
+    fn watch_finished_runs(self: &Arc<Self>) {
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.watching.store(false, Ordering::Release);
+            tracing::warn!(
+                "App::with_event_bus outside a tokio runtime: runs finishing in the background \
+                 keep their events staged until App::release_events"
+            );
+            return;
+        };
+        let mut events = self.engine.subscribe();
+        let app: Weak<AppInner> = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.kind == EventKind::Finish => {
+                        let Some(app) = app.upgrade() else { return };
+                        tokio::spawn(async move {
+                            if !app.workflows.read().contains_key(&*event.key.workflow) {
+                                return;
+                            }
+                            // The header (payload, run id) straight from the store: no replay,
+                            // and the finished run is not brought back into the engine's memory.
+                            match app.engine.store().load(&event.key).await {
+                                Ok(Some(stored)) => {
+                                    let header = &stored.header;
+                                    if app.settled.lock().take(&header.run_id, event.state) {
+                                        return; // the call that finished the run settled it
+                                    }
+                                    app.settle_run(
+                                        &header.key.workflow,
+                                        &header.key.id,
+                                        &header.run_id,
+                                        &header.payload,
+                                        event.state,
+                                    )
+                                    .await;
+                                }
+                                Ok(None) => tracing::warn!(key = %event.key,
+                                    "a finished run is not in the store; its events stay staged"),
+                                Err(error) => tracing::error!(key = %event.key, %error,
+                                    "cannot load a finished run to settle its events"),
+                            }
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => tracing::warn!(
+                        missed,
+                        "missed transaction events: runs that finished in the background \
+                         meanwhile keep their events staged until App::release_events"
+                    ),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
+/// What the end of a run does to its event group.
+#[derive(Clone, Copy, Debug)]
+enum Settle {
+    /// Publish everything staged (the run is done).
+    Release,
+    /// Drop everything staged (the run was rolled back).
+    Discard,
+}
+
+impl Settle {
+    fn operation(self) -> &'static str {
+        match self {
+            Settle::Release => "release_events",
+            Settle::Discard => "discard_events",
+        }
+    }
 }
 
 /// The application: the orchestrator [`Engine`], the [`Services`] registry, and the workflows
@@ -217,6 +411,42 @@ pub(crate) struct AppInner {
     pub(crate) engine: Engine,
     services: Arc<Services>,
     workflows: RwLock<HashMap<Arc<str>, Arc<Compiled>>>,
+    event_bus: RwLock<Option<Arc<dyn EventBus>>>,
+    /// Whether the task settling background-finished runs is running.
+    watching: AtomicBool,
+    /// Run ends already settled by the call that caused them.
+    settled: Mutex<SettledRuns>,
+}
+
+/// The last run ends (run id, final state) settled by an app call, so the background watcher
+/// does not settle them again. Bounded: the oldest are forgotten (the watcher then settles
+/// again, which is a no-op unless something was staged since).
+#[derive(Default)]
+struct SettledRuns {
+    set: HashSet<(Arc<str>, TransactionState)>,
+    order: VecDeque<(Arc<str>, TransactionState)>,
+}
+
+impl SettledRuns {
+    const CAPACITY: usize = 4096;
+
+    fn insert(&mut self, run_id: Arc<str>, state: TransactionState) {
+        if !self.set.insert((run_id.clone(), state)) {
+            return;
+        }
+        self.order.push_back((run_id, state));
+        if self.order.len() > Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+    }
+
+    /// Whether this end was settled by a call; forgets it (its entry in `order` goes when it
+    /// is the oldest, removing nothing then).
+    fn take(&mut self, run_id: &Arc<str>, state: TransactionState) -> bool {
+        self.set.remove(&(run_id.clone(), state))
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -224,6 +454,7 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("services", &self.inner.services)
             .field("workflows", &self.inner.workflows.read().len())
+            .field("event_bus", &self.inner.event_bus.read().is_some())
             .finish()
     }
 }
@@ -246,8 +477,49 @@ impl App {
                 engine,
                 services: Arc::new(services),
                 workflows: RwLock::new(HashMap::new()),
+                event_bus: RwLock::new(None),
+                watching: AtomicBool::new(false),
+                settled: Mutex::new(SettledRuns::default()),
             }),
         }
+    }
+
+    /// The same app, emitting through `bus`: steps' [`StepContext::emit`](crate::StepContext::emit)
+    /// stage events in their run's event group, and the run's end settles the group (done:
+    /// released, reverted or failed: discarded). Call it inside a tokio runtime, before running
+    /// workflows; calling it again replaces the bus (groups staged in the old one stay there).
+    pub fn with_event_bus(self, bus: Arc<dyn EventBus>) -> Self {
+        *self.inner.event_bus.write() = Some(bus);
+        self.inner.watch_finished_runs();
+        self
+    }
+
+    /// The app's event bus, if it was given one.
+    pub fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
+        self.inner.event_bus()
+    }
+
+    /// Publishes the events staged in an event group: for runs started with
+    /// [`RunOptions::hold_events`], and to release a group left staged (a bus that failed at the
+    /// run's end; a run whose process died, with the Redis bus). Returns how many were published;
+    /// an unknown or settled group gives `Ok(0)`.
+    pub async fn release_events(&self, group_id: &str) -> Result<usize, Error> {
+        self.inner.settle_group(Settle::Release, group_id).await
+    }
+
+    /// Drops the events staged in an event group without publishing them; returns how many.
+    pub async fn discard_events(&self, group_id: &str) -> Result<usize, Error> {
+        self.inner.settle_group(Settle::Discard, group_id).await
+    }
+
+    /// Settles the run's event group if `execution` finished, and wraps it.
+    async fn settled<In, Out>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        execution: Execution,
+    ) -> Run<Out> {
+        self.inner.settle_events(&execution, execution.state).await;
+        Self::snapshot(workflow, execution)
     }
 
     /// The engine.
@@ -351,6 +623,7 @@ impl App {
         let payload = Data::new(Payload {
             input: Data::new(input),
             context,
+            hold_events: options.hold_events,
         });
         let execution = self
             .inner
@@ -363,7 +636,7 @@ impl App {
                 },
             )
             .await?;
-        Ok(Self::snapshot(workflow, execution))
+        Ok(self.settled(workflow, execution).await)
     }
 
     /// Resumes an unfinished run (a retry after `auto_retry(false)`, a run loaded from a store).
@@ -378,7 +651,7 @@ impl App {
             .engine
             .resume(workflow.name(), transaction_id)
             .await?;
-        Ok(Self::snapshot(workflow, execution))
+        Ok(self.settled(workflow, execution).await)
     }
 
     /// The current snapshot of a run.
@@ -445,7 +718,7 @@ impl App {
             }
         };
         let execution = self.inner.engine.set_step_success(key, response).await?;
-        Ok(Self::snapshot(workflow, execution))
+        Ok(self.settled(workflow, execution).await)
     }
 
     /// Fails a waiting (asynchronous) step: retried while its retries allow, unless the failure
@@ -463,7 +736,7 @@ impl App {
             .engine
             .set_step_failure(key, failure.error, permanent)
             .await?;
-        Ok(Self::snapshot(workflow, execution))
+        Ok(self.settled(workflow, execution).await)
     }
 
     /// Cancels a run, running or finished: what was done is compensated.
@@ -478,7 +751,7 @@ impl App {
             .engine
             .cancel(workflow.name(), transaction_id)
             .await?;
-        Ok(Self::snapshot(workflow, execution))
+        Ok(self.settled(workflow, execution).await)
     }
 
     /// Waits until a run has finished (done, reverted or failed) and returns its snapshot: for
@@ -494,7 +767,7 @@ impl App {
             .inner
             .wait_finished(workflow.name(), transaction_id)
             .await?;
-        Ok(Self::snapshot(workflow, execution))
+        Ok(self.settled(workflow, execution).await)
     }
 
     /// Subscribes to the events of every run on this app (filter on `event.key`).

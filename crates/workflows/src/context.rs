@@ -1,13 +1,16 @@
 //! [`StepContext`]: what a step knows about its run, and the run's shared [`WorkflowContext`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use gorgon_event_bus::{EventBus, EventGroup, EventGroupId, EventId, Message};
 use gorgon_orchestration::{Data, HandlerType, IdempotencyKey, StepCall};
 use serde::{Deserialize, Serialize};
 
+use crate::app::AppInner;
 use crate::error::Error;
 use crate::services::Services;
+use crate::workflow::Runtime;
 
 /// The context shared by every step of a run, saved with the run (it crosses checkpoints).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +41,10 @@ pub struct RequestMetadata {
 pub(crate) struct Payload {
     pub(crate) input: Data,
     pub(crate) context: Arc<WorkflowContext>,
+    /// The run leaves its event group alone when it finishes (nested runs, whose parent
+    /// decides; runs started with `RunOptions::hold_events`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) hold_events: bool,
 }
 
 impl Payload {
@@ -64,11 +71,13 @@ impl Payload {
 /// The second argument of every step function: the run, the step, the shared context and the
 /// application's services.
 ///
-/// Cheap to clone (two reference counts); everything is read lazily from the running call.
+/// Cheap to clone (three reference counts); everything is read lazily from the running call.
 #[derive(Clone)]
 pub struct StepContext {
     call: StepCall,
     services: Arc<Services>,
+    /// The app, for its event bus (looked up when a step emits).
+    app: Weak<AppInner>,
     invoke_failed: bool,
 }
 
@@ -84,10 +93,11 @@ impl std::fmt::Debug for StepContext {
 }
 
 impl StepContext {
-    pub(crate) fn new(call: StepCall, services: Arc<Services>, invoke_failed: bool) -> Self {
+    pub(crate) fn new(call: StepCall, rt: &Runtime, invoke_failed: bool) -> Self {
         StepContext {
             call,
-            services,
+            services: rt.services.clone(),
+            app: rt.app.clone(),
             invoke_failed,
         }
     }
@@ -154,5 +164,113 @@ impl StepContext {
     /// The orchestrator's call, for what the SDK does not wrap.
     pub fn call(&self) -> &StepCall {
         &self.call
+    }
+
+    fn bus(&self) -> Option<Arc<dyn EventBus>> {
+        self.app.upgrade().and_then(|app| app.event_bus())
+    }
+
+    /// The run's event group id: the context's, else the run id.
+    pub fn event_group_id(&self) -> String {
+        self.workflow_context().event_group_id.clone()
+    }
+
+    /// The run's [`EventGroup`] on the app's bus: what [`emit`](Self::emit) stages into.
+    ///
+    /// [`Error::NoEventBus`] when the app has none; [`Error::EventBus`] when the context's event
+    /// group id is not a valid group id.
+    pub fn event_group(&self) -> Result<EventGroup, Error> {
+        let group_id = self.event_group_id();
+        let Some(bus) = self.bus() else {
+            return Err(Error::NoEventBus {
+                operation: "emit",
+                group_id,
+            });
+        };
+        let id = EventGroupId::new(group_id.clone()).map_err(|source| Error::EventBus {
+            operation: "emit",
+            group_id,
+            source,
+        })?;
+        Ok(EventGroup::new(bus, id))
+    }
+
+    /// The app's event bus itself, to publish at once, outside the run's group (an event that
+    /// must go out even if the run rolls back, such as "payment declined").
+    pub fn event_bus(&self) -> Result<Arc<dyn EventBus>, Error> {
+        self.bus().ok_or_else(|| Error::NoEventBus {
+            operation: "event_bus",
+            group_id: self.event_group_id(),
+        })
+    }
+
+    /// Emits an event from this step: `data` is serialized to JSON and the event is **staged** in
+    /// the run's event group. It is published when the run finishes done, and dropped when the
+    /// run is rolled back (reverted or failed); a nested run's events wait for the outermost run.
+    ///
+    /// [`Error::NoEventBus`] when the app has no bus; [`Error::EventBus`] for an invalid event
+    /// name, a payload that does not serialize, or a failing bus. With `?` in a step, either is
+    /// a step failure.
+    pub async fn emit(
+        &self,
+        name: impl Into<String>,
+        data: impl Serialize,
+    ) -> Result<EventId, Error> {
+        let name = name.into();
+        let data = serde_json::to_value(data).map_err(|source| Error::EventBus {
+            operation: "emit",
+            group_id: self.event_group_id(),
+            source: gorgon_event_bus::Error::Serialization {
+                operation: "emit",
+                event_name: name.clone(),
+                source,
+            },
+        })?;
+        let ids = self.emit_many(vec![Message::new(name, data)]).await?;
+        ids.into_iter().next().ok_or_else(|| Error::EventBus {
+            operation: "emit",
+            group_id: self.event_group_id(),
+            source: gorgon_event_bus::Error::Backend {
+                operation: "emit",
+                source: "the bus returned no event id".into(),
+            },
+        })
+    }
+
+    /// Emits several events, staged in the run's event group in this order (all or none: one
+    /// invalid message stages none); see [`emit`](Self::emit). A group id the messages carry is
+    /// replaced by the run's.
+    pub async fn emit_many(&self, messages: Vec<Message>) -> Result<Vec<EventId>, Error> {
+        let group = self.event_group()?;
+        group
+            .emit(messages)
+            .await
+            .map_err(|source| Error::EventBus {
+                operation: "emit",
+                group_id: group.id().to_string(),
+                source,
+            })
+    }
+
+    /// Drops the events with these names staged so far in the run's group (all steps' events of
+    /// those names), e.g. from a compensation that undoes what announced them. Returns how many
+    /// were dropped. Events already published (the run finished done, then was cancelled) are
+    /// not recalled.
+    pub async fn discard_events(&self, names: &[&str]) -> Result<usize, Error> {
+        let group = self.event_group().map_err(|error| match error {
+            Error::NoEventBus { group_id, .. } => Error::NoEventBus {
+                operation: "discard_events",
+                group_id,
+            },
+            other => other,
+        })?;
+        group
+            .discard_events(names)
+            .await
+            .map_err(|source| Error::EventBus {
+                operation: "discard_events",
+                group_id: group.id().to_string(),
+                source,
+            })
     }
 }

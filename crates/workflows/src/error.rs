@@ -118,6 +118,29 @@ pub enum Error {
     /// The orchestrator refused an operation (invalid flow, unknown transaction, not waiting, ...).
     #[error(transparent)]
     Orchestration(#[from] gorgon_orchestration::Error),
+    /// A step emitted an event (or the app was asked to release or discard an event group) but
+    /// the app has no event bus: give it one with [`App::with_event_bus`](crate::App::with_event_bus).
+    #[error(
+        "{operation} in event group {group_id}: the app has no event bus (give it one with App::with_event_bus)"
+    )]
+    NoEventBus {
+        /// The refused operation: `emit`, `discard_events`, `release_events`, ...
+        operation: &'static str,
+        /// The event group concerned (the run's).
+        group_id: String,
+    },
+    /// The event bus refused or failed an operation on a run's event group (an invalid event
+    /// name or group id, a payload that does not serialize, the backend being down).
+    #[error("{operation} in event group {group_id}: {source}")]
+    EventBus {
+        /// The operation: `emit`, `release_events`, `discard_events`.
+        operation: &'static str,
+        /// The event group concerned.
+        group_id: String,
+        /// The bus's error.
+        #[source]
+        source: gorgon_event_bus::Error,
+    },
 }
 
 /// A run that did not end with its result.

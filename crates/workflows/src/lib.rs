@@ -20,6 +20,10 @@
 //!    errors; or [`start`](App::start) it with a transaction id, and drive it with
 //!    [`set_step_success`](App::set_step_success), [`resume`](App::resume),
 //!    [`cancel`](App::cancel); [`subscribe`](App::subscribe) to its events.
+//! 5. To publish domain events, give the app an event bus
+//!    ([`App::with_event_bus`]`(Arc<dyn gorgon_event_bus::EventBus>)`) and
+//!    [`emit`](StepContext::emit) from steps: events are staged in the run's event group and
+//!    published only when the run succeeds (see [Events](#events)).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -78,6 +82,70 @@
 //! assert_eq!(err.state(), Some(TransactionState::Reverted));
 //! assert_eq!(err.errors()[0].error.message, "too many");
 //! assert!(orders.rows.lock().is_empty()); // the order was deleted again
+//! # Ok::<_, anyhow::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Events
+//!
+//! A step's [`StepContext::emit`] / [`emit_many`](StepContext::emit_many) stage events in the
+//! run's event group ([`StepContext::event_group_id`]: the [`WorkflowContext`]'s, else the run
+//! id) on the app's bus. When the run finishes, the app settles the group:
+//!
+//! ```text
+//!  step: ctx.emit(name, data) ──► staged in group <event group id> (memory, or Redis)
+//!  run ends done ───────────────► release: every staged event is published, in order
+//!  run ends reverted / failed ──► discard: none is published
+//!  nested / fan-out child ends ─► nothing: its events are in the parent's group, settled
+//!                                 with the parent (Medusa's preventReleaseEvents)
+//! ```
+//!
+//! This holds however the run ends: in [`App::run`] / [`start`](App::start), through
+//! [`set_step_success`](App::set_step_success) / `set_step_failure` / [`cancel`](App::cancel),
+//! or in the background (a retry timer, an async child completing its parent), which the app
+//! watches for. Settling happens before those calls return; for background ends, shortly after.
+//! Without a bus, `emit` is [`Error::NoEventBus`].
+//!
+//! - **Cancel after success:** the events were released when the run finished; a later
+//!   [`cancel`](App::cancel) compensates but cannot recall them. Events staged during that
+//!   compensation are discarded with the group; publish a "cancelled" event directly with
+//!   [`StepContext::event_bus`].
+//! - **Held runs:** [`RunOptions::hold_events`] leaves the group to the caller
+//!   ([`App::release_events`] / [`App::discard_events`]), for a run inside a larger unit of work.
+//! - **Failures of the bus** at the end of a run are logged, not turned into a run failure: the
+//!   run's outcome stands and the group stays staged (with Redis, across restarts, until its TTL)
+//!   for [`App::release_events`]. Redis staging survives a crash of the process that emitted;
+//!   whether the run itself does depends on the engine's store.
+//! - **Retries:** an attempt that emitted and then failed has staged its events; the retry
+//!   stages them again. Emit after the step's last fallible call (or discard by name with
+//!   [`StepContext::discard_events`]).
+//! - Runs sharing an event group id (given in their context) share its fate: the first to
+//!   finish settles what all of them staged so far.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use gorgon_event_bus::{EventBus, LocalEventBus, handler_fn};
+//! use gorgon_workflows::{App, Services, Step, StepContext, StepResponse, StepResult, Workflow};
+//!
+//! async fn place(id: u32, ctx: StepContext) -> StepResult<u32> {
+//!     ctx.emit("order.placed", serde_json::json!({ "id": id })).await?; // staged
+//!     Ok(StepResponse::new(id))
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let bus: Arc<dyn EventBus> = Arc::new(LocalEventBus::new());
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! bus.subscribe("order.*", "mailer", handler_fn(move |event| {
+//!     let tx = tx.clone();
+//!     async move { tx.send(event.name).ok(); Ok(()) }
+//! })).await?;
+//!
+//! let app = App::new(Services::new()).with_event_bus(bus);
+//! let place = Step::new("place", place);
+//! let wf = Workflow::define("place-order", |b, input| b.step(&place, input))?;
+//! app.register(&wf)?;
+//! app.run(&wf, 7).await?; // done: the run's group is released
+//! assert_eq!(rx.recv().await.as_deref(), Some("order.placed"));
 //! # Ok::<_, anyhow::Error>(())
 //! # }).unwrap();
 //! ```

@@ -33,8 +33,17 @@ fn app_of(rt: &Runtime) -> Result<Arc<AppInner>, StepOutcome> {
         .ok_or_else(|| permanent("the app running this workflow was dropped"))
 }
 
+/// The context a child run gets: the parent's, with the parent's event group id made explicit
+/// (the parent's run id when it had none), so the child's events join the parent's group.
 fn context_of(call: &StepCall) -> Arc<WorkflowContext> {
-    Payload::with(call.payload(), call.workflow(), |p| p.context.clone()).unwrap_or_default()
+    let context =
+        Payload::with(call.payload(), call.workflow(), |p| p.context.clone()).unwrap_or_default();
+    if !context.event_group_id.is_empty() {
+        return context;
+    }
+    let mut context = (*context).clone();
+    context.event_group_id = call.run_id().to_string();
+    Arc::new(context)
 }
 
 /// A failed child run, as the parent step's error (it names the child's first error).
@@ -81,8 +90,15 @@ async fn complete_parent<CI, CO: Value>(
                 .await
         }
     };
-    if let Err(error) = result {
-        tracing::error!(step = %parent, %error, "completing a nested workflow step failed");
+    match result {
+        // The parent may have finished here: settle its (and its children's) events.
+        Ok(parent_execution) => {
+            app.settle_events(&parent_execution, parent_execution.state)
+                .await;
+        }
+        Err(error) => {
+            tracing::error!(step = %parent, %error, "completing a nested workflow step failed");
+        }
     }
 }
 
