@@ -1534,10 +1534,7 @@ impl Transaction {
 
     fn handle_success(&mut self, step: StepIndex, response: Option<Data>, now: u64) {
         let is_async = self.step_is_async(step);
-        if response.is_some() && !is_async && self.flow().step(step).options.save_response() {
-            let handler = self.steps[step].handler_type();
-            self.add_response(step, handler, response.clone());
-        }
+        // Medusa saves a sync step's response here and again in setStepSuccess; once is enough.
         self.set_step_success(step, response);
         if is_async {
             self.schedule_retry(step, 0, now);
