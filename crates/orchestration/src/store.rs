@@ -164,7 +164,7 @@ impl Store for MemoryStore {
             header.key.clone(),
             MemoryEntry {
                 header: header.clone(),
-                records: Vec::new(),
+                records: Vec::with_capacity(64),
                 state: TransactionState::NotStarted,
             },
         );
