@@ -22,6 +22,14 @@ use serde_json::{Value, json};
 enum StoreKind {
     /// The in-memory store.
     Memory,
+    /// Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`), under a key prefix of this run's
+    /// own, deleted at the end.
+    Redis,
+    /// SQLite in a temporary file of this run's own, removed at the end.
+    Sqlite,
+    /// PostgreSQL at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`), in a
+    /// schema of this run's own, dropped at the end.
+    Postgres,
 }
 
 #[derive(Parser, Debug)]
@@ -34,6 +42,9 @@ struct Args {
     /// The store the engine uses.
     #[arg(long, value_enum, default_value = "memory")]
     store: StoreKind,
+    /// With `--store sqlite|postgres|redis`: batched durability instead of a commit per step.
+    #[arg(long)]
+    batched: bool,
 }
 
 /// The scripted handlers: outcomes per action and handler, and the calls seen.
@@ -140,8 +151,34 @@ async fn main() -> anyhow::Result<()> {
         ..Script::default()
     });
 
-    let store = match args.store {
+    let mut redis_store = None;
+    let (mut sqlite_dir, mut postgres_store) = (None, None);
+    let store: Arc<dyn gorgon_orchestration::Store> = match args.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Redis => {
+            let redis = connect_redis(args.batched).await?;
+            redis_store = Some(redis.clone());
+            Arc::new(redis)
+        }
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let store = gorgon_store_sqlite::SqliteStore::connect(gorgon_store_sqlite::Options {
+                durability: if args.batched {
+                    gorgon_store_sqlite::Durability::Batched
+                } else {
+                    gorgon_store_sqlite::Durability::EveryStep
+                },
+                ..gorgon_store_sqlite::Options::file(dir.path().join("conformance.db"))
+            })
+            .await?;
+            sqlite_dir = Some(dir);
+            Arc::new(store)
+        }
+        StoreKind::Postgres => {
+            let store = connect_postgres(args.batched).await?;
+            postgres_store = Some(store.clone());
+            Arc::new(store)
+        }
     };
     let engine = EngineOptions {
         store,
@@ -236,5 +273,55 @@ async fn main() -> anyhow::Result<()> {
     out["scenario"] = scenario.get("name").cloned().unwrap_or(Value::Null);
     out["stages"] = Value::Array(stages);
     println!("{out}");
+    if let Some(redis) = redis_store {
+        redis
+            .clear()
+            .await
+            .context("removing this run's Redis keys")?;
+    }
+    if let Some(postgres) = postgres_store {
+        postgres
+            .drop_schema()
+            .await
+            .context("dropping this run's PostgreSQL schema")?;
+    }
+    drop(sqlite_dir);
     Ok(())
+}
+
+/// A Redis store under a prefix unique to this process, so concurrent runs never collide.
+async fn connect_redis(batched: bool) -> anyhow::Result<gorgon_store_redis::RedisStore> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let options = gorgon_store_redis::Options {
+        prefix: format!("gorgon:conformance:{}:{nanos}:", std::process::id()),
+        durability: if batched {
+            gorgon_store_redis::Durability::Batched
+        } else {
+            gorgon_store_redis::Durability::EveryStep
+        },
+        ..gorgon_store_redis::Options::default()
+    };
+    Ok(gorgon_store_redis::RedisStore::connect(&options).await?)
+}
+
+/// A PostgreSQL store in a schema unique to this process, so concurrent runs never collide.
+async fn connect_postgres(batched: bool) -> anyhow::Result<gorgon_store_postgres::PostgresStore> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let options = gorgon_store_postgres::Options {
+        schema: format!("gorgon_conformance_{}_{nanos}", std::process::id()),
+        durability: if batched {
+            gorgon_store_postgres::Durability::Batched
+        } else {
+            gorgon_store_postgres::Durability::EveryStep
+        },
+        max_connections: 4,
+        ..gorgon_store_postgres::Options::default()
+    };
+    Ok(gorgon_store_postgres::PostgresStore::connect(options).await?)
 }

@@ -1,0 +1,628 @@
+//! A SQLite [`Store`] for Gorgon's orchestrator, embedded in the process, in one file: every step
+//! event is one append to a log table, committed before the engine goes on (or grouped with other
+//! transactions' appends into one commit, in [`Durability::Batched`] mode). It is the store to use
+//! when nothing else is configured.
+//!
+//! How to use it:
+//! 1. Pick the [`Options`] (deserializable from configuration; the default file is `gorgon.db`
+//!    in the working directory; `:memory:` keeps everything in memory, for tests).
+//! 2. [`SqliteStore::connect`]: it creates the file if needed (WAL journal, `synchronous=FULL`)
+//!    and runs the migrations shipped with this crate (`migrations/`).
+//! 3. Hand it to the engine: `EngineOptions { store: Arc::new(store), ..Default::default() }`.
+//! 4. Read [`SqliteStore::stats`] to see how many appends and commits it made.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use gorgon_orchestration::EngineOptions;
+//! use gorgon_store_sqlite::{Options, SqliteStore};
+//!
+//! let store = SqliteStore::connect(Options { path: "orders.db".into(), ..Options::default() }).await?;
+//! let engine = EngineOptions { store: Arc::new(store), ..EngineOptions::default() }.build();
+//! # let _ = engine; Ok(()) }
+//! ```
+//!
+//! # Schema
+//!
+//! ```text
+//!  transactions     one row per (workflow, transaction_id): run_id, state, payload (JSON text),
+//!                   created_at, updated_at (ms), next_seq. The summary, for listings.
+//!  transaction_log  one row per record: (workflow, transaction_id, run_id, seq) primary key,
+//!                   kind (transaction|step|response|error), step, side (invoke|compensate),
+//!                   attempt (step records), record (JSON text). Append-only: rows are inserted,
+//!                   never updated; a new run of a finished id deletes the old run's rows.
+//! ```
+//!
+//! Writes go through one connection (SQLite has one writer at a time anyway); reads use a pool
+//! of read connections, which WAL lets run beside the writer. An append is one SQLite
+//! transaction: it bumps the summary row's `next_seq` (appends of one transaction get
+//! consecutive sequence numbers), sets the summary state when a transaction record is among the
+//! records, and inserts the log rows. `create` is an `INSERT … ON CONFLICT DO UPDATE … WHERE
+//! state IN (done, reverted, failed)`: of two creates of one id (even from two processes on one
+//! file) exactly one wins, and the other gets
+//! [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
+//!
+//! # Durability modes and what survives a crash
+//!
+//! - [`Durability::EveryStep`] (the default): each `append` is its own commit (an `fsync` of the
+//!   WAL) and returns once it is on disk. Latency per step is one `fsync`; throughput is bounded
+//!   by how many the disk makes per second.
+//! - [`Durability::Batched`]: appends of many transactions are queued to one background writer,
+//!   which writes everything queued so far in one SQLite transaction and one commit (up to
+//!   [`Options::batch_max_appends`]). Each `append` resolves only after the commit holding its
+//!   records succeeded; if that commit fails, every append in the batch gets the error. A single
+//!   transaction sees about the same latency, but many concurrent transactions share one
+//!   `fsync`, so throughput grows with concurrency.
+//!
+//! Either way an `append` that returned `Ok` is durable: it survives the process being killed
+//! and, with `synchronous=FULL`, the machine losing power. An append that had not returned when
+//! the process died is in the log whole or not at all. A `:memory:` store keeps nothing past the
+//! process.
+
+mod row;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gorgon_orchestration::store::{StoredTransaction, TransactionHeader, TransactionSummary};
+use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey};
+use serde::Deserialize;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::row::{EncodedAppend, encode, now_millis};
+
+/// The file used when the options name none.
+pub const DEFAULT_PATH: &str = "gorgon.db";
+
+/// The path that keeps the store in memory.
+pub const MEMORY: &str = ":memory:";
+
+/// When an append is committed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Each append is its own commit, made before `append` returns.
+    #[default]
+    EveryStep,
+    /// Appends of many transactions share a commit made by a background writer; each `append`
+    /// returns once the commit holding its records succeeded.
+    Batched,
+}
+
+/// Where the database is and how to use it. Deserializable, so the store is chosen by
+/// configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// The database file (default `gorgon.db`), created if missing; `:memory:` for a store that
+    /// lives as long as the process.
+    pub path: String,
+    /// When appends are committed (default [`Durability::EveryStep`]).
+    pub durability: Durability,
+    /// In batched mode, the most appends one commit holds (default 1024).
+    pub batch_max_appends: usize,
+    /// How many read connections to open (default 4; a `:memory:` store has one connection).
+    pub max_readers: u32,
+    /// How long a write waits for another process holding the file's write lock, in
+    /// milliseconds (default 5,000).
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            path: DEFAULT_PATH.to_string(),
+            durability: Durability::EveryStep,
+            batch_max_appends: 1024,
+            max_readers: 4,
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Options {
+    /// Options for a store in memory, living as long as the process (tests, development).
+    pub fn in_memory() -> Self {
+        Options {
+            path: MEMORY.to_string(),
+            ..Options::default()
+        }
+    }
+
+    /// Options for a store in the file at `path`.
+    pub fn file(path: impl AsRef<Path>) -> Self {
+        Options {
+            path: path.as_ref().to_string_lossy().into_owned(),
+            ..Options::default()
+        }
+    }
+}
+
+/// What can go wrong setting the store up. (Store operations report
+/// [`gorgon_orchestration::Error::Store`].)
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An option is out of range.
+    #[error("invalid store option {field}: {reason}")]
+    InvalidOptions {
+        /// The option's name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database file could not be opened or created.
+    #[error("opening {path} failed: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// The migrations could not be applied.
+    #[error("migrating {path} failed: {source}")]
+    Migrate {
+        /// The file.
+        path: String,
+        /// The migrator's error.
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// Counters of the store's writes since it was connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `append` calls that succeeded.
+    pub appends: u64,
+    /// Records written by them.
+    pub records: u64,
+    /// Database commits that wrote appends (in batched mode, fewer than `appends`).
+    pub commits: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    appends: AtomicU64,
+    records: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// A [`Store`] in a SQLite file. Cheap to clone; clones share the connections and batch writer.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: String,
+    queue: Option<mpsc::Sender<Pending>>,
+    counters: Arc<Counters>,
+}
+
+/// One append waiting for the batch writer.
+#[derive(Debug)]
+struct Pending {
+    key: TransactionKey,
+    append: EncodedAppend,
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+fn store_error(operation: &'static str, key: &TransactionKey, reason: impl ToString) -> StoreError {
+    StoreError::Store {
+        operation,
+        transaction: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database and applies the migrations; in batched mode it also
+    /// starts the batch writer (so call it inside a tokio runtime).
+    pub async fn connect(options: Options) -> Result<Self, Error> {
+        if options.path.is_empty() {
+            return Err(Error::InvalidOptions {
+                field: "path",
+                reason: "must name a file or `:memory:`".into(),
+            });
+        }
+        if options.batch_max_appends == 0 {
+            return Err(Error::InvalidOptions {
+                field: "batch_max_appends",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if options.max_readers == 0 {
+            return Err(Error::InvalidOptions {
+                field: "max_readers",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let path = options.path.clone();
+        let open = |source| Error::Open {
+            path: path.clone(),
+            source,
+        };
+        let (writer, reader) = if path == MEMORY {
+            let connect = SqliteConnectOptions::from_str("sqlite::memory:").map_err(open)?;
+            // One connection, kept for the store's life: a memory database dies with it.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(connect)
+                .await
+                .map_err(open)?;
+            (pool.clone(), pool)
+        } else {
+            let connect = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_millis(options.busy_timeout_ms));
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect.clone())
+                .await
+                .map_err(open)?;
+            let reader = SqlitePoolOptions::new()
+                .max_connections(options.max_readers)
+                .connect_with(connect.read_only(true))
+                .await
+                .map_err(open)?;
+            (writer, reader)
+        };
+        sqlx::migrate!("./migrations")
+            .run(&writer)
+            .await
+            .map_err(|source| Error::Migrate {
+                path: path.clone(),
+                source,
+            })?;
+        let counters = Arc::new(Counters::default());
+        let queue = match options.durability {
+            Durability::EveryStep => None,
+            Durability::Batched => {
+                let (sender, receiver) = mpsc::channel(options.batch_max_appends * 4);
+                tokio::spawn(run_writer(
+                    writer.clone(),
+                    receiver,
+                    options.batch_max_appends,
+                    counters.clone(),
+                ));
+                Some(sender)
+            }
+        };
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer,
+                reader,
+                path,
+                queue,
+                counters,
+            }),
+        })
+    }
+
+    /// The write connection's pool (one connection).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.writer
+    }
+
+    /// The database file (or `:memory:`).
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The store's write counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        Stats {
+            appends: c.appends.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the connections (pending appends of a batched store fail). Dropping the store
+    /// without closing is safe too: every acknowledged append is already on disk.
+    pub async fn close(&self) {
+        self.inner.writer.close().await;
+        self.inner.reader.close().await;
+    }
+}
+
+/// Bumps the summary row of every transaction in the batch (`?1`: a JSON array of
+/// `[workflow, transaction_id, records, state|null]`), returning the ones that exist.
+const BUMP_SQL: &str = "UPDATE transactions
+    SET next_seq = next_seq + (d.value ->> 2),
+        state = COALESCE(d.value ->> 3, state),
+        updated_at = ?2
+   FROM json_each(?1) AS d
+  WHERE workflow = d.value ->> 0 AND transaction_id = d.value ->> 1
+RETURNING workflow, transaction_id";
+
+/// Inserts the log rows of the batch (`?1`: a JSON array of `[workflow, transaction_id, records
+/// of that transaction in the batch, offset, kind, step, side, attempt, record]`) after the
+/// sequence numbers the bump reserved.
+const INSERT_SQL: &str = "INSERT INTO transaction_log
+    (workflow, transaction_id, run_id, seq, kind, step, side, attempt, record)
+SELECT t.workflow, t.transaction_id, t.run_id, t.next_seq - (r.value ->> 2) + (r.value ->> 3),
+       r.value ->> 4, r.value ->> 5, r.value ->> 6, r.value ->> 7, r.value ->> 8
+  FROM json_each(?1) AS r
+  JOIN transactions t ON t.workflow = r.value ->> 0 AND t.transaction_id = r.value ->> 1";
+
+/// Writes appends (of any transactions) in one SQLite transaction (two statements), one commit.
+/// For each append, whether its transaction exists (an append to a missing one writes nothing).
+async fn write_batch(
+    pool: &SqlitePool,
+    batch: &[(&TransactionKey, &EncodedAppend)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut index: HashMap<&TransactionKey, usize> = HashMap::new();
+    let mut keys: Vec<(&str, &str, i64, Option<&str>)> = Vec::new();
+    let mut of_append = Vec::with_capacity(batch.len());
+    for (key, append) in batch {
+        let k = *index.entry(key).or_insert_with(|| {
+            keys.push((key.workflow.as_ref(), key.id.as_ref(), 0, None));
+            keys.len() - 1
+        });
+        of_append.push(k);
+        keys[k].2 += append.rows.len() as i64;
+        if append.state.is_some() {
+            keys[k].3 = append.state;
+        }
+    }
+    let mut offsets = vec![0_i64; keys.len()];
+    let mut rows = Vec::new();
+    for ((_, append), &k) in batch.iter().zip(&of_append) {
+        let (workflow, id, total, _) = keys[k];
+        for row in &append.rows {
+            rows.push((
+                workflow,
+                id,
+                total,
+                offsets[k],
+                row.kind,
+                row.step,
+                row.side,
+                row.attempt,
+                row.record.as_str(),
+            ));
+            offsets[k] += 1;
+        }
+    }
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let keys_json = serde_json::to_string(&keys).map_err(encode)?;
+    let rows_json = serde_json::to_string(&rows).map_err(encode)?;
+    let mut tx = pool.begin().await?;
+    let found: Vec<(String, String)> = sqlx::query_as(BUMP_SQL)
+        .bind(keys_json)
+        .bind(now_millis())
+        .fetch_all(&mut *tx)
+        .await?;
+    if !rows.is_empty() {
+        sqlx::query(INSERT_SQL)
+            .bind(rows_json)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let mut exists = vec![false; keys.len()];
+    for (workflow, id) in found {
+        if let Some(&k) = index.get(&TransactionKey::new(workflow, id)) {
+            exists[k] = true;
+        }
+    }
+    Ok(of_append.into_iter().map(|k| exists[k]).collect())
+}
+
+/// The batch writer: takes everything queued (up to `max`), writes it in one commit, answers.
+async fn run_writer(
+    pool: SqlitePool,
+    mut queue: mpsc::Receiver<Pending>,
+    max: usize,
+    counters: Arc<Counters>,
+) {
+    let mut batch = Vec::with_capacity(max);
+    while queue.recv_many(&mut batch, max).await > 0 {
+        let refs: Vec<(&TransactionKey, &EncodedAppend)> =
+            batch.iter().map(|p| (&p.key, &p.append)).collect();
+        let result = write_batch(&pool, &refs).await;
+        drop(refs);
+        match result {
+            Ok(exists) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                for (pending, exists) in batch.drain(..).zip(exists) {
+                    let _ = pending.reply.send(Ok(exists));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, appends = batch.len(), "a batched commit failed");
+                let reason = error.to_string();
+                for pending in batch.drain(..) {
+                    let _ = pending.reply.send(Err(reason.clone()));
+                }
+            }
+        }
+    }
+}
+
+const CREATE_SQL: &str = "INSERT INTO transactions
+    (workflow, transaction_id, run_id, state, payload, created_at, updated_at, next_seq)
+VALUES (?1, ?2, ?3, 'not_started', ?4, ?5, ?6, 0)
+ON CONFLICT (workflow, transaction_id) DO UPDATE
+   SET run_id = excluded.run_id, state = excluded.state, payload = excluded.payload,
+       created_at = excluded.created_at, updated_at = excluded.updated_at, next_seq = 0
+ WHERE transactions.state IN ('done', 'reverted', 'failed')";
+
+const LOAD_SQL: &str = "SELECT -1 AS seq, run_id, payload AS body, created_at
+  FROM transactions WHERE workflow = ?1 AND transaction_id = ?2
+UNION ALL
+SELECT l.seq, l.run_id, l.record, 0
+  FROM transaction_log l
+  JOIN transactions t
+    ON t.workflow = l.workflow AND t.transaction_id = l.transaction_id AND t.run_id = l.run_id
+ WHERE t.workflow = ?1 AND t.transaction_id = ?2
+ORDER BY seq";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(&self, header: &TransactionHeader) -> gorgon_orchestration::Result<()> {
+        let key = &header.key;
+        let payload = header
+            .payload
+            .to_json()
+            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
+        let created_at = i64::try_from(header.created_at)
+            .map_err(|_| store_error("create", key, "created_at is out of range"))?;
+        let result: Result<bool, sqlx::Error> = async {
+            let mut tx = self.inner.writer.begin().await?;
+            let won = sqlx::query(CREATE_SQL)
+                .bind(key.workflow.as_ref())
+                .bind(key.id.as_ref())
+                .bind(header.run_id.as_ref())
+                .bind(payload.to_string())
+                .bind(created_at)
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if won {
+                // The log of the finished run this one replaces.
+                sqlx::query(
+                    "DELETE FROM transaction_log WHERE workflow = ?1 AND transaction_id = ?2",
+                )
+                .bind(key.workflow.as_ref())
+                .bind(key.id.as_ref())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(won)
+        }
+        .await;
+        if !result.map_err(|e| store_error("create", key, e))? {
+            return Err(StoreError::AlreadyStarted {
+                workflow: key.workflow.to_string(),
+                transaction: key.id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        key: &TransactionKey,
+        records: &[Record],
+    ) -> gorgon_orchestration::Result<()> {
+        let append = encode(key, records)?;
+        let n = append.rows.len() as u64;
+        let exists = match &self.inner.queue {
+            None => {
+                let exists = write_batch(&self.inner.writer, &[(key, &append)])
+                    .await
+                    .map_err(|e| store_error("append", key, e))?;
+                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                exists[0]
+            }
+            Some(queue) => {
+                let (reply, answer) = oneshot::channel();
+                let pending = Pending {
+                    key: key.clone(),
+                    append,
+                    reply,
+                };
+                queue
+                    .send(pending)
+                    .await
+                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?;
+                answer
+                    .await
+                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?
+                    .map_err(|reason| store_error("append", key, reason))?
+            }
+        };
+        if !exists {
+            return Err(store_error(
+                "append",
+                key,
+                "the transaction was never created",
+            ));
+        }
+        self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn load(
+        &self,
+        key: &TransactionKey,
+    ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
+        let rows = sqlx::query(LOAD_SQL)
+            .bind(key.workflow.as_ref())
+            .bind(key.id.as_ref())
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(|e| store_error("load", key, e))?;
+        let mut rows = rows.into_iter();
+        let Some(first) = rows.next() else {
+            return Ok(None);
+        };
+        let get =
+            |row: &sqlx::sqlite::SqliteRow, column: &str| -> gorgon_orchestration::Result<String> {
+                row.try_get::<String, _>(column)
+                    .map_err(|e| store_error("load", key, e))
+            };
+        let payload: serde_json::Value = serde_json::from_str(&get(&first, "body")?)
+            .map_err(|e| store_error("load", key, format!("the payload does not decode: {e}")))?;
+        let created_at: i64 = first
+            .try_get("created_at")
+            .map_err(|e| store_error("load", key, e))?;
+        let header = TransactionHeader {
+            key: key.clone(),
+            run_id: Arc::from(get(&first, "run_id")?),
+            payload: Data::json(payload),
+            created_at: u64::try_from(created_at).unwrap_or(0),
+        };
+        let records = rows
+            .map(|row| row::decode(key, &get(&row, "body")?))
+            .collect::<gorgon_orchestration::Result<Vec<_>>>()?;
+        Ok(Some(StoredTransaction { header, records }))
+    }
+
+    async fn summary(
+        &self,
+        key: &TransactionKey,
+    ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT run_id, state, created_at FROM transactions WHERE workflow = ?1 AND transaction_id = ?2",
+        )
+        .bind(key.workflow.as_ref())
+        .bind(key.id.as_ref())
+        .fetch_optional(&self.inner.reader)
+        .await
+        .map_err(|e| store_error("summary", key, e))?;
+        let Some((run_id, state, created_at)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(TransactionSummary {
+            key: key.clone(),
+            run_id: Arc::from(run_id),
+            state: row::state(key, &state)?,
+            created_at: u64::try_from(created_at).unwrap_or(0),
+        }))
+    }
+}

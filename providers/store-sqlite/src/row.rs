@@ -1,0 +1,105 @@
+//! How a [`Record`] becomes a log row, and back.
+
+use gorgon_orchestration::state::TransactionState;
+use gorgon_orchestration::{Error as StoreError, Record, TransactionKey};
+
+/// One record, encoded for the log table.
+#[derive(Clone, Debug)]
+pub(crate) struct LogRow {
+    /// `transaction`, `step`, `response` or `error`.
+    pub kind: &'static str,
+    /// The step index, for step and response records.
+    pub step: Option<i64>,
+    /// `invoke` or `compensate`, for step, response and error records.
+    pub side: Option<&'static str>,
+    /// The handler calls of the current side, for step records.
+    pub attempt: Option<i64>,
+    /// The record as JSON.
+    pub record: String,
+}
+
+/// An append, encoded: the rows in order and the state of the last transaction record, if any.
+#[derive(Debug)]
+pub(crate) struct EncodedAppend {
+    pub rows: Vec<LogRow>,
+    pub state: Option<&'static str>,
+}
+
+fn store_error(operation: &'static str, key: &TransactionKey, reason: impl ToString) -> StoreError {
+    StoreError::Store {
+        operation,
+        transaction: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Encodes the records of one append.
+pub(crate) fn encode(
+    key: &TransactionKey,
+    records: &[Record],
+) -> Result<EncodedAppend, StoreError> {
+    let mut rows = Vec::with_capacity(records.len());
+    let mut state = None;
+    for record in records {
+        let json = serde_json::to_string(record).map_err(|e| store_error("append", key, e))?;
+        let row = match record {
+            Record::Transaction(fields) => {
+                state = Some(fields.state.as_str());
+                LogRow {
+                    kind: "transaction",
+                    step: None,
+                    side: None,
+                    attempt: None,
+                    record: json,
+                }
+            }
+            Record::Step { step, run } => LogRow {
+                kind: "step",
+                step: i64::try_from(*step).ok(),
+                side: Some(if run.compensating {
+                    "compensate"
+                } else {
+                    "invoke"
+                }),
+                attempt: Some(i64::from(run.attempts)),
+                record: json,
+            },
+            Record::Response { step, handler, .. } => LogRow {
+                kind: "response",
+                step: i64::try_from(*step).ok(),
+                side: Some(handler.as_str()),
+                attempt: None,
+                record: json,
+            },
+            Record::Error(error) => LogRow {
+                kind: "error",
+                step: None,
+                side: Some(error.handler_type.as_str()),
+                attempt: None,
+                record: json,
+            },
+        };
+        rows.push(row);
+    }
+    Ok(EncodedAppend { rows, state })
+}
+
+/// Decodes one log record.
+pub(crate) fn decode(key: &TransactionKey, json: &str) -> Result<Record, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| store_error("load", key, format!("a log record does not decode: {e}")))
+}
+
+/// The state named by a summary row.
+pub(crate) fn state(key: &TransactionKey, name: &str) -> Result<TransactionState, StoreError> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| store_error("summary", key, format!("unknown state `{name}`")))
+}
+
+/// Milliseconds since the Unix epoch, for `updated_at`.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
