@@ -1,4 +1,4 @@
-//! `gorgon-bench [--quick] [--store memory] [shape ...]`: runs the workflow shapes of
+//! `gorgon-bench [--quick] [--store memory|sqlite|postgres|redis] [--batched] [shape ...]`: runs the workflow shapes of
 //! `shared/bench/FORMAT.md` (`seq10`, `seq100`, `fail10`, `par10`) through Gorgon's public SDK,
 //! serially and with 64 in flight, and prints one JSON line per (shape, mode, store), the same
 //! lines as `shared/bench/medusa/bench.mjs`.
@@ -24,14 +24,93 @@ use serde_json::json;
 enum StoreKind {
     /// The in-memory store.
     Memory,
+    /// SQLite, in a temporary file.
+    Sqlite,
+    /// PostgreSQL (`DATABASE_URL`), in a schema of its own, dropped at the end.
+    Postgres,
+    /// Redis (`REDIS_URL`), under a prefix of its own, cleared at the end.
+    Redis,
 }
 
 impl StoreKind {
     fn name(self) -> &'static str {
         match self {
             StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+            StoreKind::Redis => "redis",
         }
     }
+}
+
+/// The store a run uses, and what to clean up afterwards.
+struct BenchStore {
+    store: Arc<dyn gorgon_orchestration::Store>,
+    postgres: Option<gorgon_store_postgres::PostgresStore>,
+    redis: Option<gorgon_store_redis::RedisStore>,
+    _sqlite_dir: Option<tempfile::TempDir>,
+}
+
+async fn open_store(kind: StoreKind, batched: bool) -> anyhow::Result<BenchStore> {
+    let unique = format!(
+        "{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+    let mut bench = BenchStore {
+        store: Arc::new(MemoryStore::keeping_finished(10_000)),
+        postgres: None,
+        redis: None,
+        _sqlite_dir: None,
+    };
+    match kind {
+        StoreKind::Memory => {}
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir()?;
+            let durability = if batched {
+                gorgon_store_sqlite::Durability::Batched
+            } else {
+                gorgon_store_sqlite::Durability::EveryStep
+            };
+            let options = gorgon_store_sqlite::Options {
+                durability,
+                ..gorgon_store_sqlite::Options::file(dir.path().join("bench.db"))
+            };
+            bench.store = Arc::new(gorgon_store_sqlite::SqliteStore::connect(options).await?);
+            bench._sqlite_dir = Some(dir);
+        }
+        StoreKind::Postgres => {
+            let durability = if batched {
+                gorgon_store_postgres::Durability::Batched
+            } else {
+                gorgon_store_postgres::Durability::EveryStep
+            };
+            let options = gorgon_store_postgres::Options {
+                schema: format!("gorgon_bench_{unique}"),
+                durability,
+                ..gorgon_store_postgres::Options::default()
+            };
+            let store = gorgon_store_postgres::PostgresStore::connect(options).await?;
+            bench.postgres = Some(store.clone());
+            bench.store = Arc::new(store);
+        }
+        StoreKind::Redis => {
+            let durability = if batched {
+                gorgon_store_redis::Durability::Batched
+            } else {
+                gorgon_store_redis::Durability::EveryStep
+            };
+            let options = gorgon_store_redis::Options {
+                prefix: format!("gorgon:bench:{unique}:"),
+                durability,
+                ..gorgon_store_redis::Options::default()
+            };
+            let store = gorgon_store_redis::RedisStore::connect(&options).await?;
+            bench.redis = Some(store.clone());
+            bench.store = Arc::new(store);
+        }
+    }
+    Ok(bench)
 }
 
 #[derive(Parser, Debug)]
@@ -43,6 +122,9 @@ struct Args {
     /// The store the engine checkpoints to.
     #[arg(long, value_enum, default_value = "memory")]
     store: StoreKind,
+    /// Group the writes of many transactions into one commit (durable stores).
+    #[arg(long)]
+    batched: bool,
     /// Workflows kept in flight in the concurrent mode.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -158,27 +240,14 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
         .unwrap_or(0)
 }
 
-fn report(store: StoreKind, shape: &str, mode: &str, concurrency: usize, m: &Measurement) {
+fn report(store: &str, shape: &str, mode: &str, concurrency: usize, m: &Measurement) {
     let line = json!({
-        "engine": "gorgon", "store": store.name(), "shape": shape, "mode": mode, "concurrency": concurrency,
+        "engine": "gorgon", "store": store, "shape": shape, "mode": mode, "concurrency": concurrency,
         "workflows": m.workflows, "seconds": (m.seconds * 1000.0).round() / 1000.0,
         "wf_per_s": ((m.workflows as f64 / m.seconds) * 10.0).round() / 10.0,
         "p50_us": percentile(&m.latencies_us, 0.5), "p99_us": percentile(&m.latencies_us, 0.99),
     });
     println!("{line}");
-}
-
-fn app(store: StoreKind) -> App {
-    let store = match store {
-        StoreKind::Memory => Arc::new(MemoryStore::keeping_finished(10_000)),
-    };
-    App::with_options(
-        EngineOptions {
-            store,
-            ..EngineOptions::default()
-        },
-        Services::new(),
-    )
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -196,7 +265,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let shapes = Arc::new(shapes()?);
-    let app = app(args.store);
+    let bench_store = open_store(args.store, args.batched).await?;
+    let app = App::with_options(
+        EngineOptions {
+            store: bench_store.store.clone(),
+            ..EngineOptions::default()
+        },
+        Services::new(),
+    );
     app.register(&shapes.seq10)?;
     app.register(&shapes.seq100)?;
     app.register(&shapes.fail10)?;
@@ -204,12 +280,15 @@ async fn main() -> anyhow::Result<()> {
 
     for shape in &wanted {
         let big = shape == "seq100";
-        let total = match (args.quick, big) {
+        let mut total = match (args.quick, big) {
             (true, true) => 2_000,
             (true, false) => 20_000,
             (false, true) => 20_000,
             (false, false) => 200_000,
         };
+        if args.store != StoreKind::Memory {
+            total /= 10; // durable stores are slower; the rate is what is compared
+        }
         let warmup = total / 10;
         for (mode, concurrency) in [("serial", 1), ("concurrent", args.concurrency)] {
             let (app, shapes, shape_name) = (app.clone(), shapes.clone(), shape.clone());
@@ -250,9 +329,20 @@ async fn main() -> anyhow::Result<()> {
             let m = measure(run, total, concurrency, warmup)
                 .await
                 .with_context(|| format!("{shape} {mode}"))?;
-            report(args.store, shape, mode, concurrency, &m);
+            let store = if args.batched {
+                format!("{}-batched", args.store.name())
+            } else {
+                args.store.name().to_string()
+            };
+            report(&store, shape, mode, concurrency, &m);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    if let Some(postgres) = bench_store.postgres {
+        postgres.drop_schema().await?;
+    }
+    if let Some(redis) = bench_store.redis {
+        redis.clear().await?;
     }
     Ok(())
 }
