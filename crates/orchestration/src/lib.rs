@@ -62,6 +62,7 @@ pub mod data;
 pub mod engine;
 mod error;
 pub mod flow;
+pub mod log_rows;
 pub mod machine;
 pub mod state;
 pub mod store;

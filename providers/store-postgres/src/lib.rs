@@ -67,8 +67,6 @@
 //! at all (one append is one database transaction); the engine re-runs from the last durable
 //! record.
 
-mod row;
-
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -82,7 +80,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::row::{EncodedAppend, encode, now_millis};
+use gorgon_orchestration::log_rows::{self as row, EncodedAppend, encode, now_millis};
 
 /// The URL used when neither the options nor `DATABASE_URL` give one.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";

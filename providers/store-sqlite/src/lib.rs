@@ -59,8 +59,6 @@
 //! the process died is in the log whole or not at all. A `:memory:` store keeps nothing past the
 //! process.
 
-mod row;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -78,7 +76,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::row::{EncodedAppend, encode, now_millis};
+use gorgon_orchestration::log_rows::{self as row, EncodedAppend, encode, now_millis};
 
 /// The file used when the options name none.
 pub const DEFAULT_PATH: &str = "gorgon.db";

@@ -1,11 +1,14 @@
-//! How a [`Record`] becomes a log row, and back.
+//! How a [`Record`] becomes a row of a SQL log table, and back: shared by the SQL stores.
+//!
+//! A row carries the record as JSON plus the columns a query filters on: the record's kind, the
+//! step, the side and the attempt.
 
-use gorgon_orchestration::state::TransactionState;
-use gorgon_orchestration::{Error as StoreError, Record, TransactionKey};
+use crate::state::TransactionState;
+use crate::{Error as StoreError, Record, TransactionKey};
 
 /// One record, encoded for the log table.
 #[derive(Clone, Debug)]
-pub(crate) struct LogRow {
+pub struct LogRow {
     /// `transaction`, `step`, `response` or `error`.
     pub kind: &'static str,
     /// The step index, for step and response records.
@@ -20,8 +23,10 @@ pub(crate) struct LogRow {
 
 /// An append, encoded: the rows in order and the state of the last transaction record, if any.
 #[derive(Debug)]
-pub(crate) struct EncodedAppend {
+pub struct EncodedAppend {
+    /// The rows, in append order.
     pub rows: Vec<LogRow>,
+    /// The state of the last transaction record of the append, if it has one.
     pub state: Option<&'static str>,
 }
 
@@ -34,10 +39,7 @@ fn store_error(operation: &'static str, key: &TransactionKey, reason: impl ToStr
 }
 
 /// Encodes the records of one append.
-pub(crate) fn encode(
-    key: &TransactionKey,
-    records: &[Record],
-) -> Result<EncodedAppend, StoreError> {
+pub fn encode(key: &TransactionKey, records: &[Record]) -> Result<EncodedAppend, StoreError> {
     let mut rows = Vec::with_capacity(records.len());
     let mut state = None;
     for record in records {
@@ -85,19 +87,19 @@ pub(crate) fn encode(
 }
 
 /// Decodes one log record.
-pub(crate) fn decode(key: &TransactionKey, json: &str) -> Result<Record, StoreError> {
+pub fn decode(key: &TransactionKey, json: &str) -> Result<Record, StoreError> {
     serde_json::from_str(json)
         .map_err(|e| store_error("load", key, format!("a log record does not decode: {e}")))
 }
 
 /// The state named by a summary row.
-pub(crate) fn state(key: &TransactionKey, name: &str) -> Result<TransactionState, StoreError> {
+pub fn state(key: &TransactionKey, name: &str) -> Result<TransactionState, StoreError> {
     serde_json::from_value(serde_json::Value::String(name.to_string()))
         .map_err(|_| store_error("summary", key, format!("unknown state `{name}`")))
 }
 
 /// Milliseconds since the Unix epoch, for `updated_at`.
-pub(crate) fn now_millis() -> i64 {
+pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
