@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -30,11 +30,11 @@ use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, KEY_SEPARATOR, StepIndex};
 use crate::machine::{
-    Dispatch, Effect, EventKind, Round, StepError, StepOutcome, Timer, Transaction,
+    Dispatch, Effect, EventKind, Record, Round, StepError, StepOutcome, Timer, Transaction,
     TransactionError, TransactionShared,
 };
 use crate::state::{HandlerType, StepRun, TransactionState};
-use crate::store::{MemoryStore, Store, TransactionHeader, TransactionKey};
+use crate::store::{Claim, Lease, MemoryStore, Store, TransactionHeader, TransactionKey};
 
 /// The idempotency key of one handler: `<workflow>:<transaction>:<action>:<invoke|compensate>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -285,6 +285,8 @@ pub struct EngineOptions {
     pub store: Arc<dyn Store>,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,
+    /// How this engine shares a store with other engines (other processes).
+    pub worker: WorkerOptions,
 }
 
 impl Default for EngineOptions {
@@ -292,6 +294,38 @@ impl Default for EngineOptions {
         EngineOptions {
             store: Arc::new(MemoryStore::new()),
             clock: Arc::new(SystemClock),
+            worker: WorkerOptions::default(),
+        }
+    }
+}
+
+/// How an engine shares a store with other engines: its worker id and its leases.
+///
+/// An engine holds a lease on each transaction while it advances it, and gives it up when the
+/// transaction finishes or waits (for an async step's response, a retry timer). [`Engine::serve`]
+/// renews the leases held and takes over transactions that are due: ones whose owner's lease
+/// lapsed (the owner died) and waiting ones whose timer came while no engine had them in memory.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The worker id, unique per engine (default `worker-<uuid v7>`).
+    pub id: Arc<str>,
+    /// How long a lease lasts unless renewed, in milliseconds (default 10,000). A dead worker's
+    /// transactions are taken over about this long after it died.
+    pub lease_ms: u64,
+    /// How often [`Engine::serve`] renews leases and looks for due transactions, in
+    /// milliseconds (default 1,000; at most a third of `lease_ms` is used for renewing).
+    pub poll_ms: u64,
+    /// How many due transactions one poll claims at most (default 64).
+    pub claim_batch: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            id: Arc::from(format!("worker-{}", uuid::Uuid::now_v7())),
+            lease_ms: 10_000,
+            poll_ms: 1_000,
+            claim_batch: 64,
         }
     }
 }
@@ -304,6 +338,7 @@ impl EngineOptions {
             inner: Arc::new(Inner {
                 store: self.store,
                 clock: self.clock,
+                worker: self.worker,
                 workflows: RwLock::new(Default::default()),
                 live: Mutex::new(Default::default()),
                 events,
@@ -330,6 +365,7 @@ impl fmt::Debug for Engine {
 struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    worker: WorkerOptions,
     workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
     live: Mutex<foldhash::HashMap<TransactionKey, Arc<Cell>>>,
     events: broadcast::Sender<TransactionEvent>,
@@ -342,12 +378,39 @@ struct Registered {
 }
 
 /// A transaction being advanced, with its timers and its count of outstanding work.
+///
+/// `epoch` and `held` change only under the `tx` lock: the epoch this engine last held the
+/// transaction's lease at (0: never, the copy came from a plain load), and whether it holds it.
 struct Cell {
     key: TransactionKey,
     tx: tokio::sync::Mutex<Transaction>,
     timers: Mutex<HashMap<Timer, (u64, tokio::task::AbortHandle)>>,
     activity: AtomicUsize,
+    async_running: AtomicUsize,
     handler: Arc<dyn Handler>,
+    epoch: AtomicU64,
+    held: AtomicBool,
+}
+
+impl Cell {
+    fn new(key: TransactionKey, tx: Transaction, handler: Arc<dyn Handler>, epoch: u64) -> Self {
+        Cell {
+            key,
+            tx: tokio::sync::Mutex::new(tx),
+            timers: Mutex::new(HashMap::new()),
+            activity: AtomicUsize::new(0),
+            async_running: AtomicUsize::new(0),
+            handler,
+            epoch: AtomicU64::new(epoch),
+            held: AtomicBool::new(epoch > 0),
+        }
+    }
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+    fn held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
 }
 
 struct ActivityGuard(Arc<Cell>);
@@ -363,6 +426,14 @@ impl Drop for ActivityGuard {
     fn drop(&mut self) {
         self.0.activity.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Whether an async call's step still waits for that call's outcome.
+fn still_waiting(tx: &Transaction, dispatch: Dispatch) -> bool {
+    let run = tx.step(dispatch.step);
+    run.handler_type() == dispatch.handler
+        && run.attempts == dispatch.attempt
+        && run.side().status == crate::state::StepStatus::Waiting
 }
 
 fn check_transaction_id(id: &str) -> Result<()> {
@@ -463,15 +534,22 @@ impl Engine {
             None
         };
         if let Some(cell) = existing {
+            let already_started = || Error::AlreadyStarted {
+                workflow: workflow.to_string(),
+                transaction: key.id.to_string(),
+            };
             let Ok(mut tx) = cell.tx.try_lock() else {
-                return Err(Error::AlreadyStarted {
-                    workflow: workflow.to_string(),
-                    transaction: key.id.to_string(),
-                });
+                return Err(already_started());
             };
             if !tx.has_finished() {
-                self.drive(&cell, &mut tx, true).await?;
-                return Ok(Execution::of(&tx));
+                match self.hold(&cell, &mut tx).await {
+                    Err(Error::Leased { .. }) => return Err(already_started()),
+                    other => other?,
+                }
+            }
+            if !tx.has_finished() {
+                let driven = self.drive(&cell, &mut tx, true).await;
+                return self.settle(&cell, &mut tx, driven).await;
             }
             if registered.flow.options().idempotent() {
                 return Ok(Execution::of(&tx));
@@ -485,27 +563,233 @@ impl Engine {
             payload: payload.clone(),
             created_at: self.now(),
         };
-        self.inner.store.create(&header).await?;
+        let epoch = self
+            .inner
+            .store
+            .create(&header, Some(&self.lease()))
+            .await?;
         let tx = Transaction::new(registered.flow.clone(), key.id.clone(), run_id, payload);
-        let cell = Arc::new(Cell {
-            key: key.clone(),
-            tx: tokio::sync::Mutex::new(tx),
-            timers: Mutex::new(HashMap::new()),
-            activity: AtomicUsize::new(0),
-            handler: registered.handler.clone(),
-        });
+        let cell = Arc::new(Cell::new(
+            key.clone(),
+            tx,
+            registered.handler.clone(),
+            epoch,
+        ));
         let mut tx = cell.tx.lock().await;
         self.inner.live.lock().insert(key, cell.clone());
-        self.drive(&cell, &mut tx, true).await?;
-        Ok(Execution::of(&tx))
+        let driven = self.drive(&cell, &mut tx, true).await;
+        self.settle(&cell, &mut tx, driven).await
+    }
+
+    /// Starts a workflow without running it here: the transaction is stored, due at once, and
+    /// the first engine whose [`serve`](Self::serve) loop claims it runs it (this one included).
+    /// Returns the transaction id.
+    pub async fn enqueue(&self, workflow: &str, options: RunOptions) -> Result<String> {
+        let registered = self.registered(workflow)?;
+        let run_uuid = uuid::Uuid::now_v7();
+        let id = match options.transaction_id {
+            Some(id) => {
+                check_transaction_id(&id)?;
+                id
+            }
+            None => format!("auto-{run_uuid}"),
+        };
+        let header = TransactionHeader {
+            key: TransactionKey::new(registered.flow.workflow_arc().clone(), id.as_str()),
+            run_id: Arc::from(run_uuid.to_string()),
+            payload: options.payload.unwrap_or_else(Data::null),
+            created_at: self.now(),
+        };
+        self.inner.store.create(&header, None).await?;
+        Ok(id)
+    }
+
+    /// The worker loop: until `shutdown` completes, renews the leases this engine holds and
+    /// takes over the transactions that are due (see [`WorkerOptions`]). Run it on every engine
+    /// that shares a durable store with others, or that must pick up work after a restart:
+    /// `tokio::spawn(engine.clone().serve(shutdown))`.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        let worker = self.inner.worker.clone();
+        let poll = std::time::Duration::from_millis(worker.poll_ms.clamp(1, worker.lease_ms / 3));
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(error) = self.inner.store.renew(&self.lease()).await {
+                tracing::warn!(worker = %worker.id, %error, "renewing leases failed");
+            }
+            self.take_over_due().await;
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// One poll of [`serve`](Self::serve): claims due transactions and advances each in a task
+    /// of its own. Returns how many were claimed.
+    pub async fn take_over_due(&self) -> usize {
+        let workflows: Vec<Arc<str>> = self.inner.workflows.read().keys().cloned().collect();
+        if workflows.is_empty() {
+            return 0;
+        }
+        let worker = &self.inner.worker;
+        // Waiting transactions whose timer is armed in some engine's memory are left to that
+        // timer for one poll, so that only forgotten ones are taken over.
+        let now = self.now().saturating_sub(worker.poll_ms);
+        let claimed = match self
+            .inner
+            .store
+            .claim_due(&workflows, &self.lease(), now, worker.claim_batch)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(worker = %worker.id, %error, "claiming due transactions failed");
+                return 0;
+            }
+        };
+        let count = claimed.len();
+        for (key, epoch) in claimed {
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = engine.take_over(&key, epoch).await {
+                    tracing::warn!(transaction = %key, %error, "taking a transaction over failed");
+                }
+            });
+        }
+        count
+    }
+
+    /// Advances a transaction this engine has just claimed at `epoch`.
+    async fn take_over(&self, key: &TransactionKey, epoch: u64) -> Result<Execution> {
+        let registered = self.registered(&key.workflow)?;
+        let cell = self.existing_cell(key, &registered).await?.ok_or_else(|| {
+            Error::TransactionNotFound {
+                workflow: key.workflow.to_string(),
+                transaction: key.id.to_string(),
+            }
+        })?;
+        let mut tx = cell.tx.lock().await;
+        let adopted = self.adopt(&cell, &mut tx, epoch).await;
+        let driven = match adopted {
+            Ok(()) => self.drive(&cell, &mut tx, true).await,
+            Err(error) => Err(error),
+        };
+        self.settle(&cell, &mut tx, driven).await
+    }
+
+    fn lease(&self) -> Lease {
+        Lease {
+            owner: self.inner.worker.id.clone(),
+            until: self.now() + self.inner.worker.lease_ms,
+        }
+    }
+
+    /// Makes sure this engine holds the transaction's lease before it writes: claims it (an
+    /// error when another worker's lease runs) and, when someone else wrote since this copy was
+    /// taken, reloads it.
+    async fn hold(&self, cell: &Arc<Cell>, tx: &mut Transaction) -> Result<()> {
+        if cell.held() {
+            return Ok(());
+        }
+        match self
+            .inner
+            .store
+            .claim(&cell.key, &self.lease(), self.now())
+            .await?
+        {
+            Claim::Granted { epoch } => self.adopt(cell, tx, epoch).await,
+            Claim::Leased { owner } => Err(Error::Leased {
+                workflow: cell.key.workflow.to_string(),
+                transaction: cell.key.id.to_string(),
+                owner,
+            }),
+            Claim::NotFound => {
+                self.retire(cell);
+                Err(Error::TransactionNotFound {
+                    workflow: cell.key.workflow.to_string(),
+                    transaction: cell.key.id.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Takes a claimed lease at `epoch` into the cell. Unless the claim shows that no one else
+    /// wrote since this engine last held the lease, the transaction is reloaded from the store,
+    /// handlers that were running when its last owner died are made ready to run again, and
+    /// its timers are armed here.
+    async fn adopt(&self, cell: &Arc<Cell>, tx: &mut Transaction, epoch: u64) -> Result<()> {
+        let last = cell.epoch();
+        let current = last > 0 && (epoch == last || epoch == last + 1);
+        if !current {
+            let stored = self.inner.store.load(&cell.key).await?.ok_or_else(|| {
+                Error::TransactionNotFound {
+                    workflow: cell.key.workflow.to_string(),
+                    transaction: cell.key.id.to_string(),
+                }
+            })?;
+            let mut fresh = Transaction::replay(
+                tx.shared().flow.clone(),
+                cell.key.id.clone(),
+                stored.header.run_id.clone(),
+                stored.header.payload.clone(),
+                &stored.records,
+            )?;
+            if cell.async_running.load(Ordering::SeqCst) == 0 {
+                let reset = fresh.recover_in_flight();
+                if reset > 0 {
+                    tracing::info!(transaction = %cell.key, handlers = reset, epoch, "taking over: handlers in flight will run again");
+                }
+            }
+            *tx = fresh;
+            for (timer, at) in tx.timers().to_vec() {
+                self.arm(cell, timer, at);
+            }
+        }
+        cell.epoch.store(epoch, Ordering::Release);
+        cell.held.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Ends an operation: gives the lease up when the transaction waits (recording when it
+    /// wants to wake), drops the cell when a write failed (it is reloaded on next use), and
+    /// returns the snapshot or the operation's error.
+    async fn settle(
+        &self,
+        cell: &Arc<Cell>,
+        tx: &mut Transaction,
+        outcome: Result<()>,
+    ) -> Result<Execution> {
+        if let Err(error) = outcome {
+            cell.held.store(false, Ordering::Release);
+            self.retire(cell);
+            return Err(error);
+        }
+        if tx.has_finished() {
+            cell.held.store(false, Ordering::Release);
+        } else if cell.held() {
+            cell.held.store(false, Ordering::Release);
+            if let Err(error) = self
+                .inner
+                .store
+                .release(&cell.key, cell.epoch(), tx.wake_at())
+                .await
+            {
+                self.retire(cell);
+                return Err(error);
+            }
+        }
+        Ok(Execution::of(tx))
     }
 
     /// Resumes an unfinished transaction (a retry after `autoRetry: false`, a lost timer).
     pub async fn resume(&self, workflow: &str, transaction: &str) -> Result<Execution> {
         let cell = self.cell(workflow, transaction).await?;
         let mut tx = cell.tx.lock().await;
-        self.drive(&cell, &mut tx, true).await?;
-        Ok(Execution::of(&tx))
+        let driven = match self.hold(&cell, &mut tx).await {
+            Ok(()) => self.drive(&cell, &mut tx, true).await,
+            Err(error) => return Err(error),
+        };
+        self.settle(&cell, &mut tx, driven).await
     }
 
     /// Completes a waiting (async) step's handler with a response, then advances.
@@ -516,9 +800,12 @@ impl Engine {
     ) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
         let mut tx = cell.tx.lock().await;
-        tx.register_success(step, key.handler, response)?;
-        self.drive(&cell, &mut tx, false).await?;
-        Ok(Execution::of(&tx))
+        self.hold(&cell, &mut tx).await?;
+        let driven = match tx.register_success(step, key.handler, response) {
+            Ok(()) => self.drive(&cell, &mut tx, false).await,
+            Err(error) => Err(error),
+        };
+        self.settle_unless_refused(&cell, &mut tx, driven).await
     }
 
     /// Fails a waiting (async) step's handler (retried while retries remain, unless
@@ -531,36 +818,82 @@ impl Engine {
     ) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
         let mut tx = cell.tx.lock().await;
+        self.hold(&cell, &mut tx).await?;
         let now = self.now();
-        tx.register_failure(step, key.handler, error, force_permanent, now)?;
-        self.drive(&cell, &mut tx, false).await?;
-        Ok(Execution::of(&tx))
+        let driven = match tx.register_failure(step, key.handler, error, force_permanent, now) {
+            Ok(()) => self.drive(&cell, &mut tx, false).await,
+            Err(error) => Err(error),
+        };
+        self.settle_unless_refused(&cell, &mut tx, driven).await
     }
 
     /// Invokes a waiting step's handler again (a lost async response).
     pub async fn retry_step(&self, key: &IdempotencyKey) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
         let mut tx = cell.tx.lock().await;
+        self.hold(&cell, &mut tx).await?;
         let now = self.now();
-        tx.retry_step(step, key.handler, now)?;
-        self.apply_effects(&cell, &mut tx).await?;
-        Ok(Execution::of(&tx))
+        let applied = match tx.retry_step(step, key.handler, now) {
+            Ok(()) => self.apply_effects(&cell, &mut tx).await,
+            Err(error) => Err(error),
+        };
+        self.settle_unless_refused(&cell, &mut tx, applied).await
     }
 
     /// Cancels a transaction, running or finished: what was done is compensated.
     pub async fn cancel(&self, workflow: &str, transaction: &str) -> Result<Execution> {
         let cell = self.cell(workflow, transaction).await?;
         let mut tx = cell.tx.lock().await;
+        self.hold(&cell, &mut tx).await?;
         let now = self.now();
-        tx.cancel(now)?;
-        self.drive(&cell, &mut tx, false).await?;
-        Ok(Execution::of(&tx))
+        let driven = match tx.cancel(now) {
+            Ok(()) => self.drive(&cell, &mut tx, false).await,
+            Err(error) => Err(error),
+        };
+        self.settle_unless_refused(&cell, &mut tx, driven).await
     }
 
-    /// A snapshot of a transaction.
+    /// [`settle`](Self::settle), except that an operation the machine refused (nothing was
+    /// changed, so nothing needs reloading) keeps the cell.
+    async fn settle_unless_refused(
+        &self,
+        cell: &Arc<Cell>,
+        tx: &mut Transaction,
+        outcome: Result<()>,
+    ) -> Result<Execution> {
+        match outcome {
+            Err(error) if !error.is_store_failure() => {
+                self.settle(cell, tx, Ok(())).await?;
+                Err(error)
+            }
+            other => self.settle(cell, tx, other).await,
+        }
+    }
+
+    /// A snapshot of a transaction: the copy this engine is advancing, else the stored one.
     pub async fn get(&self, workflow: &str, transaction: &str) -> Result<Execution> {
-        let cell = self.cell(workflow, transaction).await?;
-        let tx = cell.tx.lock().await;
+        let registered = self.registered(workflow)?;
+        check_transaction_id(transaction)?;
+        let key = TransactionKey::new(registered.flow.workflow_arc().clone(), transaction);
+        let live = self.inner.live.lock().get(&key).cloned();
+        if let Some(cell) = live {
+            let tx = cell.tx.lock().await;
+            if cell.held() || cell.epoch() == 0 {
+                return Ok(Execution::of(&tx));
+            }
+        }
+        let not_found = || Error::TransactionNotFound {
+            workflow: workflow.to_string(),
+            transaction: transaction.to_string(),
+        };
+        let stored = self.inner.store.load(&key).await?.ok_or_else(not_found)?;
+        let tx = Transaction::replay(
+            registered.flow.clone(),
+            key.id.clone(),
+            stored.header.run_id.clone(),
+            stored.header.payload.clone(),
+            &stored.records,
+        )?;
         Ok(Execution::of(&tx))
     }
 
@@ -623,13 +956,8 @@ impl Engine {
             stored.header.payload.clone(),
             &stored.records,
         )?;
-        let cell = Arc::new(Cell {
-            key: key.clone(),
-            tx: tokio::sync::Mutex::new(tx),
-            timers: Mutex::new(HashMap::new()),
-            activity: AtomicUsize::new(0),
-            handler: registered.handler.clone(),
-        });
+        // Epoch 0: a plain load; the first claim reloads it under the lease.
+        let cell = Arc::new(Cell::new(key.clone(), tx, registered.handler.clone(), 0));
         let mut live = self.inner.live.lock();
         Ok(Some(live.entry(key.clone()).or_insert(cell).clone()))
     }
@@ -641,6 +969,8 @@ impl Engine {
         }
         let mut effects = Vec::new();
         loop {
+            // Applies what the last round's outcomes changed together with what this round
+            // prepares: one append per step boundary.
             let round = tx.next_round(self.now());
             self.apply(cell, tx, &mut effects).await?;
             let (calls, steps, continue_after) = match round {
@@ -665,7 +995,6 @@ impl Engine {
                     })
                     .await;
                 tx.complete(only, outcome, &steps, self.now());
-                self.apply(cell, tx, &mut effects).await?;
             } else if sync_count > 1 {
                 self.run_concurrently(cell, tx, &calls, &steps, &mut effects)
                     .await?;
@@ -678,7 +1007,7 @@ impl Engine {
             }
             tx.recycle_round(calls, steps);
             if !continue_after {
-                return Ok(());
+                return self.apply(cell, tx, &mut effects).await;
             }
         }
     }
@@ -723,7 +1052,10 @@ impl Engine {
             .await;
             pending -= 1;
             tx.complete(dispatch, outcome, steps, self.now());
-            self.apply(cell, tx, effects).await?;
+            if pending > 0 {
+                // The last outcome is applied with the next round's records.
+                self.apply(cell, tx, effects).await?;
+            }
         }
         Ok(())
     }
@@ -741,12 +1073,23 @@ impl Engine {
             shared: tx.shared().clone(),
             dispatch,
         };
+        cell.async_running.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let cell = guard.0.clone();
             let outcome = cell.handler.call(call).await;
+            cell.async_running.fetch_sub(1, Ordering::SeqCst);
             let mut tx = cell.tx.lock().await;
-            tx.complete(dispatch, outcome, &steps, engine.now());
-            if let Err(error) = engine.apply_effects(&cell, &mut tx).await {
+            let recorded = match engine.hold(&cell, &mut tx).await {
+                // The step may have moved on meanwhile (a timeout, a takeover): then the
+                // outcome is stale and dropped.
+                Ok(()) if still_waiting(&tx, dispatch) => {
+                    tx.complete(dispatch, outcome, &steps, engine.now());
+                    engine.apply_effects(&cell, &mut tx).await
+                }
+                Ok(()) => Ok(()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = engine.settle(&cell, &mut tx, recorded).await {
                 tracing::error!(transaction = %cell.key, %error, "recording an async step's outcome failed");
             }
             drop(guard);
@@ -772,16 +1115,32 @@ impl Engine {
         buffer: &mut Vec<Effect>,
     ) -> Result<()> {
         tx.drain_effects_into(buffer);
+        // Every record queued goes in one append, made before the other effects: timers and
+        // events follow what is durable.
+        let mut records: Option<Vec<Record>> = None;
+        for effect in buffer.iter_mut() {
+            if let Effect::Persist(batch) = effect {
+                match &mut records {
+                    None => records = Some(std::mem::take(batch)),
+                    Some(all) => all.append(batch),
+                }
+            }
+        }
         let mut result = Ok(());
+        if let Some(records) = records {
+            result = self
+                .inner
+                .store
+                .append(&cell.key, cell.epoch(), &records)
+                .await;
+            tx.recycle(records);
+        }
         for effect in buffer.drain(..) {
             if result.is_err() {
                 continue; // drop what follows a failed write; the caller sees the error
             }
             match effect {
-                Effect::Persist(records) => {
-                    result = self.inner.store.append(&cell.key, &records).await;
-                    tx.recycle(records);
-                }
+                Effect::Persist(_) => {}
                 Effect::Arm(timer, at) => self.arm(cell, timer, at),
                 Effect::Disarm(timer) => {
                     if let Some((_, handle)) = cell.timers.lock().remove(&timer) {
@@ -825,7 +1184,21 @@ impl Engine {
             };
             if mine {
                 let mut tx = cell.tx.lock().await;
-                if let Err(error) = engine.drive(&cell, &mut tx, true).await {
+                let fired = match engine.hold(&cell, &mut tx).await {
+                    Ok(()) if tx.timers().iter().any(|(t, _)| *t == timer) => {
+                        tx.timer_fired(timer);
+                        engine.drive(&cell, &mut tx, true).await
+                    }
+                    // Disarmed meanwhile, or another worker has the transaction and its timers.
+                    Ok(()) => Ok(()),
+                    Err(Error::Leased { .. }) => {
+                        drop(tx);
+                        drop(guard);
+                        return;
+                    }
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = engine.settle(&cell, &mut tx, fired).await {
                     tracing::error!(transaction = %cell.key, %error, "resuming after a timer failed");
                 }
             }

@@ -41,6 +41,28 @@ pub enum Error {
         /// The transaction id.
         transaction: String,
     },
+    /// Another worker holds this transaction's lease (it is advancing it now).
+    #[error("transaction {transaction} of workflow {workflow} is being advanced by worker {owner}")]
+    Leased {
+        /// The workflow name.
+        workflow: String,
+        /// The transaction id.
+        transaction: String,
+        /// The worker holding the lease.
+        owner: String,
+    },
+    /// A write was refused because the writer's lease was taken over (its epoch is stale).
+    #[error(
+        "transaction {transaction} of workflow {workflow}: epoch {epoch} is no longer current (the lease was taken over)"
+    )]
+    Fenced {
+        /// The workflow name.
+        workflow: String,
+        /// The transaction id.
+        transaction: String,
+        /// The writer's stale epoch.
+        epoch: u64,
+    },
     /// An idempotency key does not have the form `workflow:transaction:action:invoke|compensate`.
     #[error("invalid idempotency key `{key}`: {reason}")]
     InvalidKey {
@@ -125,3 +147,11 @@ pub enum Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether a store operation failed or was refused: a write may or may not have happened,
+    /// so an in-memory copy of the transaction can no longer be trusted.
+    pub fn is_store_failure(&self) -> bool {
+        matches!(self, Error::Store { .. } | Error::Fenced { .. })
+    }
+}

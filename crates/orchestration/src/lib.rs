@@ -73,7 +73,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::Data;
 pub use engine::{
     Engine, EngineOptions, Execution, Handler, IdempotencyKey, RunOptions, StepCall,
-    TransactionEvent,
+    TransactionEvent, WorkerOptions,
 };
 pub use error::{Error, Result};
 pub use flow::{Flow, FlowDefinition, StepIndex, StepOptions, WorkflowOptions};
@@ -81,4 +81,4 @@ pub use machine::{
     Effect, EventKind, Record, StepError, StepOutcome, Transaction, TransactionError,
 };
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
-pub use store::{MemoryStore, Store, TransactionKey};
+pub use store::{Claim, Lease, MemoryStore, Store, TransactionKey};

@@ -9,7 +9,7 @@ use crate::{Error as StoreError, Record, TransactionKey};
 /// One record, encoded for the log table.
 #[derive(Clone, Debug)]
 pub struct LogRow {
-    /// `transaction`, `step`, `response` or `error`.
+    /// `transaction`, `step`, `response`, `error` or `timer`.
     pub kind: &'static str,
     /// The step index, for step and response records.
     pub step: Option<i64>,
@@ -70,6 +70,13 @@ pub fn encode(key: &TransactionKey, records: &[Record]) -> Result<EncodedAppend,
                 kind: "response",
                 step: i64::try_from(*step).ok(),
                 side: Some(handler.as_str()),
+                attempt: None,
+                record: json,
+            },
+            Record::Timer { .. } => LogRow {
+                kind: "timer",
+                step: None,
+                side: None,
                 attempt: None,
                 record: json,
             },

@@ -234,6 +234,15 @@ pub enum Record {
     },
     /// An error was recorded.
     Error(TransactionError),
+    /// A timer was armed (`at` is when it fires) or disarmed or fired (`at` is `None`). Timers
+    /// are part of the log so that they survive the process: a worker that takes a transaction
+    /// over arms them again.
+    Timer {
+        /// Which timer.
+        timer: Timer,
+        /// When it fires, while armed.
+        at: Option<u64>,
+    },
 }
 
 /// The transaction-level fields of a [`Record::Transaction`].
@@ -493,6 +502,7 @@ pub struct Transaction {
     spare_calls: Vec<Vec<Dispatch>>,
     effects: Vec<Effect>,
     index: Option<InvokeIndex>,
+    timers: Vec<(Timer, u64)>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -541,6 +551,7 @@ impl Transaction {
             spare_calls: Vec::new(),
             effects: Vec::new(),
             index: None,
+            timers: Vec::new(),
         }
     }
 
@@ -583,6 +594,9 @@ impl Transaction {
                     tx.shared.responses.set(*step, *handler, data.clone());
                 }
                 Record::Error(error) => tx.errors.push(error.clone()),
+                Record::Timer { timer, at } => {
+                    tx.set_timer(*timer, *at);
+                }
             }
         }
         Ok(tx)
@@ -624,9 +638,61 @@ impl Transaction {
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
-    /// Appends the effects queued so far to `out`, keeping the allocation of both.
+    /// Appends the effects queued so far to `out`, keeping the allocation of both. Changes not
+    /// yet in a [`Effect::Persist`] are put in one first, so nothing recorded is left behind.
     pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
+        if !self.pending.is_empty() || self.fields_dirty || !self.dirty_list.is_empty() {
+            self.checkpoint();
+        }
         out.append(&mut self.effects);
+    }
+
+    /// The timers armed now, with when each fires (from the log after a replay).
+    pub fn timers(&self) -> &[(Timer, u64)] {
+        &self.timers
+    }
+
+    /// When the earliest armed timer fires: when the transaction wants to be advanced again
+    /// if nothing else happens.
+    pub fn wake_at(&self) -> Option<u64> {
+        self.timers.iter().map(|(_, at)| *at).min()
+    }
+
+    /// Notes that a timer fired, so that it is no longer armed (the change is recorded with
+    /// the next checkpoint).
+    pub fn timer_fired(&mut self, timer: Timer) {
+        if self.set_timer(timer, None) {
+            self.pending.push(Record::Timer { timer, at: None });
+        }
+    }
+
+    /// Prepares a transaction taken over from a worker that died: every synchronous handler
+    /// that was running then (and every `backgroundExecution` async one, whose result was the
+    /// handler's own) is made ready to be called again, with the same idempotency key. Async
+    /// steps waiting for an outside response keep waiting. Returns how many were reset.
+    pub fn recover_in_flight(&mut self) -> usize {
+        let mut reset = 0;
+        for step in 1..self.steps.len() {
+            let run = &self.steps[step];
+            if run.side().status != StepStatus::Waiting {
+                continue;
+            }
+            let options = &self.shared.flow.step(step).options;
+            let awaits_outside = options.is_async_side(run.handler_type())
+                && (!options.background_execution() || options.nested());
+            if awaits_outside {
+                continue;
+            }
+            let run = self.run_mut(step);
+            let side = run.side_mut();
+            side.status = StepStatus::Idle;
+            side.state = StepState::NotStarted;
+            reset += 1;
+        }
+        if reset > 0 {
+            self.index = None;
+        }
+        reset
     }
     /// Hands back the buffers of a [`Round::Run`] once its calls are done, for reuse.
     pub fn recycle_round(&mut self, mut calls: Vec<Dispatch>, steps: Vec<StepIndex>) {
@@ -698,6 +764,36 @@ impl Transaction {
         self.effects.push(Effect::Emit(kind, step));
     }
 
+    fn set_timer(&mut self, timer: Timer, at: Option<u64>) -> bool {
+        let slot = self.timers.iter().position(|(t, _)| *t == timer);
+        match (slot, at) {
+            (Some(i), Some(at)) => self.timers[i].1 = at,
+            (None, Some(at)) => self.timers.push((timer, at)),
+            (Some(i), None) => {
+                self.timers.swap_remove(i);
+            }
+            (None, None) => return false,
+        }
+        true
+    }
+
+    /// Arms a timer: the engine's effect, and a record so that it survives the process.
+    fn arm(&mut self, timer: Timer, at: u64) {
+        self.set_timer(timer, Some(at));
+        self.pending.push(Record::Timer {
+            timer,
+            at: Some(at),
+        });
+        self.effects.push(Effect::Arm(timer, at));
+    }
+
+    fn disarm(&mut self, timer: Timer) {
+        if self.set_timer(timer, None) {
+            self.pending.push(Record::Timer { timer, at: None });
+        }
+        self.effects.push(Effect::Disarm(timer));
+    }
+
     fn change_state(&mut self, step: StepIndex, to: StepState) -> Result<()> {
         let from = self.steps[step].side().state;
         if !from.can_become(to) {
@@ -754,8 +850,7 @@ impl Transaction {
         if self.has_finished() {
             return;
         }
-        self.effects
-            .push(Effect::Arm(Timer::Retry(step), now + interval_ms));
+        self.arm(Timer::Retry(step), now + interval_ms);
     }
 
     fn step_is_async(&self, step: StepIndex) -> bool {
@@ -767,11 +862,11 @@ impl Transaction {
 
     fn clear_step_timers(&mut self, step: StepIndex) {
         if self.steps[step].has_scheduled_retry {
-            self.effects.push(Effect::Disarm(Timer::Retry(step)));
+            self.disarm(Timer::Retry(step));
         }
         let options = &self.shared.flow.step(step).options;
         if options.timeout_ms().is_some() && options.is_async() && !self.steps[step].compensating {
-            self.effects.push(Effect::Disarm(Timer::StepTimeout(step)));
+            self.disarm(Timer::StepTimeout(step));
         }
     }
 
@@ -896,13 +991,12 @@ impl Transaction {
         if self.fields.state == TransactionState::NotStarted {
             self.set_tx_state(TransactionState::Invoking);
             self.fields_mut().started_at = Some(now);
-            self.checkpoint();
             if let Some(timeout) = self.flow().options().timeout_ms()
                 && self.flow().has_async_steps()
             {
-                self.effects
-                    .push(Effect::Arm(Timer::TransactionTimeout, now + timeout));
+                self.arm(Timer::TransactionTimeout, now + timeout);
             }
+            self.checkpoint();
             self.emit(EventKind::Begin, None);
         } else {
             self.emit(EventKind::Resume, None);
@@ -945,7 +1039,6 @@ impl Transaction {
                     });
                 }
             }
-            self.checkpoint();
             for call in &calls {
                 let run = &self.steps[call.step];
                 if let Some(timeout) = self.flow().step(call.step).options.timeout_ms()
@@ -953,9 +1046,12 @@ impl Transaction {
                     && run.attempts == 1
                     && self.flow().step(call.step).options.is_async()
                 {
-                    self.effects
-                        .push(Effect::Arm(Timer::StepTimeout(call.step), now + timeout));
+                    self.arm(Timer::StepTimeout(call.step), now + timeout);
                 }
+            }
+            // The timers armed above are in this checkpoint, durable before any handler runs.
+            self.checkpoint();
+            for call in &calls {
                 self.emit(EventKind::StepBegin, Some(call.step));
             }
             if !calls.is_empty() && !self.fields.has_waiting_steps {
@@ -1124,7 +1220,7 @@ impl Transaction {
 
     fn finalize(&mut self) {
         if self.flow().options().timeout_ms().is_some() && self.flow().has_async_steps() {
-            self.effects.push(Effect::Disarm(Timer::TransactionTimeout));
+            self.disarm(Timer::TransactionTimeout);
         }
         self.checkpoint();
         self.emit(EventKind::Finish, None);
@@ -1364,7 +1460,7 @@ impl Transaction {
         if self.fields.timed_out_at.is_none() && self.transaction_expired(now) {
             self.fields_mut().timed_out_at = Some(now);
             if self.flow().has_async_steps() {
-                self.effects.push(Effect::Disarm(Timer::TransactionTimeout));
+                self.disarm(Timer::TransactionTimeout);
             }
             for &step in current {
                 self.set_step_timeout(step, StepError::transaction_timeout(), true, now);

@@ -11,6 +11,30 @@
 //!   `load` in append order;
 //! - `create` refuses a second *unfinished* transaction with the same workflow and id
 //!   ([`Error::AlreadyStarted`]); a finished one is replaced by the new run.
+//!
+//! # Leases, epochs and fencing
+//!
+//! Several workers (processes) may share a store; each transaction is advanced by one worker at
+//! a time. The summary of a transaction carries an **owner** with a lease (`until`, in clock
+//! milliseconds), an **epoch** and a **wake-up time**:
+//!
+//! ```text
+//!   create(lease) ──► owned by the creator, epoch 1 ──► append(epoch) … ──► finished: no owner
+//!          │                  │ release(epoch, wake_at)          ▲
+//!   create(None) ─► no owner, due now                            │
+//!                             ▼                                  │
+//!                   parked: no owner, wakes at `wake_at` ── claim / claim_due ──► epoch + 1
+//!   owner dies ──► lease lapses (until < now) ─────────────── claim_due ──► epoch + 1
+//! ```
+//!
+//! - Every claim that changes hands increments the epoch; a claim by the current owner while its
+//!   lease runs is re-entrant and keeps the epoch. A worker whose claim returned `epoch + 1` of
+//!   the epoch it last held knows no one else wrote in between.
+//! - `append` and `release` carry the writer's epoch and are refused with [`Error::Fenced`] when
+//!   it is not the current one: a worker whose lease was taken over cannot write.
+//! - `renew` extends every lease a worker holds, in one operation.
+//! - Lease times are the workers' clocks: workers sharing a store need clocks that agree to well
+//!   within a lease.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -84,17 +108,79 @@ pub struct TransactionSummary {
     pub created_at: u64,
 }
 
+/// A worker's lease: who holds it and until when (clock milliseconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The worker's id, unique per process.
+    pub owner: Arc<str>,
+    /// When the lease lapses unless renewed.
+    pub until: u64,
+}
+
+/// The answer to a [`Store::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is the claimer's, at this epoch.
+    Granted {
+        /// The epoch the claimer writes with.
+        epoch: u64,
+    },
+    /// Another worker's lease runs.
+    Leased {
+        /// The worker holding it.
+        owner: String,
+    },
+    /// No such transaction.
+    NotFound,
+}
+
 /// Where transactions live. Object-safe; held as `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Writes the header of a new transaction (or of a new run of a finished one).
-    async fn create(&self, header: &TransactionHeader) -> Result<()>;
-    /// Appends records to a transaction's log, in one durable write.
-    async fn append(&self, key: &TransactionKey, records: &[Record]) -> Result<()>;
+    /// Writes the header of a new transaction (or of a new run of a finished one) and returns
+    /// its epoch. With a lease the creator owns it; without one it is due at once, for any
+    /// worker's [`claim_due`](Store::claim_due) (an enqueued start).
+    async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64>;
+    /// Appends records to a transaction's log, in one durable write, if `epoch` is current
+    /// ([`Error::Fenced`] otherwise). Records that finish the transaction also end its lease.
+    async fn append(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()>;
     /// Reads a transaction's header and log, if it exists.
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>>;
     /// The summary of a transaction, if it exists.
     async fn summary(&self, key: &TransactionKey) -> Result<Option<TransactionSummary>>;
+    /// Takes (or keeps) a transaction's lease, unless another worker's lease runs at `now`.
+    async fn claim(&self, key: &TransactionKey, lease: &Lease, now: u64) -> Result<Claim>;
+    /// Gives a transaction's lease up (if `epoch` is current); an unfinished transaction is due
+    /// again at `wake_at` (never, without one, until something claims it).
+    async fn release(&self, key: &TransactionKey, epoch: u64, wake_at: Option<u64>) -> Result<()>;
+    /// Claims up to `limit` unfinished transactions of these workflows that are due at `now`:
+    /// parked ones whose wake-up time has come, and ones whose owner's lease lapsed.
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<(TransactionKey, u64)>>;
+    /// Extends every lease `lease.owner` holds to `lease.until`; returns how many.
+    async fn renew(&self, lease: &Lease) -> Result<usize>;
+}
+
+/// The error of an append or release with a stale epoch.
+pub fn fenced(key: &TransactionKey, epoch: u64) -> Error {
+    Error::Fenced {
+        workflow: key.workflow.to_string(),
+        transaction: key.id.to_string(),
+        epoch,
+    }
+}
+
+/// Whether a batch of records finishes its transaction.
+pub fn finishes(records: &[Record]) -> bool {
+    records.iter().rev().find_map(|r| match r {
+        Record::Transaction(fields) => Some(fields.state.is_finished()),
+        _ => None,
+    }) == Some(true)
 }
 
 /// The in-memory store: a log per transaction in a map, for development and tests.
@@ -118,6 +204,23 @@ struct MemoryEntry {
     header: TransactionHeader,
     records: Vec<Record>,
     state: TransactionState,
+    owner: Option<Arc<str>>,
+    until: u64,
+    epoch: u64,
+    wake_at: Option<u64>,
+}
+
+impl MemoryEntry {
+    fn take(&mut self, lease: &Lease) -> u64 {
+        let keeps = self.owner.as_ref() == Some(&lease.owner);
+        if !keeps {
+            self.epoch += 1;
+            self.owner = Some(lease.owner.clone());
+        }
+        self.until = lease.until;
+        self.wake_at = None;
+        self.epoch
+    }
 }
 
 impl MemoryStore {
@@ -150,15 +253,17 @@ impl Default for MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn create(&self, header: &TransactionHeader) -> Result<()> {
+    async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
         let mut inner = self.inner.lock();
-        if let Some(existing) = inner.transactions.get(&header.key)
-            && !existing.state.is_finished()
-        {
-            return Err(Error::AlreadyStarted {
-                workflow: header.key.workflow.to_string(),
-                transaction: header.key.id.to_string(),
-            });
+        let mut epoch = 1;
+        if let Some(existing) = inner.transactions.get(&header.key) {
+            if !existing.state.is_finished() {
+                return Err(Error::AlreadyStarted {
+                    workflow: header.key.workflow.to_string(),
+                    transaction: header.key.id.to_string(),
+                });
+            }
+            epoch = existing.epoch + 1;
         }
         inner.transactions.insert(
             header.key.clone(),
@@ -166,12 +271,20 @@ impl Store for MemoryStore {
                 header: header.clone(),
                 records: Vec::with_capacity(64),
                 state: TransactionState::NotStarted,
+                owner: lease.map(|l| l.owner.clone()),
+                until: lease.map_or(0, |l| l.until),
+                epoch,
+                wake_at: if lease.is_some() {
+                    None
+                } else {
+                    Some(header.created_at)
+                },
             },
         );
-        Ok(())
+        Ok(epoch)
     }
 
-    async fn append(&self, key: &TransactionKey, records: &[Record]) -> Result<()> {
+    async fn append(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()> {
         let mut inner = self.inner.lock();
         let MemoryInner {
             transactions,
@@ -182,6 +295,9 @@ impl Store for MemoryStore {
             transaction: key.to_string(),
             reason: "the transaction was never created".into(),
         })?;
+        if entry.epoch != epoch {
+            return Err(fenced(key, epoch));
+        }
         let was_finished = entry.state.is_finished();
         for record in records {
             if let Record::Transaction(fields) = record {
@@ -189,6 +305,10 @@ impl Store for MemoryStore {
             }
         }
         entry.records.extend_from_slice(records);
+        if entry.state.is_finished() {
+            entry.owner = None;
+            entry.wake_at = None;
+        }
         if !was_finished && entry.state.is_finished() {
             finished.push_back((key.clone(), entry.header.run_id.clone()));
             while finished.len() > self.keep_finished {
@@ -221,5 +341,73 @@ impl Store for MemoryStore {
             state: e.state,
             created_at: e.header.created_at,
         }))
+    }
+
+    async fn claim(&self, key: &TransactionKey, lease: &Lease, now: u64) -> Result<Claim> {
+        let mut inner = self.inner.lock();
+        let Some(entry) = inner.transactions.get_mut(key) else {
+            return Ok(Claim::NotFound);
+        };
+        if let Some(owner) = &entry.owner
+            && *owner != lease.owner
+            && entry.until >= now
+        {
+            return Ok(Claim::Leased {
+                owner: owner.to_string(),
+            });
+        }
+        Ok(Claim::Granted {
+            epoch: entry.take(lease),
+        })
+    }
+
+    async fn release(&self, key: &TransactionKey, epoch: u64, wake_at: Option<u64>) -> Result<()> {
+        let mut inner = self.inner.lock();
+        match inner.transactions.get_mut(key) {
+            Some(entry) if entry.epoch == epoch => {
+                entry.owner = None;
+                entry.wake_at = wake_at.filter(|_| !entry.state.is_finished());
+                Ok(())
+            }
+            _ => Err(fenced(key, epoch)),
+        }
+    }
+
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<(TransactionKey, u64)>> {
+        let mut inner = self.inner.lock();
+        let mut claimed = Vec::new();
+        for (key, entry) in inner.transactions.iter_mut() {
+            if claimed.len() >= limit {
+                break;
+            }
+            let due = match &entry.owner {
+                None => entry.wake_at.is_some_and(|at| at <= now),
+                Some(_) => entry.until < now,
+            };
+            if due && !entry.state.is_finished() && workflows.contains(&key.workflow) {
+                // A lapsed lease changes hands even when the claimer held it before.
+                entry.owner = None;
+                claimed.push((key.clone(), entry.take(lease)));
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        let mut renewed = 0;
+        for entry in inner.transactions.values_mut() {
+            if entry.owner.as_ref() == Some(&lease.owner) {
+                entry.until = lease.until;
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
     }
 }

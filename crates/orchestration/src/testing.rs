@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::machine::Timer;
 use crate::machine::{Record, TransactionFields};
 use crate::state::{StepRun, StepState, TransactionState};
-use crate::store::{Store, TransactionHeader, TransactionKey};
+use crate::store::{Claim, Lease, Store, TransactionHeader, TransactionKey};
 use crate::{
     Data, EngineOptions, Error, Flow, FlowDefinition, HandlerType, RunOptions, StepCall,
     StepOutcome, Transaction, WorkflowOptions,
@@ -33,6 +34,13 @@ fn header(workflow: &str, id: &str, run: &str) -> TransactionHeader {
         run_id: Arc::from(run),
         payload: Data::json(json!({"n": 1})),
         created_at: 1,
+    }
+}
+
+fn lease(owner: &str, until: u64) -> Lease {
+    Lease {
+        owner: Arc::from(owner),
+        until,
     }
 }
 
@@ -61,21 +69,34 @@ where
     a_finished_id_starts_a_new_run(make().await).await;
     append_to_an_unknown_transaction_is_an_error(make().await).await;
     an_engine_run_replays_from_the_log(make().await).await;
+    a_taken_over_lease_fences_the_old_writer(make().await).await;
+    released_transactions_are_due_at_their_wake_up_time(make().await).await;
+    enqueued_transactions_are_due_at_once(make().await).await;
+    renewed_leases_are_kept_and_lapsed_ones_taken_over(make().await).await;
+    finishing_ends_the_lease(make().await).await;
 }
 
 /// Records come back in append order, responses and errors included, after the header.
 pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
     let id = unique("order");
     let h = header("suite", &id, "run-1");
-    store.create(&h).await.expect("create");
+    let epoch = store
+        .create(&h, Some(&lease("w1", u64::MAX)))
+        .await
+        .expect("create");
     let mut run = StepRun::default();
     run.invoke.state = StepState::Invoking;
     store
         .append(
             &h.key,
+            epoch,
             &[
                 fields(TransactionState::Invoking),
                 Record::Step { step: 1, run },
+                Record::Timer {
+                    timer: Timer::Retry(1),
+                    at: Some(5),
+                },
             ],
         )
         .await
@@ -87,7 +108,11 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
         data: Some(Data::json(json!({"ok": 1}))),
     };
     store
-        .append(&h.key, &[response.clone(), Record::Step { step: 1, run }])
+        .append(
+            &h.key,
+            epoch,
+            &[response.clone(), Record::Step { step: 1, run }],
+        )
         .await
         .expect("append");
     let stored = store.load(&h.key).await.expect("load").expect("exists");
@@ -96,9 +121,16 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
         stored.header.payload.to_json().expect("json"),
         json!({"n": 1})
     );
-    assert_eq!(stored.records.len(), 4);
-    assert_eq!(stored.records[2], response);
-    assert_eq!(stored.records[3], Record::Step { step: 1, run });
+    assert_eq!(stored.records.len(), 5);
+    assert_eq!(
+        stored.records[2],
+        Record::Timer {
+            timer: Timer::Retry(1),
+            at: Some(5)
+        }
+    );
+    assert_eq!(stored.records[3], response);
+    assert_eq!(stored.records[4], Record::Step { step: 1, run });
     let summary = store
         .summary(&h.key)
         .await
@@ -118,10 +150,13 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
 pub async fn unfinished_ids_cannot_be_created_twice(store: Arc<dyn Store>) {
     let id = unique("twice");
     store
-        .create(&header("suite", &id, "a"))
+        .create(&header("suite", &id, "a"), None)
         .await
         .expect("create");
-    match store.create(&header("suite", &id, "b")).await {
+    match store
+        .create(&header("suite", &id, "b"), Some(&lease("w", 9)))
+        .await
+    {
         Err(Error::AlreadyStarted { transaction, .. }) => assert_eq!(transaction, id),
         other => panic!("expected AlreadyStarted, got {other:?}"),
     }
@@ -131,9 +166,12 @@ pub async fn unfinished_ids_cannot_be_created_twice(store: Arc<dyn Store>) {
 pub async fn a_finished_id_starts_a_new_run(store: Arc<dyn Store>) {
     let id = unique("again");
     let first = header("suite", &id, "first");
-    store.create(&first).await.expect("create");
+    let epoch = store
+        .create(&first, Some(&lease("w", u64::MAX)))
+        .await
+        .expect("create");
     store
-        .append(&first.key, &[fields(TransactionState::Done)])
+        .append(&first.key, epoch, &[fields(TransactionState::Done)])
         .await
         .expect("append");
     assert_eq!(
@@ -145,10 +183,17 @@ pub async fn a_finished_id_starts_a_new_run(store: Arc<dyn Store>) {
             .state,
         TransactionState::Done
     );
-    store
-        .create(&header("suite", &id, "second"))
+    let second = store
+        .create(&header("suite", &id, "second"), Some(&lease("w", u64::MAX)))
         .await
         .expect("a finished id runs again");
+    assert!(second > epoch, "a new run has a newer epoch");
+    assert!(matches!(
+        store
+            .append(&first.key, epoch, &[fields(TransactionState::Invoking)])
+            .await,
+        Err(Error::Fenced { .. })
+    ));
     let stored = store.load(&first.key).await.expect("load").expect("exists");
     assert_eq!(stored.header.run_id.as_ref(), "second");
     assert!(stored.records.is_empty());
@@ -159,7 +204,7 @@ pub async fn append_to_an_unknown_transaction_is_an_error(store: Arc<dyn Store>)
     let key = TransactionKey::new("suite", unique("ghost"));
     assert!(matches!(
         store
-            .append(&key, &[fields(TransactionState::Invoking)])
+            .append(&key, 1, &[fields(TransactionState::Invoking)])
             .await,
         Err(Error::Store { .. })
     ));
@@ -227,5 +272,216 @@ pub async fn an_engine_run_replays_from_the_log(store: Arc<dyn Store>) {
             .get(b, HandlerType::Invoke)
             .map(|d| d.to_json().expect("json")),
         Some(json!({"step": "b"}))
+    );
+}
+
+/// A worker whose lease lapsed and was taken over cannot write any more; the new holder can,
+/// and claiming again while holding keeps the epoch.
+pub async fn a_taken_over_lease_fences_the_old_writer(store: Arc<dyn Store>) {
+    let h = header(&unique("fence"), "t", "run");
+    let first = store
+        .create(&h, Some(&lease("a", 100)))
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .claim(&h.key, &lease("b", 200), 50)
+            .await
+            .expect("claim"),
+        Claim::Leased {
+            owner: "a".to_string()
+        }
+    );
+    let Claim::Granted { epoch } = store
+        .claim(&h.key, &lease("b", 300), 101)
+        .await
+        .expect("claim")
+    else {
+        panic!("a lapsed lease is granted to another worker");
+    };
+    assert_eq!(epoch, first + 1);
+    match store
+        .append(&h.key, first, &[fields(TransactionState::Invoking)])
+        .await
+    {
+        Err(Error::Fenced { epoch: stale, .. }) => assert_eq!(stale, first),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert!(matches!(
+        store.release(&h.key, first, None).await,
+        Err(Error::Fenced { .. })
+    ));
+    store
+        .append(&h.key, epoch, &[fields(TransactionState::Invoking)])
+        .await
+        .expect("the new holder writes");
+    assert_eq!(
+        store
+            .claim(&h.key, &lease("b", 400), 150)
+            .await
+            .expect("claim"),
+        Claim::Granted { epoch }
+    );
+    let stored = store.load(&h.key).await.expect("load").expect("exists");
+    assert_eq!(stored.records.len(), 1, "the fenced append wrote nothing");
+    assert_eq!(
+        store
+            .claim(
+                &TransactionKey::new("suite", unique("none")),
+                &lease("b", 1),
+                0
+            )
+            .await
+            .expect("claim"),
+        Claim::NotFound
+    );
+}
+
+/// A released transaction is claimed by `claim_due` once its wake-up time has come, once.
+pub async fn released_transactions_are_due_at_their_wake_up_time(store: Arc<dyn Store>) {
+    let workflow: Arc<str> = Arc::from(unique("wake"));
+    let h = header(&workflow, "t", "run");
+    let epoch = store
+        .create(&h, Some(&lease("a", 1_000)))
+        .await
+        .expect("create");
+    store
+        .append(&h.key, epoch, &[fields(TransactionState::Invoking)])
+        .await
+        .expect("append");
+    store
+        .release(&h.key, epoch, Some(500))
+        .await
+        .expect("release");
+    let workflows = [workflow.clone()];
+    assert!(
+        store
+            .claim_due(&workflows, &lease("b", 2_000), 499, 10)
+            .await
+            .expect("claim_due")
+            .is_empty(),
+        "not due before its wake-up time"
+    );
+    let claimed = store
+        .claim_due(&workflows, &lease("b", 2_000), 500, 10)
+        .await
+        .expect("claim_due");
+    assert_eq!(claimed, vec![(h.key.clone(), epoch + 1)]);
+    assert!(
+        store
+            .claim_due(&workflows, &lease("c", 2_000), 600, 10)
+            .await
+            .expect("claim_due")
+            .is_empty(),
+        "a claimed transaction is not claimed twice"
+    );
+    let released = header(&workflow, "never", "run");
+    let e = store
+        .create(&released, Some(&lease("a", 1_000)))
+        .await
+        .expect("create");
+    store
+        .release(&released.key, e, None)
+        .await
+        .expect("release");
+    assert!(
+        store
+            .claim_due(&workflows, &lease("c", 5_000), 1_500, 10)
+            .await
+            .expect("claim_due")
+            .is_empty(),
+        "without a wake-up time a released transaction waits to be claimed by name"
+    );
+    assert_eq!(
+        store
+            .claim(&released.key, &lease("c", 5_000), 1_500)
+            .await
+            .expect("claim"),
+        Claim::Granted { epoch: e + 1 }
+    );
+}
+
+/// A transaction created without a lease is due at once, for the named workflows only.
+pub async fn enqueued_transactions_are_due_at_once(store: Arc<dyn Store>) {
+    let workflow: Arc<str> = Arc::from(unique("queue"));
+    let other: Arc<str> = Arc::from(unique("other"));
+    let h = header(&workflow, "t", "run");
+    let epoch = store.create(&h, None).await.expect("create");
+    assert!(
+        store
+            .claim_due(&[other], &lease("b", 100), 10, 10)
+            .await
+            .expect("claim_due")
+            .is_empty()
+    );
+    let claimed = store
+        .claim_due(&[workflow], &lease("b", 100), h.created_at, 10)
+        .await
+        .expect("claim_due");
+    assert_eq!(claimed, vec![(h.key.clone(), epoch + 1)]);
+}
+
+/// `renew` extends every lease of its owner; a lease that lapsed is taken over by `claim_due`.
+pub async fn renewed_leases_are_kept_and_lapsed_ones_taken_over(store: Arc<dyn Store>) {
+    let workflow: Arc<str> = Arc::from(unique("renew"));
+    let owner = unique("owner");
+    let a = header(&workflow, "a", "run");
+    let b = header(&workflow, "b", "run");
+    store
+        .create(&a, Some(&lease(&owner, 100)))
+        .await
+        .expect("create");
+    store
+        .create(&b, Some(&lease(&owner, 100)))
+        .await
+        .expect("create");
+    assert_eq!(store.renew(&lease(&owner, 300)).await.expect("renew"), 2);
+    let workflows = [workflow];
+    assert!(
+        store
+            .claim_due(&workflows, &lease("thief", 1_000), 200, 10)
+            .await
+            .expect("claim_due")
+            .is_empty(),
+        "renewed leases still run"
+    );
+    let mut claimed = store
+        .claim_due(&workflows, &lease("heir", 1_000), 301, 1)
+        .await
+        .expect("claim_due");
+    claimed.extend(
+        store
+            .claim_due(&workflows, &lease("heir", 1_000), 301, 10)
+            .await
+            .expect("claim_due"),
+    );
+    claimed.sort();
+    assert_eq!(
+        claimed.len(),
+        2,
+        "the limit holds and both are taken over: {claimed:?}"
+    );
+    assert_eq!(claimed[0].0, a.key);
+    assert_eq!(claimed[1].0, b.key);
+}
+
+/// A finished transaction has no owner and is never due.
+pub async fn finishing_ends_the_lease(store: Arc<dyn Store>) {
+    let workflow: Arc<str> = Arc::from(unique("finish"));
+    let h = header(&workflow, "t", "run");
+    let epoch = store
+        .create(&h, Some(&lease("a", 10)))
+        .await
+        .expect("create");
+    store
+        .append(&h.key, epoch, &[fields(TransactionState::Done)])
+        .await
+        .expect("append");
+    assert!(
+        store
+            .claim_due(&[workflow], &lease("b", 1_000), 500, 10)
+            .await
+            .expect("claim_due")
+            .is_empty()
     );
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use gorgon_orchestration::{
-    MemoryStore, Record, Store, TransactionKey,
+    Claim, Lease, MemoryStore, Record, Store, TransactionKey,
     store::{StoredTransaction, TransactionHeader, TransactionSummary},
 };
 use gorgon_workflows::{App, Services, StepContext, StepFailure};
@@ -59,16 +59,21 @@ fn through_json<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) ->
 
 #[async_trait]
 impl Store for JsonStore {
-    async fn create(&self, header: &TransactionHeader) -> gorgon_orchestration::Result<()> {
-        self.inner.create(&through_json(header)).await
+    async fn create(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+    ) -> gorgon_orchestration::Result<u64> {
+        self.inner.create(&through_json(header), lease).await
     }
     async fn append(
         &self,
         key: &TransactionKey,
+        epoch: u64,
         records: &[Record],
     ) -> gorgon_orchestration::Result<()> {
         let records: Vec<Record> = through_json(&records.to_vec());
-        self.inner.append(key, &records).await
+        self.inner.append(key, epoch, &records).await
     }
     async fn load(
         &self,
@@ -81,6 +86,34 @@ impl Store for JsonStore {
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         self.inner.summary(key).await
+    }
+    async fn claim(
+        &self,
+        key: &TransactionKey,
+        lease: &Lease,
+        now: u64,
+    ) -> gorgon_orchestration::Result<Claim> {
+        self.inner.claim(key, lease, now).await
+    }
+    async fn release(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        wake_at: Option<u64>,
+    ) -> gorgon_orchestration::Result<()> {
+        self.inner.release(key, epoch, wake_at).await
+    }
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        now: u64,
+        limit: usize,
+    ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
+        self.inner.claim_due(workflows, lease, now, limit).await
+    }
+    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
+        self.inner.renew(lease).await
     }
 }
 
