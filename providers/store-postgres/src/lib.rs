@@ -73,7 +73,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use gorgon_orchestration::store::{StoredTransaction, TransactionHeader, TransactionSummary};
+use gorgon_orchestration::store::{
+    Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
+};
 use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey};
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -210,8 +212,9 @@ struct Inner {
 #[derive(Debug)]
 struct Pending {
     key: TransactionKey,
+    epoch: u64,
     append: EncodedAppend,
-    reply: oneshot::Sender<Result<bool, String>>,
+    reply: oneshot::Sender<Result<Written, String>>,
 }
 
 fn redact(url: &str) -> String {
@@ -380,15 +383,17 @@ impl PostgresStore {
 /// log rows after the sequence numbers reserved. Returns the keys (1-based) that exist.
 const APPEND_SQL: &str = r#"
 WITH d AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
-        WITH ORDINALITY AS d(workflow, transaction_id, n, state, k)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $13::int8[])
+        WITH ORDINALITY AS d(workflow, transaction_id, n, state, epoch, k)
 ), s AS (
     UPDATE transactions t
        SET next_seq = t.next_seq + d.n,
            state = COALESCE(NULLIF(d.state, ''), t.state),
-           updated_at = $5
+           updated_at = $5,
+           owner = CASE WHEN d.state IN ('done', 'reverted', 'failed') THEN NULL ELSE t.owner END,
+           wake_at = CASE WHEN d.state IN ('done', 'reverted', 'failed') THEN NULL ELSE t.wake_at END
       FROM d
-     WHERE t.workflow = d.workflow AND t.transaction_id = d.transaction_id
+     WHERE t.workflow = d.workflow AND t.transaction_id = d.transaction_id AND t.epoch = d.epoch
     RETURNING d.k, t.workflow, t.transaction_id, t.run_id, t.next_seq - d.n AS base
 ), ins AS (
     INSERT INTO transaction_log (workflow, transaction_id, run_id, seq, kind, step, side, attempt, record)
@@ -401,15 +406,26 @@ WITH d AS (
 SELECT k FROM s
 "#;
 
-/// Writes appends (of any transactions) in one statement, one commit. For each append, whether
-/// its transaction exists (an append to a missing one writes nothing).
+/// What became of one append of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    /// Its rows are in the log.
+    Yes,
+    /// Its epoch is not the transaction's current one: nothing written.
+    Fenced,
+    /// The transaction was never created: nothing written.
+    Missing,
+}
+
+/// Writes appends (of any transactions) in one statement, one commit. An append whose epoch is
+/// stale, or whose transaction does not exist, writes nothing; the others are unaffected.
 async fn write_batch(
     pool: &PgPool,
-    batch: &[(&TransactionKey, &EncodedAppend)],
-) -> Result<Vec<bool>, sqlx::Error> {
+    batch: &[(&TransactionKey, u64, &EncodedAppend)],
+) -> Result<Vec<Written>, sqlx::Error> {
     let mut index: HashMap<&TransactionKey, usize> = HashMap::new();
-    let (mut workflows, mut ids, mut counts, mut states) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut workflows, mut ids, mut counts, mut states, mut epochs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut rk, mut off, mut kind, mut step, mut side, mut attempt, mut record) = (
         Vec::new(),
         Vec::new(),
@@ -420,12 +436,13 @@ async fn write_batch(
         Vec::new(),
     );
     let mut of_append = Vec::with_capacity(batch.len());
-    for (key, append) in batch {
+    for (key, epoch, append) in batch {
         let k = *index.entry(key).or_insert_with(|| {
             workflows.push(key.workflow.as_ref());
             ids.push(key.id.as_ref());
             counts.push(0_i64);
             states.push("");
+            epochs.push(i64::try_from(*epoch).unwrap_or(i64::MAX));
             workflows.len() - 1
         });
         of_append.push(k);
@@ -458,6 +475,7 @@ async fn write_batch(
             .bind(&side)
             .bind(&attempt)
             .bind(&record)
+            .bind(&epochs)
             .fetch_all(pool)
             .await;
         match result {
@@ -471,13 +489,28 @@ async fn write_batch(
             Err(e) => return Err(e),
         }
     };
-    let mut exists = vec![false; workflows.len()];
+    let mut written = vec![Written::Missing; workflows.len()];
     for k in found {
-        if let Some(slot) = usize::try_from(k - 1).ok().and_then(|i| exists.get_mut(i)) {
-            *slot = true;
+        if let Some(slot) = usize::try_from(k - 1).ok().and_then(|i| written.get_mut(i)) {
+            *slot = Written::Yes;
         }
     }
-    Ok(of_append.into_iter().map(|k| exists[k]).collect())
+    // The rare refused appends: tell a stale epoch from a missing transaction.
+    for k in 0..written.len() {
+        if written[k] == Written::Missing {
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT epoch FROM transactions WHERE workflow = $1 AND transaction_id = $2",
+            )
+            .bind(workflows[k])
+            .bind(ids[k])
+            .fetch_optional(pool)
+            .await?;
+            if exists.is_some() {
+                written[k] = Written::Fenced;
+            }
+        }
+    }
+    Ok(of_append.into_iter().map(|k| written[k]).collect())
 }
 
 /// A batch writer: takes everything queued (up to `max`), writes it in one commit, answers.
@@ -493,15 +526,15 @@ async fn run_writer(
         if queue.lock().await.recv_many(&mut batch, max).await == 0 {
             return;
         }
-        let refs: Vec<(&TransactionKey, &EncodedAppend)> =
-            batch.iter().map(|p| (&p.key, &p.append)).collect();
+        let refs: Vec<(&TransactionKey, u64, &EncodedAppend)> =
+            batch.iter().map(|p| (&p.key, p.epoch, &p.append)).collect();
         let result = write_batch(&pool, &refs).await;
         drop(refs);
         match result {
-            Ok(exists) => {
+            Ok(written) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
-                for (pending, exists) in batch.drain(..).zip(exists) {
-                    let _ = pending.reply.send(Ok(exists));
+                for (pending, written) in batch.drain(..).zip(written) {
+                    let _ = pending.reply.send(Ok(written));
                 }
             }
             Err(error) => {
@@ -517,18 +550,22 @@ async fn run_writer(
 
 const CREATE_SQL: &str = r#"
 WITH up AS (
-    INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at, updated_at, next_seq)
-    VALUES ($1, $2, $3, 'not_started', $4::jsonb, $5, $6, 0)
+    INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
+                              updated_at, next_seq, owner, lease_until, epoch, wake_at)
+    VALUES ($1, $2, $3, 'not_started', $4::jsonb, $5, $6, 0, $7, $8, 1,
+            CASE WHEN $7::text IS NULL THEN $5 END)
     ON CONFLICT (workflow, transaction_id) DO UPDATE
        SET run_id = EXCLUDED.run_id, state = EXCLUDED.state, payload = EXCLUDED.payload,
-           created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, next_seq = 0
+           created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, next_seq = 0,
+           owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
+           epoch = transactions.epoch + 1, wake_at = EXCLUDED.wake_at
      WHERE transactions.state IN ('done', 'reverted', 'failed')
-    RETURNING 1
+    RETURNING epoch
 ), gone AS (
     DELETE FROM transaction_log
      WHERE workflow = $1 AND transaction_id = $2 AND EXISTS (SELECT 1 FROM up)
 )
-SELECT count(*) FROM up
+SELECT epoch FROM up
 "#;
 
 const LOAD_SQL: &str = r#"
@@ -545,7 +582,11 @@ ORDER BY seq
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn create(&self, header: &TransactionHeader) -> gorgon_orchestration::Result<()> {
+    async fn create(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+    ) -> gorgon_orchestration::Result<u64> {
         let key = &header.key;
         let payload = header
             .payload
@@ -553,44 +594,48 @@ impl Store for PostgresStore {
             .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
         let created_at = i64::try_from(header.created_at)
             .map_err(|_| store_error("create", key, "created_at is out of range"))?;
-        let won: i64 = sqlx::query_scalar(CREATE_SQL)
+        let epoch: Option<i64> = sqlx::query_scalar(CREATE_SQL)
             .bind(key.workflow.as_ref())
             .bind(key.id.as_ref())
             .bind(header.run_id.as_ref())
             .bind(payload.to_string())
             .bind(created_at)
             .bind(now_millis())
-            .fetch_one(&self.inner.pool)
+            .bind(lease.map(|l| l.owner.as_ref()))
+            .bind(lease.map_or(0, |l| millis(l.until)))
+            .fetch_optional(&self.inner.pool)
             .await
             .map_err(|e| store_error("create", key, e))?;
-        if won == 0 {
-            return Err(StoreError::AlreadyStarted {
+        match epoch {
+            Some(epoch) => Ok(u64::try_from(epoch).unwrap_or(0)),
+            None => Err(StoreError::AlreadyStarted {
                 workflow: key.workflow.to_string(),
                 transaction: key.id.to_string(),
-            });
+            }),
         }
-        Ok(())
     }
 
     async fn append(
         &self,
         key: &TransactionKey,
+        epoch: u64,
         records: &[Record],
     ) -> gorgon_orchestration::Result<()> {
         let append = encode(key, records)?;
         let n = append.rows.len() as u64;
-        let exists = match &self.inner.queue {
+        let written = match &self.inner.queue {
             None => {
-                let exists = write_batch(&self.inner.pool, &[(key, &append)])
+                let written = write_batch(&self.inner.pool, &[(key, epoch, &append)])
                     .await
                     .map_err(|e| store_error("append", key, e))?;
                 self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
-                exists[0]
+                written[0]
             }
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
                 let pending = Pending {
                     key: key.clone(),
+                    epoch,
                     append,
                     reply,
                 };
@@ -604,12 +649,16 @@ impl Store for PostgresStore {
                     .map_err(|reason| store_error("append", key, reason))?
             }
         };
-        if !exists {
-            return Err(store_error(
-                "append",
-                key,
-                "the transaction was never created",
-            ));
+        match written {
+            Written::Yes => {}
+            Written::Fenced => return Err(fenced(key, epoch)),
+            Written::Missing => {
+                return Err(store_error(
+                    "append",
+                    key,
+                    "the transaction was never created",
+                ));
+            }
         }
         self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
         self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
@@ -652,6 +701,94 @@ impl Store for PostgresStore {
         Ok(Some(StoredTransaction { header, records }))
     }
 
+    async fn claim(
+        &self,
+        key: &TransactionKey,
+        lease: &Lease,
+        now: u64,
+    ) -> gorgon_orchestration::Result<Claim> {
+        for _ in 0..3 {
+            if let Some(claim) = self.claim_once(key, lease, now).await? {
+                return Ok(claim);
+            }
+        }
+        Err(store_error(
+            "claim",
+            key,
+            "the lease kept changing hands; try again",
+        ))
+    }
+
+    async fn release(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        wake_at: Option<u64>,
+    ) -> gorgon_orchestration::Result<()> {
+        let done = sqlx::query(RELEASE_SQL)
+            .bind(key.workflow.as_ref())
+            .bind(key.id.as_ref())
+            .bind(millis(epoch))
+            .bind(wake_at.map(millis))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| store_error("release", key, e))?;
+        if done.rows_affected() == 0 {
+            return Err(fenced(key, epoch));
+        }
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        now: u64,
+        limit: usize,
+    ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
+        let names: Vec<&str> = workflows.iter().map(|w| w.as_ref()).collect();
+        let rows = sqlx::query(CLAIM_DUE_SQL)
+            .bind(&names)
+            .bind(millis(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(lease.owner.as_ref())
+            .bind(millis(lease.until))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| StoreError::Store {
+                operation: "claim_due",
+                transaction: String::new(),
+                reason: e.to_string(),
+            })?;
+        rows.iter()
+            .map(|row| {
+                let get = |column: &str| -> Result<String, sqlx::Error> { row.try_get(column) };
+                let key = TransactionKey::new(
+                    get("workflow").unwrap_or_default(),
+                    get("transaction_id").unwrap_or_default(),
+                );
+                let epoch: i64 = row
+                    .try_get("epoch")
+                    .map_err(|e| store_error("claim_due", &key, e))?;
+                Ok((key, u64::try_from(epoch).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
+        let done = sqlx::query("UPDATE transactions SET lease_until = $2 WHERE owner = $1")
+            .bind(lease.owner.as_ref())
+            .bind(millis(lease.until))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| StoreError::Store {
+                operation: "renew",
+                transaction: format!("leases of {}", lease.owner),
+                reason: e.to_string(),
+            })?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
     async fn summary(
         &self,
         key: &TransactionKey,
@@ -680,6 +817,81 @@ impl Store for PostgresStore {
             state: row::state(key, &state)?,
             created_at: u64::try_from(created_at).unwrap_or(0),
         }))
+    }
+}
+
+const CLAIM_SQL: &str = r#"
+UPDATE transactions
+   SET epoch = CASE WHEN owner = $3 THEN epoch ELSE epoch + 1 END,
+       owner = $3, lease_until = $4, wake_at = NULL
+ WHERE workflow = $1 AND transaction_id = $2
+   AND (owner IS NULL OR owner = $3 OR lease_until < $5)
+RETURNING epoch
+"#;
+
+const RELEASE_SQL: &str = r#"
+UPDATE transactions
+   SET owner = NULL,
+       wake_at = CASE WHEN state IN ('done', 'reverted', 'failed') THEN NULL ELSE $4 END
+ WHERE workflow = $1 AND transaction_id = $2 AND epoch = $3
+"#;
+
+const CLAIM_DUE_SQL: &str = r#"
+WITH due AS (
+    SELECT workflow, transaction_id FROM transactions
+     WHERE workflow = ANY($1) AND state NOT IN ('done', 'reverted', 'failed')
+       AND ((owner IS NULL AND wake_at <= $2) OR (owner IS NOT NULL AND lease_until < $2))
+     LIMIT $3
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE transactions t
+   SET epoch = t.epoch + 1, owner = $4, lease_until = $5, wake_at = NULL
+  FROM due
+ WHERE t.workflow = due.workflow AND t.transaction_id = due.transaction_id
+RETURNING t.workflow, t.transaction_id, t.epoch
+"#;
+
+/// A time in clock milliseconds as a column value.
+fn millis(at: u64) -> i64 {
+    i64::try_from(at).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    async fn claim_once(
+        &self,
+        key: &TransactionKey,
+        lease: &Lease,
+        now: u64,
+    ) -> gorgon_orchestration::Result<Option<Claim>> {
+        let pool = &self.inner.pool;
+        let epoch: Option<i64> = sqlx::query_scalar(CLAIM_SQL)
+            .bind(key.workflow.as_ref())
+            .bind(key.id.as_ref())
+            .bind(lease.owner.as_ref())
+            .bind(millis(lease.until))
+            .bind(millis(now))
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| store_error("claim", key, e))?;
+        if let Some(epoch) = epoch {
+            return Ok(Some(Claim::Granted {
+                epoch: u64::try_from(epoch).unwrap_or(0),
+            }));
+        }
+        let row: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT owner FROM transactions WHERE workflow = $1 AND transaction_id = $2",
+        )
+        .bind(key.workflow.as_ref())
+        .bind(key.id.as_ref())
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| store_error("claim", key, e))?;
+        Ok(match row {
+            None => Some(Claim::NotFound),
+            Some(Some(owner)) => Some(Claim::Leased { owner }),
+            // Released between the two statements: try again.
+            Some(None) => None,
+        })
     }
 }
 

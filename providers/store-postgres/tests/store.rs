@@ -121,7 +121,7 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
         let attempts = (0..16).map(|_| {
             let store = store.clone();
             let h = header(&id);
-            tokio::spawn(async move { store.create(&h).await.map(|()| h.run_id) })
+            tokio::spawn(async move { store.create(&h, None).await.map(|_| h.run_id) })
         });
         let results: Vec<_> = futures::future::join_all(attempts)
             .await
@@ -145,7 +145,7 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
             "the winner's run is stored"
         );
         store
-            .append(&key, &[step(1), state(TransactionState::Done)])
+            .append(&key, round + 1, &[step(1), state(TransactionState::Done)])
             .await
             .expect("finish");
     }
@@ -161,7 +161,7 @@ async fn batched_appends_of_200_transactions_share_commits() {
         .map(|i| format!("batch-{i}-{}", uuid::Uuid::new_v4()))
         .collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     let started = Instant::now();
     let tasks = ids.iter().map(|id| {
@@ -169,10 +169,10 @@ async fn batched_appends_of_200_transactions_share_commits() {
         let key = TransactionKey::new("pg-test", id.as_str());
         tokio::spawn(async move {
             store
-                .append(&key, &[state(TransactionState::Invoking)])
+                .append(&key, 1, &[state(TransactionState::Invoking)])
                 .await?;
             for n in 1..=9 {
-                store.append(&key, &[step(n)]).await?;
+                store.append(&key, 1, &[step(n)]).await?;
             }
             Ok::<_, StoreError>(())
         })
@@ -215,7 +215,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
         .map(|i| format!("mixed-{i}-{}", uuid::Uuid::new_v4()))
         .collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     let ghost = TransactionKey::new("pg-test", "ghost");
     let appends = ids
@@ -224,7 +224,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
         .chain(std::iter::once(ghost.clone()))
         .map(|key| {
             let store = store.clone();
-            tokio::spawn(async move { (store.append(&key, &[step(1)]).await, key) })
+            tokio::spawn(async move { (store.append(&key, 1, &[step(1)]).await, key) })
         });
     for result in futures::future::join_all(appends).await {
         let (result, key) = result.expect("task");
@@ -251,7 +251,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let (store, _cleanup) = connect(Durability::Batched).await;
     let ids: Vec<String> = (0..50).map(|i| format!("doomed-{i}")).collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     sqlx::query("DROP TABLE transaction_log")
         .execute(store.pool())
@@ -260,7 +260,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let appends = ids.iter().map(|id| {
         let store = store.clone();
         let key = TransactionKey::new("pg-test", id.as_str());
-        tokio::spawn(async move { store.append(&key, &[step(1)]).await })
+        tokio::spawn(async move { store.append(&key, 1, &[step(1)]).await })
     });
     for result in futures::future::join_all(appends).await {
         let error = result.expect("task").expect_err("the commit failed");
@@ -287,7 +287,7 @@ type LogRow = (i64, String, Option<i64>, Option<String>, Option<i64>);
 async fn log_rows_are_keyed_by_step_side_and_attempt() {
     let (store, _cleanup) = connect(Durability::EveryStep).await;
     let h = header("columns");
-    store.create(&h).await.expect("create");
+    store.create(&h, None).await.expect("create");
     let mut compensating = StepRun {
         attempts: 2,
         compensating: true,
@@ -311,8 +311,14 @@ async fn log_rows_are_keyed_by_step_side_and_attempt() {
             error: StepError::new("declined"),
         }),
     ];
-    store.append(&h.key, &records[..2]).await.expect("append");
-    store.append(&h.key, &records[2..]).await.expect("append");
+    store
+        .append(&h.key, 1, &records[..2])
+        .await
+        .expect("append");
+    store
+        .append(&h.key, 1, &records[2..])
+        .await
+        .expect("append");
     let rows: Vec<LogRow> = sqlx::query_as(
         "SELECT seq, kind, CAST(step AS BIGINT), side, CAST(attempt AS BIGINT) FROM transaction_log \
          WHERE workflow = $1 AND transaction_id = $2 ORDER BY seq",
@@ -364,9 +370,9 @@ async fn a_reconnected_store_reads_the_same_log() {
     let _cleanup = Cleanup(opts.schema.clone());
     let first = PostgresStore::connect(opts.clone()).await.expect("connect");
     let h = header("reopen");
-    first.create(&h).await.expect("create");
+    first.create(&h, None).await.expect("create");
     first
-        .append(&h.key, &[state(TransactionState::Invoking), step(1)])
+        .append(&h.key, 1, &[state(TransactionState::Invoking), step(1)])
         .await
         .expect("append");
     assert_eq!(
