@@ -134,6 +134,6 @@ pub enum Error {
         workflow: String,
         /// The SDK's error.
         #[source]
-        source: gorgon_workflows::Error,
+        source: Box<gorgon_workflows::Error>,
     },
 }

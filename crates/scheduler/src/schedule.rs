@@ -278,10 +278,20 @@ impl Schedule {
             expression: expression.to_string(),
             source,
         })?;
-        Ok(Self::new(name, Trigger::Cron(Box::new(cron)), workflow, input))
+        Ok(Self::new(
+            name,
+            Trigger::Cron(Box::new(cron)),
+            workflow,
+            input,
+        ))
     }
 
-    fn new<In, Out, F>(name: String, trigger: Trigger, workflow: &Workflow<In, Out>, input: F) -> Self
+    fn new<In, Out, F>(
+        name: String,
+        trigger: Trigger,
+        workflow: &Workflow<In, Out>,
+        input: F,
+    ) -> Self
     where
         In: Value,
         Out: Clone + Send + Sync + 'static,
@@ -345,7 +355,7 @@ mod tests {
         assert_eq!(every.next_after(1_050), Some(1_200));
         assert_eq!(every.latest_at_or_before(1_049), Some(900));
         assert_eq!(every.latest_at_or_before(1_050), Some(1_050));
-        assert_eq!(every.ticks_between(900, 1_500), 3); // 1050, 1200, 1350
+        assert_eq!(every.ticks_between(900, 1_500, 100), 3); // 1050, 1200, 1350
     }
 
     #[test]

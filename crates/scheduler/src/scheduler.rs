@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::schedule::{Concurrency, Schedule, Tick};
 use crate::Error;
+use crate::schedule::{Concurrency, Schedule, Tick};
 
 /// How the scheduler coordinates with the other instances. Deserializable from configuration:
 /// `{ "leader_lease_ms": 10000, "poll_interval_ms": 1000, "run_lease_ms": 30000 }`.
@@ -166,7 +166,11 @@ impl Options {
     ) -> Result<Scheduler, Error> {
         check_at_least("leader_lease", self.leader_lease, Duration::from_millis(3))?;
         check_at_least("run_lease", self.run_lease, Duration::from_millis(3))?;
-        check_at_least("poll_interval", self.poll_interval, Duration::from_millis(1))?;
+        check_at_least(
+            "poll_interval",
+            self.poll_interval,
+            Duration::from_millis(1),
+        )?;
         if self.key_prefix.is_empty() {
             return Err(Error::InvalidOption {
                 field: "key_prefix",
@@ -197,7 +201,7 @@ impl Options {
                 .map_err(|source| Error::Register {
                     schedule: schedule.name.to_string(),
                     workflow: schedule.workflow().to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let prefix = &self.key_prefix;
             let name = &schedule.name;
@@ -297,7 +301,11 @@ async fn schedule_loop(shared: Arc<Shared>, entry: Arc<Entry>, mut stop: watch::
             break;
         }
         let attempt = Instant::now();
-        match shared.locker.acquire(&keys, &entry.leader_owner, &options).await {
+        match shared
+            .locker
+            .acquire(&keys, &entry.leader_owner, &options)
+            .await
+        {
             Ok(_) => {
                 entry.count(|stats| {
                     stats.leader = true;
