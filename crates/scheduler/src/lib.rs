@@ -27,6 +27,20 @@
 //! a run that took long to start), it fires only the most recent due tick and counts the ones
 //! it passed over in [`Stats::missed`].
 //!
+//! # Guarantees and limits
+//! - Exactly one instance fires a tick as long as the instances share the locker **and** the
+//!   workflow store (the tick's id is looked up there), and a leader is not stalled for longer
+//!   than two thirds of its lease between its last renewal and the run's creation (a leader
+//!   renews before firing when less than two thirds are left). A paused leader that wakes up
+//!   after losing its lease renews first, finds the lease lost, and does not fire.
+//! - Ticks are computed on the engine's [`Clock`](gorgon_orchestration::Clock) (a
+//!   `ManualClock` drives them in tests); leases are timed by the locking backend in real time.
+//! - `Forbid` is enforced by the run lock, which the instance running the run holds. If that
+//!   instance dies, the run is left unfinished in the store (nobody drives it until it is
+//!   resumed) and its run lock lapses after [`Options::run_lease`]: later ticks fire again.
+//! - A tick whose store lookup or run lock fails (backend down) is skipped and counted in
+//!   [`Stats::errors`], never fired blind.
+//!
 //! # How to use it
 //! 1. Define and register the workflow with the SDK ([`gorgon_workflows::Workflow`]).
 //! 2. Describe each schedule: [`Schedule::every`] or [`Schedule::cron`] (croner syntax, seconds
