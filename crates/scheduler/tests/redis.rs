@@ -29,10 +29,30 @@ impl Redis {
         }
     }
 
+    /// Deletes the test's keys: the store's, and the locker's fencing counter (lease keys
+    /// expire by themselves).
     async fn clear(&self) {
         let store = self.stores.lock().first().cloned();
         if let Some(store) = store {
-            store.clear().await.expect("clear the test's keys");
+            store.clear().await.expect("clear the store's keys");
+        }
+        let url = gorgon_store_redis::Options::default().url;
+        let client = redis::Client::open(url).expect("url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut connection)
+            .await
+            .expect("keys");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await
+                .expect("del");
         }
     }
 }
