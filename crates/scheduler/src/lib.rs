@@ -1,8 +1,8 @@
 //! Scheduled workflows: a workflow started on a cron expression or an interval, **once per tick
 //! across the cluster**, with `concurrency: forbid` enforced across instances.
 //!
-//! Medusa's scheduled jobs run on every instance (a tick fires once per instance) and their
-//! `concurrency: "forbid"` only looks at the local process. Here every instance runs the same
+//! Medusa's scheduled jobs can run on several instances for one tick, and their
+//! `concurrency: "forbid"` is not enforced. Here every instance runs the same
 //! [`Scheduler`], and they agree through a shared [`Locker`](gorgon_locking::Locker) and the shared
 //! workflow store:
 //!
