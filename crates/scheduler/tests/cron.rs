@@ -114,7 +114,7 @@ impl Cluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cron_ticks_fire_once_each_on_the_engine_clock() {
+async fn cron_ticks_fire_once_each_on_the_engine_clock_and_a_jump_fires_only_the_latest() {
     let t0 = utc_ms(2026, 1, 1, 0, 0, 0);
     // Every two seconds; the instances start half a second after a tick.
     let cluster = Cluster::start(t0 + 500, "every-2s", "*/2 * * * * *", 3);
@@ -150,6 +150,17 @@ async fn cron_ticks_fire_once_each_on_the_engine_clock() {
         .map(|handle| handle.stats("every-2s").unwrap().skipped_busy)
         .sum();
     assert_eq!(skipped, 0, "each run ended before the next tick");
+    // The clock jumps 10 s (a stalled process): only the most recent due tick fires, the four
+    // before it are counted as missed, not replayed.
+    cluster.clock.advance(Duration::from_secs(10));
+    expected.push(t0 + 20_000);
+    cluster.expect_ran(&expected).await;
+    let missed: u64 = cluster
+        .handles
+        .iter()
+        .map(|handle| handle.stats("every-2s").unwrap().missed)
+        .sum();
+    assert_eq!(missed, 4);
     let leaders = cluster
         .handles
         .iter()
