@@ -416,8 +416,11 @@ async fn lead(
                             next_renewal = Instant::now() + renew_every;
                         }
                         Renewal::Failed => {
-                            next_renewal = Instant::now();
-                            continue;
+                            // The backend failed: wait a little before trying again.
+                            tokio::select! {
+                                () = stop_requested(stop) => return true,
+                                () = tokio::time::sleep(renew_every / 4) => continue,
+                            }
                         }
                         Renewal::Lost => return false,
                     }
@@ -428,7 +431,7 @@ async fn lead(
                     .filter(|&latest| latest > due_from)
                     .unwrap_or(due_from);
                 if due > due_from {
-                    let missed = 1 + trigger.ticks_between(due_from, due, 1_000_000);
+                    let missed = 1 + trigger.ticks_between(due_from, due, 100_000);
                     entry.count(|stats| stats.missed += missed);
                     tracing::warn!(schedule = %entry.schedule.name, missed, "fell behind; firing the most recent tick only");
                 }
