@@ -29,6 +29,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, KEY_SEPARATOR, StepIndex};
+use crate::relay::{EventRelay, RelayLink, RelayStats};
 use crate::machine::{
     Dispatch, Effect, EventKind, Round, StepError, StepOutcome, Timer, Transaction,
     TransactionError, TransactionShared,
@@ -190,8 +191,8 @@ where
     }
 }
 
-/// An event of a transaction, as subscribers receive it.
-#[derive(Clone, Debug)]
+/// An event of a transaction, as subscribers receive it (serde: it crosses an [`EventRelay`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TransactionEvent {
     /// The workflow and transaction.
     pub key: TransactionKey,
@@ -285,6 +286,11 @@ pub struct EngineOptions {
     pub store: Arc<dyn Store>,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,
+    // relay: begin
+    /// Where events are shared with other engines (other processes); `None`: this engine's
+    /// subscribers see only its own transactions. See [`crate::relay`].
+    pub relay: Option<Arc<dyn EventRelay>>,
+    // relay: end
 }
 
 impl Default for EngineOptions {
@@ -292,6 +298,7 @@ impl Default for EngineOptions {
         EngineOptions {
             store: Arc::new(MemoryStore::new()),
             clock: Arc::new(SystemClock),
+            relay: None, // relay
         }
     }
 }
@@ -300,6 +307,7 @@ impl EngineOptions {
     /// Builds the engine. Call it inside a tokio runtime.
     pub fn build(self) -> Engine {
         let (events, _) = broadcast::channel(4096);
+        let relay = self.relay.map(|r| RelayLink::start(r, events.clone())); // relay
         Engine {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -307,6 +315,7 @@ impl EngineOptions {
                 workflows: RwLock::new(Default::default()),
                 live: Mutex::new(Default::default()),
                 events,
+                relay, // relay
                 timer_ids: AtomicU64::new(0),
             }),
         }
@@ -333,6 +342,7 @@ struct Inner {
     workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
     live: Mutex<foldhash::HashMap<TransactionKey, Arc<Cell>>>,
     events: broadcast::Sender<TransactionEvent>,
+    relay: Option<RelayLink>, // relay
     timer_ids: AtomicU64,
 }
 
@@ -435,10 +445,35 @@ impl Engine {
             })
     }
 
-    /// Subscribes to the events of every transaction.
+    /// Subscribes to the events of every transaction: this engine's, and with a relay those
+    /// other engines publish to it (each event once; remote ones at most once, best effort).
     pub fn subscribe(&self) -> broadcast::Receiver<TransactionEvent> {
         self.inner.events.subscribe()
     }
+
+    // relay: begin
+    /// Resolves once the engine listens to its relay (at once without one): remote events
+    /// published before that are not delivered.
+    pub async fn relay_ready(&self) {
+        if let Some(relay) = &self.inner.relay {
+            relay.ready().await;
+        }
+    }
+
+    /// The engine's id in the relay (the `origin` of the events it publishes), if it has one.
+    pub fn relay_origin(&self) -> Option<&str> {
+        self.inner.relay.as_ref().map(|r| r.origin())
+    }
+
+    /// Events this engine could not hand to its relay (zero without one).
+    pub fn relay_stats(&self) -> RelayStats {
+        self.inner
+            .relay
+            .as_ref()
+            .map(|r| r.stats())
+            .unwrap_or_default()
+    }
+    // relay: end
 
     /// Runs a workflow: begins a new transaction, or resumes the unfinished one with this id,
     /// and advances it until it finishes or waits (for an async step, a retry timer, a resume).
@@ -789,13 +824,16 @@ impl Engine {
                     }
                 }
                 Effect::Emit(kind, step) => {
-                    if self.inner.events.receiver_count() > 0 {
+                    if self.inner.events.receiver_count() > 0 || self.inner.relay.is_some() {
                         let event = TransactionEvent {
                             key: cell.key.clone(),
                             kind,
                             action: step.map(|s| Arc::from(tx.flow().step(s).action.as_str())),
                             state: tx.state(),
                         };
+                        if let Some(relay) = &self.inner.relay {
+                            relay.publish(event.clone()); // relay: never waits
+                        }
                         let _ = self.inner.events.send(event);
                     }
                 }

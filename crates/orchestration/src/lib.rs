@@ -64,6 +64,7 @@ mod error;
 pub mod flow;
 pub mod log_rows;
 pub mod machine;
+pub mod relay;
 pub mod state;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -80,5 +81,6 @@ pub use flow::{Flow, FlowDefinition, StepIndex, StepOptions, WorkflowOptions};
 pub use machine::{
     Effect, EventKind, Record, StepError, StepOutcome, Transaction, TransactionError,
 };
+pub use relay::{EventRelay, MemoryRelay, RelayStats, RelayedEvent};
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
 pub use store::{MemoryStore, Store, TransactionKey};

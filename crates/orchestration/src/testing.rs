@@ -10,6 +10,13 @@
 //! Each check gets a fresh store from the factory and uses unique transaction ids, so stores
 //! shared between tests (one database) stay isolated.
 
+mod relay;
+
+pub use relay::{
+    a_run_on_one_engine_is_seen_by_another, every_subscriber_gets_each_publishers_events_in_order,
+    publishing_without_subscribers_succeeds, relay_suite,
+};
+
 use std::future::Future;
 use std::sync::Arc;
 
