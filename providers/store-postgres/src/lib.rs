@@ -82,6 +82,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use gorgon_orchestration::log_rows::{self as row, EncodedAppend, encode, now_millis};
 
+pub mod relay;
+pub use relay::PostgresRelay;
+
 /// The URL used when neither the options nor `DATABASE_URL` give one.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 

@@ -93,8 +93,11 @@
 //! fencing of stale workers belongs to the lease work of the durable-engine issue.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod relay;
 mod scripts;
 mod writer;
+
+pub use relay::RedisRelay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
