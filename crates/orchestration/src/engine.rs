@@ -37,6 +37,9 @@ use crate::machine::{
 use crate::state::{HandlerType, StepRun, TransactionState};
 use crate::store::{MemoryStore, Store, TransactionHeader, TransactionKey};
 
+mod executions; // executions listing, detail and retention (issue 4)
+pub use executions::{ExecutionDetail, PURGE_BATCH, StepDetail, StepErrorDetail};
+
 /// The idempotency key of one handler: `<workflow>:<transaction>:<action>:<invoke|compensate>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey {

@@ -119,6 +119,14 @@ pub enum Error {
         /// The store's own message.
         reason: String,
     },
+    /// A listing filter is out of range.
+    #[error("invalid listing filter {field}: {reason}")]
+    InvalidFilter {
+        /// The filter's field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A listing cursor is not one this store handed out.
     #[error("invalid listing cursor `{cursor}`: {reason}")]
     InvalidCursor {

@@ -73,7 +73,7 @@ pub mod testing;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::Data;
 pub use engine::{
-    Engine, EngineOptions, Execution, Handler, IdempotencyKey, RunOptions, StepCall,
+    Engine, EngineOptions, Execution, ExecutionDetail, Handler, IdempotencyKey, RunOptions, StepCall,
     TransactionEvent,
 };
 pub use error::{Error, Result};
@@ -83,4 +83,7 @@ pub use machine::{
 };
 pub use relay::{EventRelay, MemoryRelay, RelayStats, RelayedEvent};
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
-pub use store::{MemoryStore, Store, TransactionKey};
+pub use store::{
+    MemoryStore, PageCursor, Purge, Store, TransactionFilter, TransactionKey, TransactionPage,
+    TransactionSummary,
+};

@@ -102,6 +102,7 @@ async fn retry_interval_waits_for_the_clock_not_for_wall_time() {
     let engine = EngineOptions {
         store: Arc::new(MemoryStore::new()),
         clock: clock.clone(),
+        ..EngineOptions::default()
     }
     .build();
     let calls = Arc::new(Mutex::new(0));
@@ -159,6 +160,7 @@ async fn async_step_timeout_fires_from_a_timer_and_compensates() {
     let engine = EngineOptions {
         store: Arc::new(MemoryStore::new()),
         clock: clock.clone(),
+        ..EngineOptions::default()
     }
     .build();
     let calls: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -207,6 +209,7 @@ async fn transaction_timeout_of_an_async_flow_fires_from_a_timer() {
     let engine = EngineOptions {
         store: Arc::new(MemoryStore::new()),
         clock: clock.clone(),
+        ..EngineOptions::default()
     }
     .build();
     engine

@@ -178,6 +178,7 @@ async fn staged_events_survive_a_restart_and_are_published_when_the_run_finishes
             EngineOptions {
                 store: store.clone(),
                 clock: Arc::new(SystemClock),
+                ..EngineOptions::default()
             },
             Services::new().with(journal.clone()),
         )

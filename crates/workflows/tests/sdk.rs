@@ -336,6 +336,7 @@ async fn a_when_decision_is_remembered_across_a_resume() -> anyhow::Result<()> {
     let options = || EngineOptions {
         store: store.clone(),
         clock: Arc::new(SystemClock),
+        ..EngineOptions::default()
     };
     let first = App::with_options(options(), Services::new().with(journal.clone()));
     first.register(&wf)?;
@@ -1142,6 +1143,7 @@ async fn a_run_resumed_from_a_json_store_decodes_its_values() -> anyhow::Result<
             EngineOptions {
                 store: store.clone(),
                 clock: Arc::new(SystemClock),
+                ..EngineOptions::default()
             },
             Services::new().with(journal.clone()),
         );
