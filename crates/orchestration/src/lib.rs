@@ -63,6 +63,7 @@ pub mod engine;
 mod error;
 pub mod flow;
 pub mod log_rows;
+pub mod sql_listing;
 pub mod machine;
 pub mod relay;
 pub mod state;
