@@ -93,6 +93,7 @@
 //! fencing of stale workers belongs to the lease work of the durable-engine issue.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod listing;
 pub mod relay;
 mod scripts;
 mod writer;
@@ -494,6 +495,7 @@ impl RedisStore {
                 "run_id",
                 "state",
                 "created_at",
+                "updated_at",
             ]);
         }
         let rows: Vec<Vec<Option<String>>> = pipe
@@ -506,7 +508,7 @@ impl RedisStore {
                 transaction: m.clone(),
                 reason: reason.to_string(),
             };
-            let [workflow, id, run_id, state, created_at]: [Option<String>; 5] = row
+            let [workflow, id, run_id, state, created_at, updated_at]: [Option<String>; 6] = row
                 .try_into()
                 .map_err(|_| corrupt("HMGET returned the wrong number of fields"))?;
             // The header was replaced or removed between the two reads: skip it.
@@ -515,13 +517,17 @@ impl RedisStore {
             else {
                 continue;
             };
+            let created_at: u64 = created_at
+                .parse()
+                .map_err(|_| corrupt("created_at is not a number"))?;
             out.push(TransactionSummary {
                 key: TransactionKey::new(workflow, id),
                 run_id: run_id.into(),
                 state: parse_state(&state).ok_or_else(|| corrupt("unknown state"))?,
-                created_at: created_at
-                    .parse()
-                    .map_err(|_| corrupt("created_at is not a number"))?,
+                created_at,
+                updated_at: updated_at
+                    .and_then(|u| u.parse::<f64>().ok())
+                    .map_or(created_at, |u| u as u64),
             });
         }
         Ok(out)
@@ -697,26 +703,46 @@ impl Store for RedisStore {
         let mut connection = self.inner.connection.clone();
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.header_key(&member))
-            .arg(&["run_id", "state", "created_at"])
+            .arg(&["run_id", "state", "created_at", "updated_at"])
             .query_async(&mut connection)
             .await
             .map_err(|e| store_error("summary", key, e))?;
-        let [run_id, state, created_at]: [Option<String>; 3] = fields.try_into().map_err(|_| {
+        let [run_id, state, created_at, updated_at]: [Option<String>; 4] = fields.try_into().map_err(|_| {
             store_error("summary", key, "HMGET returned the wrong number of fields")
         })?;
         let (Some(run_id), Some(state), Some(created_at)) = (run_id, state, created_at) else {
             return Ok(None);
         };
+        let created_at: u64 = created_at
+            .parse()
+            .map_err(|_| store_error("summary", key, "the stored created_at is not a number"))?;
         Ok(Some(TransactionSummary {
             key: key.clone(),
             run_id: run_id.into(),
             state: parse_state(&state).ok_or_else(|| {
                 store_error("summary", key, format!("unknown stored state {state}"))
             })?,
-            created_at: created_at.parse().map_err(|_| {
-                store_error("summary", key, "the stored created_at is not a number")
-            })?,
+            created_at,
+            // Written before updated_at existed: the creation time is the best known.
+            updated_at: updated_at
+                .and_then(|u| u.parse::<f64>().ok())
+                .map_or(created_at, |u| u as u64),
         }))
+    }
+
+    // ---- executions listing and retention (issue 4): see listing.rs ----
+    async fn list(
+        &self,
+        filter: &gorgon_orchestration::TransactionFilter,
+    ) -> gorgon_orchestration::Result<gorgon_orchestration::TransactionPage> {
+        self.list_page(filter).await
+    }
+
+    async fn purge_finished(
+        &self,
+        purge: &gorgon_orchestration::Purge,
+    ) -> gorgon_orchestration::Result<u64> {
+        self.purge_page(purge).await
     }
 }
 
