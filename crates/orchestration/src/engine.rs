@@ -29,11 +29,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, KEY_SEPARATOR, StepIndex};
-use crate::relay::{EventRelay, RelayLink, RelayStats};
 use crate::machine::{
     Dispatch, Effect, EventKind, Round, StepError, StepOutcome, Timer, Transaction,
     TransactionError, TransactionShared,
 };
+use crate::relay::{EventRelay, RelayLink, RelayStats};
 use crate::state::{HandlerType, StepRun, TransactionState};
 use crate::store::{MemoryStore, Store, TransactionHeader, TransactionKey};
 

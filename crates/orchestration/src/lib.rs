@@ -63,9 +63,9 @@ pub mod engine;
 mod error;
 pub mod flow;
 pub mod log_rows;
-pub mod sql_listing;
 pub mod machine;
 pub mod relay;
+pub mod sql_listing;
 pub mod state;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -74,8 +74,8 @@ pub mod testing;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::Data;
 pub use engine::{
-    Engine, EngineOptions, Execution, ExecutionDetail, Handler, IdempotencyKey, RunOptions, StepCall,
-    TransactionEvent,
+    Engine, EngineOptions, Execution, ExecutionDetail, Handler, IdempotencyKey, RunOptions,
+    StepCall, TransactionEvent,
 };
 pub use error::{Error, Result};
 pub use flow::{Flow, FlowDefinition, StepIndex, StepOptions, WorkflowOptions};

@@ -118,13 +118,19 @@ pub fn list(filter: &TransactionFilter, dialect: Dialect) -> Result<SqlStatement
         } else {
             let w = b.bind(SqlParam::Text(after.key.workflow.to_string()));
             let i = b.bind(SqlParam::Text(after.key.id.to_string()));
-            let _ = write!(b.sql, " AND (created_at, {workflow}, {id}) < ({at}, {w}, {i})");
+            let _ = write!(
+                b.sql,
+                " AND (created_at, {workflow}, {id}) < ({at}, {w}, {i})"
+            );
         }
     }
     if one_workflow {
         let _ = write!(b.sql, " ORDER BY created_at DESC, {id} DESC");
     } else {
-        let _ = write!(b.sql, " ORDER BY created_at DESC, {workflow} DESC, {id} DESC");
+        let _ = write!(
+            b.sql,
+            " ORDER BY created_at DESC, {workflow} DESC, {id} DESC"
+        );
     }
     let limit = b.bind(int(filter.limit as u64 + 1));
     let _ = write!(b.sql, " LIMIT {limit}");
@@ -211,7 +217,10 @@ mod tests {
         };
         let pg = list(&filter, Dialect::Postgres).expect("statement");
         assert!(!pg.sql.contains("DROP"), "{}", pg.sql);
-        assert!(pg.sql.contains("(created_at, transaction_id COLLATE \"C\") < ($6, $7)"));
+        assert!(
+            pg.sql
+                .contains("(created_at, transaction_id COLLATE \"C\") < ($6, $7)")
+        );
         assert_eq!(pg.params.len(), 8);
         assert_eq!(pg.params[4], SqlParam::Int(i64::MAX));
         assert_eq!(pg.params[7], SqlParam::Int(11));
@@ -223,6 +232,9 @@ mod tests {
             Dialect::Sqlite,
         )
         .expect("statement");
-        assert!(lite.sql.contains("(created_at, workflow, transaction_id) < (?5, ?6, ?7)"));
+        assert!(
+            lite.sql
+                .contains("(created_at, workflow, transaction_id) < (?5, ?6, ?7)")
+        );
     }
 }

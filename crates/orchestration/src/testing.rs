@@ -256,7 +256,10 @@ async fn all_pages(store: &Arc<dyn Store>, filter: &TransactionFilter) -> Vec<Tr
     let mut items = Vec::new();
     for _ in 0..100 {
         let page = store.list(&filter).await.expect("list");
-        assert!(page.items.len() <= filter.limit, "a page holds at most `limit`");
+        assert!(
+            page.items.len() <= filter.limit,
+            "a page holds at most `limit`"
+        );
         items.extend(page.items);
         match page.next {
             Some(next) => {
@@ -417,7 +420,10 @@ pub async fn purge_deletes_only_old_finished_transactions(store: Arc<dyn Store>)
     {
         let h = header(&workflow, &format!("old-{i}"), "run");
         store.create(&h).await.expect("create");
-        store.append(&h.key, &[fields(state)]).await.expect("append");
+        store
+            .append(&h.key, &[fields(state)])
+            .await
+            .expect("append");
         old.push(h.key);
     }
     let running = header(&workflow, "running", "run");
@@ -443,25 +449,40 @@ pub async fn purge_deletes_only_old_finished_transactions(store: Arc<dyn Store>)
     };
     let elsewhere = unique("purge-elsewhere");
     assert_eq!(
-        store.purge_finished(&purge(&elsewhere, 10)).await.expect("purge"),
+        store
+            .purge_finished(&purge(&elsewhere, 10))
+            .await
+            .expect("purge"),
         0,
         "another workflow's purge touches nothing here"
     );
     assert_eq!(
-        store.purge_finished(&purge(&workflow, 2)).await.expect("purge"),
+        store
+            .purge_finished(&purge(&workflow, 2))
+            .await
+            .expect("purge"),
         2,
         "one batch"
     );
     assert_eq!(
-        store.purge_finished(&purge(&workflow, 2)).await.expect("purge"),
+        store
+            .purge_finished(&purge(&workflow, 2))
+            .await
+            .expect("purge"),
         1
     );
     assert_eq!(
-        store.purge_finished(&purge(&workflow, 2)).await.expect("purge"),
+        store
+            .purge_finished(&purge(&workflow, 2))
+            .await
+            .expect("purge"),
         0
     );
     for key in &old {
-        assert!(store.load(key).await.expect("load").is_none(), "{key} purged");
+        assert!(
+            store.load(key).await.expect("load").is_none(),
+            "{key} purged"
+        );
         assert!(store.summary(key).await.expect("summary").is_none());
     }
     assert!(store.load(&running.key).await.expect("load").is_some());
@@ -502,7 +523,9 @@ pub async fn the_engine_lists_details_and_purges_runs(store: Arc<dyn Store>) {
             match (call.action(), call.handler_type(), call.attempt()) {
                 ("b", HandlerType::Invoke, 1) => StepOutcome::fail("busy"),
                 ("c", HandlerType::Invoke, _) => StepOutcome::permanent("out of stock"),
-                (action, handler, _) => StepOutcome::ok(json!({ "step": action, "side": handler.to_string() })),
+                (action, handler, _) => {
+                    StepOutcome::ok(json!({ "step": action, "side": handler.to_string() }))
+                }
             }
         })
         .expect("register");
@@ -542,19 +565,27 @@ pub async fn the_engine_lists_details_and_purges_runs(store: Arc<dyn Store>) {
         Some(json!({"step": "b", "side": "invoke"}))
     );
     assert_eq!(
-        b.compensation_output.as_ref().map(|d| d.to_json().expect("json")),
+        b.compensation_output
+            .as_ref()
+            .map(|d| d.to_json().expect("json")),
         Some(json!({"step": "b", "side": "compensate"}))
     );
     // A temporary failure that a retry overcame is not an error of the transaction (Medusa).
     assert!(b.errors.is_empty(), "{:?}", b.errors);
-    assert_eq!(b.attempts, 1, "the compensation's attempts (counters restart per side)");
+    assert_eq!(
+        b.attempts, 1,
+        "the compensation's attempts (counters restart per side)"
+    );
     let c = &detail.steps[2];
     assert_eq!(c.invoke.state, crate::StepState::Failed);
     assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
     assert_eq!(c.errors[0].handler, HandlerType::Invoke);
     assert_eq!(c.errors[0].error.message, "out of stock");
     assert_eq!(detail.errors.len(), 1);
-    assert!(serde_json::to_value(&detail).is_ok(), "the detail serializes");
+    assert!(
+        serde_json::to_value(&detail).is_ok(),
+        "the detail serializes"
+    );
 
     let purged = engine
         .purge_finished_of(&workflow, wall_ms() + 1)

@@ -48,7 +48,10 @@ async fn a_stalled_relay_drops_events_instead_of_blocking_steps() {
         .expect("register");
     let runs = 1000;
     for _ in 0..runs {
-        let run = engine.run("stalled", RunOptions::default()).await.expect("run");
+        let run = engine
+            .run("stalled", RunOptions::default())
+            .await
+            .expect("run");
         assert_eq!(run.state, TransactionState::Done);
     }
     let stats = engine.relay_stats();

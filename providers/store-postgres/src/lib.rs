@@ -697,11 +697,13 @@ impl Store for PostgresStore {
         filter: &TransactionFilter,
     ) -> gorgon_orchestration::Result<TransactionPage> {
         let statement = sql_listing::list(filter, Dialect::Postgres)?;
-        let rows: Vec<(String, String, String, String, i64, i64)> =
-            bind_all(sqlx::query_as(AssertSqlSafe(statement.sql)), &statement.params)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(|e| query_error("list", e))?;
+        let rows: Vec<(String, String, String, String, i64, i64)> = bind_all(
+            sqlx::query_as(AssertSqlSafe(statement.sql)),
+            &statement.params,
+        )
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| query_error("list", e))?;
         let items = rows
             .into_iter()
             .map(|(w, id, run, state, created, updated)| {

@@ -127,9 +127,9 @@ async fn a_run_on_engine_a_is_observed_on_engine_b() {
 /// Envelopes over PostgreSQL's 8,000-byte limit are skipped and counted, the others still go.
 #[tokio::test]
 async fn oversized_events_are_skipped_not_fatal() {
-    use gorgon_orchestration::relay::RelayedEvent;
-    use gorgon_orchestration::TransactionEvent;
     use futures::StreamExt;
+    use gorgon_orchestration::TransactionEvent;
+    use gorgon_orchestration::relay::RelayedEvent;
     let options = options();
     let store = connect(&options).await;
     let relay = PostgresRelay::new(&store);

@@ -707,9 +707,10 @@ impl Store for RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(|e| store_error("summary", key, e))?;
-        let [run_id, state, created_at, updated_at]: [Option<String>; 4] = fields.try_into().map_err(|_| {
-            store_error("summary", key, "HMGET returned the wrong number of fields")
-        })?;
+        let [run_id, state, created_at, updated_at]: [Option<String>; 4] =
+            fields.try_into().map_err(|_| {
+                store_error("summary", key, "HMGET returned the wrong number of fields")
+            })?;
         let (Some(run_id), Some(state), Some(created_at)) = (run_id, state, created_at) else {
             return Ok(None);
         };

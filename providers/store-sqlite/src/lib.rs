@@ -634,11 +634,13 @@ impl Store for SqliteStore {
         filter: &TransactionFilter,
     ) -> gorgon_orchestration::Result<TransactionPage> {
         let statement = sql_listing::list(filter, Dialect::Sqlite)?;
-        let rows: Vec<(String, String, String, String, i64, i64)> =
-            bind_all(sqlx::query_as(AssertSqlSafe(statement.sql)), &statement.params)
-                .fetch_all(&self.inner.reader)
-                .await
-                .map_err(|e| query_error("list", e))?;
+        let rows: Vec<(String, String, String, String, i64, i64)> = bind_all(
+            sqlx::query_as(AssertSqlSafe(statement.sql)),
+            &statement.params,
+        )
+        .fetch_all(&self.inner.reader)
+        .await
+        .map_err(|e| query_error("list", e))?;
         let items = rows
             .into_iter()
             .map(|(w, id, run, state, created, updated)| {
@@ -652,15 +654,17 @@ impl Store for SqliteStore {
         let candidates = sql_listing::purge_candidates(purge, Dialect::Sqlite);
         let result: Result<u64, sqlx::Error> = async {
             let mut tx = self.inner.writer.begin().await?;
-            let doomed: Vec<(String, String)> =
-                bind_all(sqlx::query_as(AssertSqlSafe(candidates.sql)), &candidates.params)
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let doomed: Vec<(String, String)> = bind_all(
+                sqlx::query_as(AssertSqlSafe(candidates.sql)),
+                &candidates.params,
+            )
+            .fetch_all(&mut *tx)
+            .await?;
             if doomed.is_empty() {
                 return Ok(0);
             }
-            let keys = serde_json::to_string(&doomed)
-                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            let keys =
+                serde_json::to_string(&doomed).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             sqlx::query(
                 "DELETE FROM transaction_log WHERE (workflow, transaction_id) IN \
                  (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",

@@ -13,8 +13,8 @@ use tokio::sync::broadcast;
 
 use crate::relay::{EventRelay, RelayStream, RelayedEvent};
 use crate::{
-    EngineOptions, EventKind, Flow, FlowDefinition, HandlerType, RunOptions, StepCall,
-    StepOutcome, TransactionEvent, TransactionKey, TransactionState, WorkflowOptions,
+    EngineOptions, EventKind, Flow, FlowDefinition, HandlerType, RunOptions, StepCall, StepOutcome,
+    TransactionEvent, TransactionKey, TransactionState, WorkflowOptions,
 };
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -103,14 +103,20 @@ pub async fn every_subscriber_gets_each_publishers_events_in_order(
     };
     let publish_b = async {
         for s in 0..sent_b {
-            second.publish(&[event(&b, s, &id)]).await.expect("publish b");
+            second
+                .publish(&[event(&b, s, &id)])
+                .await
+                .expect("publish b");
         }
     };
     futures::join!(publish_a, publish_b);
     let ours = |e: &RelayedEvent| e.origin.as_ref() == a || e.origin.as_ref() == b;
     for stream in [&mut one, &mut two] {
         let total = (sent_a + sent_b) as usize;
-        let got = receive_until(stream, |got| got.iter().filter(|e| ours(e)).count() >= total).await;
+        let got = receive_until(stream, |got| {
+            got.iter().filter(|e| ours(e)).count() >= total
+        })
+        .await;
         let got: Vec<_> = got.into_iter().filter(ours).collect();
         for (origin, sent) in [(&a, sent_a), (&b, sent_b)] {
             let seqs: Vec<u64> = got
@@ -118,7 +124,11 @@ pub async fn every_subscriber_gets_each_publishers_events_in_order(
                 .filter(|e| e.origin.as_ref() == origin.as_str())
                 .map(|e| e.seq)
                 .collect();
-            assert_eq!(seqs, (0..sent).collect::<Vec<_>>(), "{origin}: each once, in order");
+            assert_eq!(
+                seqs,
+                (0..sent).collect::<Vec<_>>(),
+                "{origin}: each once, in order"
+            );
         }
         let sample = got.iter().find(|e| e.seq == 3).expect("seq 3");
         assert_eq!(sample.event.key.id.as_ref(), id, "the event travels whole");
@@ -148,8 +158,8 @@ pub async fn a_run_on_one_engine_is_seen_by_another(
         r#"{"next":{"action":"reserve","next":{"action":"charge","next":{"action":"ship"}}}}"#,
     )
     .expect("flow");
-    let flow = Flow::compile("relay-suite-run", definition, WorkflowOptions::default())
-        .expect("compiles");
+    let flow =
+        Flow::compile("relay-suite-run", definition, WorkflowOptions::default()).expect("compiles");
     a.register(flow, |call: StepCall| async move {
         match (call.action(), call.handler_type()) {
             ("ship", HandlerType::Invoke) => StepOutcome::permanent("no courier"),
