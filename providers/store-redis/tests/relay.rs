@@ -113,3 +113,97 @@ async fn a_run_on_engine_a_is_observed_on_engine_b() {
     let store = RedisStore::connect(&options).await.expect("store");
     store.clear().await.expect("clear");
 }
+
+/// Where the child process finds its prefix and transaction id.
+const CHILD_PREFIX: &str = "GORGON_RELAY_TEST_PREFIX";
+const CHILD_ID: &str = "GORGON_RELAY_TEST_ID";
+
+/// A run in another OS process (this test binary, run as `child_engine`) is observed by a
+/// subscriber here, begin to finish, through Redis.
+#[tokio::test]
+async fn a_run_in_another_process_is_observed_here() {
+    use std::process::{Command, Stdio};
+    let options = options("process");
+    let engine = EngineOptions {
+        relay: Some(Arc::new(relay(&options).await)),
+        ..EngineOptions::default()
+    }
+    .build();
+    engine.relay_ready().await;
+    let mut events = engine.subscribe();
+    let id = format!("child-{}", uuid::Uuid::now_v7());
+    let started = std::time::Instant::now();
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "child_engine", "--ignored", "--nocapture"])
+        .env(CHILD_PREFIX, &options.prefix)
+        .env(CHILD_ID, &id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the child process");
+    let key = TransactionKey::new("redis-relay-child", id.as_str());
+    let mut seen = Vec::new();
+    let observed = tokio::time::timeout(Duration::from_secs(30), async {
+        while seen.last() != Some(&EventKind::Finish) {
+            let event = events.recv().await.expect("receive");
+            if event.key == key {
+                seen.push(event.kind);
+            }
+        }
+    })
+    .await;
+    let status = child.wait().expect("the child ends");
+    assert!(observed.is_ok(), "saw only {seen:?} (child: {status})");
+    assert!(status.success(), "child: {status}");
+    println!(
+        "observed a run of another process in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        seen,
+        vec![
+            EventKind::Begin,
+            EventKind::StepBegin,
+            EventKind::StepSuccess,
+            EventKind::Finish
+        ]
+    );
+}
+
+/// The child side of `a_run_in_another_process_is_observed_here`: runs one workflow on an
+/// engine relayed through Redis, then waits until its events are published.
+#[tokio::test]
+#[ignore = "run as a child process by a_run_in_another_process_is_observed_here"]
+async fn child_engine() {
+    let (Ok(prefix), Ok(id)) = (std::env::var(CHILD_PREFIX), std::env::var(CHILD_ID)) else {
+        return;
+    };
+    let options = Options {
+        prefix,
+        ..Options::default()
+    };
+    let engine = EngineOptions {
+        relay: Some(Arc::new(relay(&options).await)),
+        ..EngineOptions::default()
+    }
+    .build();
+    let definition = FlowDefinition::from_json(r#"{"next":{"action":"only"}}"#).expect("flow");
+    let flow =
+        Flow::compile("redis-relay-child", definition, WorkflowOptions::default()).expect("flow");
+    engine
+        .register(flow, |_call: StepCall| async { StepOutcome::ok(json!(1)) })
+        .expect("register");
+    let run = engine
+        .run(
+            "redis-relay-child",
+            RunOptions {
+                transaction_id: Some(id),
+                payload: None,
+            },
+        )
+        .await
+        .expect("run");
+    assert_eq!(run.state, TransactionState::Done);
+    // Events are published by a background task: give it time before the process exits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
