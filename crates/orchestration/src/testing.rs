@@ -14,7 +14,7 @@ mod relay;
 
 pub use relay::{
     a_run_on_one_engine_is_seen_by_another, every_subscriber_gets_each_publishers_events_in_order,
-    publishing_without_subscribers_succeeds, relay_suite,
+    publishing_without_subscribers_succeeds, relay_latencies, relay_suite,
 };
 
 use std::future::Future;

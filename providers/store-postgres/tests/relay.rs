@@ -156,3 +156,25 @@ async fn oversized_events_are_skipped_not_fatal() {
     assert_eq!(relay.oversized(), 1);
     store.drop_schema().await.expect("drop");
 }
+
+/// 500 events, each published and received before the next: all arrive, in order; prints the
+/// publish-to-receive latency.
+#[tokio::test]
+async fn relay_latency_one_event_at_a_time() {
+    let options = options();
+    let (a, b) = (connect(&options).await, connect(&options).await);
+    let latencies = gorgon_orchestration::testing::relay_latencies(
+        Arc::new(PostgresRelay::new(&a)),
+        Arc::new(PostgresRelay::new(&b)),
+        500,
+    )
+    .await;
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "postgres relay: p50 {} µs, p99 {} µs, max {} µs",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    a.drop_schema().await.expect("drop");
+}

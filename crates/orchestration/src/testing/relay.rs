@@ -226,3 +226,33 @@ async fn until_finish(
     assert!(result.is_ok(), "no finish for {key} after {got:?}");
     got
 }
+
+/// Publishes `n` events one at a time from `publisher`, each awaited by a subscriber of
+/// `listener` before the next; returns the round-trip latencies in microseconds, sorted. Every
+/// event must arrive, in order (a measurement for the relay providers' tests).
+pub async fn relay_latencies(
+    publisher: Arc<dyn EventRelay>,
+    listener: Arc<dyn EventRelay>,
+    n: u64,
+) -> Vec<u64> {
+    let mut stream = listener.subscribe().await.expect("subscribe");
+    let origin = unique("latency");
+    let mut latencies = Vec::with_capacity(n as usize);
+    for seq in 0..n {
+        let started = std::time::Instant::now();
+        publisher
+            .publish(&[event(&origin, seq, "latency")])
+            .await
+            .expect("publish");
+        let got = receive_until(&mut stream, |got| {
+            got.iter().any(|e| e.origin.as_ref() == origin)
+        })
+        .await;
+        let mine: Vec<_> = got.iter().filter(|e| e.origin.as_ref() == origin).collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].seq, seq, "in order");
+        latencies.push(started.elapsed().as_micros() as u64);
+    }
+    latencies.sort_unstable();
+    latencies
+}
