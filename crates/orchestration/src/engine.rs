@@ -205,6 +205,10 @@ pub struct TransactionEvent {
     pub action: Option<Arc<str>>,
     /// The transaction state when it happened.
     pub state: TransactionState,
+    /// The engine that emitted it when that is another engine (delivered through the
+    /// [`EventRelay`]); `None` for this engine's own events.
+    #[serde(default)]
+    pub origin: Option<Arc<str>>,
 }
 
 /// How to run a workflow.
@@ -833,6 +837,7 @@ impl Engine {
                             kind,
                             action: step.map(|s| Arc::from(tx.flow().step(s).action.as_str())),
                             state: tx.state(),
+                            origin: None, // relay: set by the receiving engine
                         };
                         if let Some(relay) = &self.inner.relay {
                             relay.publish(event.clone()); // relay: never waits

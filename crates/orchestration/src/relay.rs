@@ -267,7 +267,9 @@ async fn pump(
                 _ = &mut stop => return,
                 next = stream.next() => match next {
                     Some(relayed) if relayed.origin != origin => {
-                        let _ = local.send(relayed.event);
+                        let mut event = relayed.event;
+                        event.origin = Some(relayed.origin);
+                        let _ = local.send(event);
                     }
                     Some(_) => {} // our own event: local subscribers had it already
                     None => break,

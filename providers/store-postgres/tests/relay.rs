@@ -142,6 +142,7 @@ async fn oversized_events_are_skipped_not_fatal() {
             kind: EventKind::Begin,
             action: None,
             state: TransactionState::Invoking,
+            origin: None,
         },
     };
     relay

@@ -32,6 +32,7 @@ fn event(origin: &str, seq: u64, id: &str) -> RelayedEvent {
             kind: EventKind::StepSuccess,
             action: Some(Arc::from(format!("step-{seq}"))),
             state: TransactionState::Invoking,
+            origin: None,
         },
     }
 }
@@ -186,7 +187,18 @@ pub async fn a_run_on_one_engine_is_seen_by_another(
     let remote = until_finish(&mut on_b, &key).await;
     assert_eq!(local.first().map(|e| e.kind), Some(EventKind::Begin));
     assert!(local.iter().any(|e| e.kind == EventKind::CompensateBegin));
-    assert_eq!(remote, local, "B sees A's run, every event, in order");
+    assert!(local.iter().all(|e| e.origin.is_none()), "A's own events");
+    assert!(
+        remote
+            .iter()
+            .all(|e| e.origin.as_deref() == a.relay_origin()),
+        "B's copies name A as their origin"
+    );
+    let stripped: Vec<_> = remote
+        .into_iter()
+        .map(|e| TransactionEvent { origin: None, ..e })
+        .collect();
+    assert_eq!(stripped, local, "B sees A's run, every event, in order");
     // Anything more for this run on A would be a duplicate coming back through the relay.
     tokio::time::sleep(Duration::from_millis(300)).await;
     loop {
