@@ -16,7 +16,7 @@
 //!
 //! # Delivery contract
 //!
-//! Every relay keeps this contract (and [`testing::relay_suite`](crate::testing::relay_suite)
+//! Every relay keeps this contract (and `testing::relay_suite`, feature `testing`,
 //! checks it):
 //! - **at most once**: a subscriber receives an event once or not at all; nothing is redelivered;
 //! - **best effort**: events published while a subscriber is not connected (before

@@ -47,6 +47,9 @@
 //! reverted, failed)`, so of two concurrent creates of one id exactly one wins, and the other
 //! gets [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
 //!
+//! Listing and retention (`Store::list`, `Store::purge_finished`) use the indexes of
+//! `migrations/0002_listing.sql`; [`PostgresRelay`] carries engine events over `LISTEN/NOTIFY`.
+//!
 //! # Durability modes and what survives a crash
 //!
 //! - [`Durability::EveryStep`] (the default): each `append` is its own commit and returns once

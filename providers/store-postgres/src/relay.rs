@@ -15,7 +15,8 @@
 //! PostgreSQL adds: a notification is delivered only to sessions listening when it commits;
 //! an envelope over 8,000 bytes (PostgreSQL's payload limit; a very long transaction id) is
 //! not published (logged, counted in [`PostgresRelay::oversized`]); while the listener's
-//! connection is re-established after a loss, notifications are missed.
+//! connection is re-established after a loss, notifications are missed. Each subscription holds
+//! one connection of the store's pool for its life (size the pool for it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -26,7 +26,8 @@
 //! `<member>` is `<workflow>:<id>` with `%` and `:` percent-encoded in each part, so any
 //! workflow name and id map to one key and back.
 //! ```text
-//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at, state}
+//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at, state,
+//!                                  updated_at (Redis TIME, ms, at create and each state change)}
 //!  <prefix>log:<member>            list: the run id (marker), then one JSON entry per Record
 //!  <prefix>by-workflow:<workflow>  sorted set: <member> scored by created_at
 //!  <prefix>by-state:<state>        sorted set: <member> scored by created_at, one per state
@@ -87,7 +88,8 @@
 //! The [`Store`] contract of `gorgon_orchestration`: `create` refuses a second unfinished run of
 //! an id with `AlreadyStarted` (atomically: of two concurrent creates exactly one wins) and
 //! replaces a finished one; `append` is one atomic write; `load` returns the records in append
-//! order. Nothing expires by itself: retention is left to a later slice. The trait's `append`
+//! order. Nothing expires by itself: `Store::list` pages the indexes and `Store::purge_finished`
+//! deletes finished runs (see `listing.rs`); [`RedisRelay`] carries engine events over pub/sub. The trait's `append`
 //! carries no run id, so an append from a finished run that arrives after a new run of the same
 //! id was created lands in the new run's log; the engine never appends to a finished run, and
 //! fencing of stale workers belongs to the lease work of the durable-engine issue.

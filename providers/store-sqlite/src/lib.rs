@@ -42,6 +42,9 @@
 //! file) exactly one wins, and the other gets
 //! [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
 //!
+//! Listing and retention (`Store::list`, `Store::purge_finished`) use the indexes of
+//! `migrations/0002_listing.sql`; a purge is one SQLite transaction on the write connection.
+//!
 //! # Durability modes and what survives a crash
 //!
 //! - [`Durability::EveryStep`] (the default): each `append` is its own commit (an `fsync` of the
