@@ -33,8 +33,12 @@ use crate::machine::{
     Dispatch, Effect, EventKind, Record, Round, StepError, StepOutcome, Timer, Transaction,
     TransactionError, TransactionShared,
 };
+use crate::relay::{EventRelay, RelayLink, RelayStats};
 use crate::state::{HandlerType, StepRun, TransactionState};
 use crate::store::{Claim, Lease, MemoryStore, Store, TransactionHeader, TransactionKey};
+
+mod executions; // executions listing, detail and retention (issue 4)
+pub use executions::{ExecutionDetail, PURGE_BATCH, StepDetail, StepErrorDetail};
 
 /// The idempotency key of one handler: `<workflow>:<transaction>:<action>:<invoke|compensate>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -190,8 +194,8 @@ where
     }
 }
 
-/// An event of a transaction, as subscribers receive it.
-#[derive(Clone, Debug)]
+/// An event of a transaction, as subscribers receive it (serde: it crosses an [`EventRelay`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TransactionEvent {
     /// The workflow and transaction.
     pub key: TransactionKey,
@@ -201,6 +205,10 @@ pub struct TransactionEvent {
     pub action: Option<Arc<str>>,
     /// The transaction state when it happened.
     pub state: TransactionState,
+    /// The engine that emitted it when that is another engine (delivered through the
+    /// [`EventRelay`]); `None` for this engine's own events.
+    #[serde(default)]
+    pub origin: Option<Arc<str>>,
 }
 
 /// How to run a workflow.
@@ -287,6 +295,11 @@ pub struct EngineOptions {
     pub clock: Arc<dyn Clock>,
     /// How this engine shares a store with other engines (other processes).
     pub worker: WorkerOptions,
+    // relay: begin
+    /// Where events are shared with other engines (other processes); `None`: this engine's
+    /// subscribers see only its own transactions. See [`crate::relay`].
+    pub relay: Option<Arc<dyn EventRelay>>,
+    // relay: end
 }
 
 impl Default for EngineOptions {
@@ -295,6 +308,7 @@ impl Default for EngineOptions {
             store: Arc::new(MemoryStore::new()),
             clock: Arc::new(SystemClock),
             worker: WorkerOptions::default(),
+            relay: None, // relay
         }
     }
 }
@@ -334,6 +348,7 @@ impl EngineOptions {
     /// Builds the engine. Call it inside a tokio runtime.
     pub fn build(self) -> Engine {
         let (events, _) = broadcast::channel(4096);
+        let relay = self.relay.map(|r| RelayLink::start(r, events.clone())); // relay
         Engine {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -342,6 +357,7 @@ impl EngineOptions {
                 workflows: RwLock::new(Default::default()),
                 live: Mutex::new(Default::default()),
                 events,
+                relay, // relay
                 timer_ids: AtomicU64::new(0),
             }),
         }
@@ -369,6 +385,7 @@ struct Inner {
     workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
     live: Mutex<foldhash::HashMap<TransactionKey, Arc<Cell>>>,
     events: broadcast::Sender<TransactionEvent>,
+    relay: Option<RelayLink>, // relay
     timer_ids: AtomicU64,
 }
 
@@ -506,10 +523,35 @@ impl Engine {
             })
     }
 
-    /// Subscribes to the events of every transaction.
+    /// Subscribes to the events of every transaction: this engine's, and with a relay those
+    /// other engines publish to it (each event once; remote ones at most once, best effort).
     pub fn subscribe(&self) -> broadcast::Receiver<TransactionEvent> {
         self.inner.events.subscribe()
     }
+
+    // relay: begin
+    /// Resolves once the engine listens to its relay (at once without one): remote events
+    /// published before that are not delivered.
+    pub async fn relay_ready(&self) {
+        if let Some(relay) = &self.inner.relay {
+            relay.ready().await;
+        }
+    }
+
+    /// The engine's id in the relay (the `origin` of the events it publishes), if it has one.
+    pub fn relay_origin(&self) -> Option<&str> {
+        self.inner.relay.as_ref().map(|r| r.origin())
+    }
+
+    /// Events this engine could not hand to its relay (zero without one).
+    pub fn relay_stats(&self) -> RelayStats {
+        self.inner
+            .relay
+            .as_ref()
+            .map(|r| r.stats())
+            .unwrap_or_default()
+    }
+    // relay: end
 
     /// Runs a workflow: begins a new transaction, or resumes the unfinished one with this id,
     /// and advances it until it finishes or waits (for an async step, a retry timer, a resume).
@@ -1148,13 +1190,17 @@ impl Engine {
                     }
                 }
                 Effect::Emit(kind, step) => {
-                    if self.inner.events.receiver_count() > 0 {
+                    if self.inner.events.receiver_count() > 0 || self.inner.relay.is_some() {
                         let event = TransactionEvent {
                             key: cell.key.clone(),
                             kind,
                             action: step.map(|s| Arc::from(tx.flow().step(s).action.as_str())),
                             state: tx.state(),
+                            origin: None, // relay: set by the receiving engine
                         };
+                        if let Some(relay) = &self.inner.relay {
+                            relay.publish(event.clone()); // relay: never waits
+                        }
                         let _ = self.inner.events.send(event);
                     }
                 }

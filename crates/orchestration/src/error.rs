@@ -133,6 +133,38 @@ pub enum Error {
         /// The store's own message.
         reason: String,
     },
+    /// A store operation over many transactions (a listing, a purge) failed.
+    #[error("store {operation} failed: {reason}")]
+    StoreQuery {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The store's own message.
+        reason: String,
+    },
+    /// A listing filter is out of range.
+    #[error("invalid listing filter {field}: {reason}")]
+    InvalidFilter {
+        /// The filter's field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A listing cursor is not one this store handed out.
+    #[error("invalid listing cursor `{cursor}`: {reason}")]
+    InvalidCursor {
+        /// The cursor as given.
+        cursor: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An event relay operation failed.
+    #[error("event relay {operation} failed: {reason}")]
+    Relay {
+        /// What the relay was doing.
+        operation: &'static str,
+        /// The relay's own message.
+        reason: String,
+    },
     /// A stored log cannot be replayed onto the registered flow (a step was renamed or removed).
     #[error("stored transaction {transaction} does not match workflow {workflow}: {reason}")]
     Replay {

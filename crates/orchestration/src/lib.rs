@@ -64,6 +64,8 @@ mod error;
 pub mod flow;
 pub mod log_rows;
 pub mod machine;
+pub mod relay;
+pub mod sql_listing;
 pub mod state;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -72,13 +74,17 @@ pub mod testing;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::Data;
 pub use engine::{
-    Engine, EngineOptions, Execution, Handler, IdempotencyKey, RunOptions, StepCall,
-    TransactionEvent, WorkerOptions,
+    Engine, EngineOptions, Execution, ExecutionDetail, Handler, IdempotencyKey, RunOptions,
+    StepCall, TransactionEvent, WorkerOptions,
 };
 pub use error::{Error, Result};
 pub use flow::{Flow, FlowDefinition, StepIndex, StepOptions, WorkflowOptions};
 pub use machine::{
     Effect, EventKind, Record, StepError, StepOutcome, Transaction, TransactionError,
 };
+pub use relay::{EventRelay, MemoryRelay, RelayStats, RelayedEvent};
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
-pub use store::{Claim, Lease, MemoryStore, Store, TransactionKey};
+pub use store::{
+    Claim, Lease, MemoryStore, PageCursor, Purge, Store, TransactionFilter, TransactionKey,
+    TransactionPage, TransactionSummary,
+};

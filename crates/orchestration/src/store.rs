@@ -106,6 +106,10 @@ pub struct TransactionSummary {
     pub state: TransactionState,
     /// When it was created.
     pub created_at: u64,
+    /// When the summary last changed, on the store's wall clock (Unix milliseconds): at least at
+    /// every state change (so for a finished transaction, when it finished); the SQL stores
+    /// also move it at every append. Retention ([`Store::purge_finished`]) compares this.
+    pub updated_at: u64,
 }
 
 /// A worker's lease: who holds it and until when (clock milliseconds).
@@ -164,6 +168,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(TransactionKey, u64)>>;
     /// Extends every lease `lease.owner` holds to `lease.until`; returns how many.
     async fn renew(&self, lease: &Lease) -> Result<usize>;
+
+    // ---- executions listing and retention (issue 4): begin ----
+    /// A page of transaction summaries matching `filter`, newest first (`created_at`
+    /// descending; ties in a store-defined order that is the same on every call), starting
+    /// after `filter.after`. `next` is set when more may follow. Keyset pagination: a page is
+    /// the same whatever was created or deleted after the cursor was handed out.
+    async fn list(&self, filter: &TransactionFilter) -> Result<TransactionPage>;
+    /// Deletes up to `purge.limit` finished transactions (done, reverted, failed), header and
+    /// log, whose summary's `updated_at` is before `purge.older_than`; returns how many it
+    /// deleted. Callers loop while it returns `purge.limit` (one bounded batch per call).
+    async fn purge_finished(&self, purge: &Purge) -> Result<u64>;
+    // ---- executions listing and retention (issue 4): end ----
 }
 
 /// The error of an append or release with a stale epoch.
@@ -208,6 +224,7 @@ struct MemoryEntry {
     until: u64,
     epoch: u64,
     wake_at: Option<u64>,
+    updated_at: u64, // listing: wall-clock ms of the last create/append
 }
 
 impl MemoryEntry {
@@ -279,6 +296,7 @@ impl Store for MemoryStore {
                 } else {
                     Some(header.created_at)
                 },
+                updated_at: wall_clock_ms(), // listing
             },
         );
         Ok(epoch)
@@ -309,6 +327,7 @@ impl Store for MemoryStore {
             entry.owner = None;
             entry.wake_at = None;
         }
+        entry.updated_at = wall_clock_ms(); // listing
         if !was_finished && entry.state.is_finished() {
             finished.push_back((key.clone(), entry.header.run_id.clone()));
             while finished.len() > self.keep_finished {
@@ -340,6 +359,7 @@ impl Store for MemoryStore {
             run_id: e.header.run_id.clone(),
             state: e.state,
             created_at: e.header.created_at,
+            updated_at: e.updated_at,
         }))
     }
 
@@ -410,4 +430,212 @@ impl Store for MemoryStore {
         }
         Ok(renewed)
     }
+    // ---- executions listing and retention (issue 4) ----
+    async fn list(&self, filter: &TransactionFilter) -> Result<TransactionPage> {
+        filter.check()?;
+        let inner = self.inner.lock();
+        let mut matching: Vec<TransactionSummary> = inner
+            .transactions
+            .iter()
+            .map(|(key, e)| TransactionSummary {
+                key: key.clone(),
+                run_id: e.header.run_id.clone(),
+                state: e.state,
+                created_at: e.header.created_at,
+                updated_at: e.updated_at,
+            })
+            .filter(|s| filter.matches(s))
+            .collect();
+        drop(inner);
+        matching.sort_unstable_by(|a, b| PageCursor::of(b).cmp(&PageCursor::of(a)));
+        Ok(TransactionPage::from_sorted(matching, filter.limit))
+    }
+
+    async fn purge_finished(&self, purge: &Purge) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let doomed: Vec<TransactionKey> = inner
+            .transactions
+            .iter()
+            .filter(|(key, e)| {
+                e.state.is_finished()
+                    && e.updated_at < purge.older_than
+                    && purge.workflow.as_ref().is_none_or(|w| *w == key.workflow)
+            })
+            .map(|(key, _)| key.clone())
+            .take(purge.limit)
+            .collect();
+        for key in &doomed {
+            inner.transactions.remove(key);
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+/// The wall clock in Unix milliseconds (the memory store's `updated_at`).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+// ---- executions listing and retention (issue 4): the types ----
+
+/// The largest page a listing returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// Where a listing page resumes: the position of the last summary of the previous page.
+///
+/// Ordered as listings are, newest first: a greater cursor comes earlier in a listing. As text
+/// (`Display` / `FromStr`, for an HTTP query) it is `<created_at>.<workflow length>.<workflow><id>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageCursor {
+    /// The `created_at` of the last summary returned.
+    pub created_at: u64,
+    /// Its key (ties of `created_at` are ordered by workflow, then id).
+    pub key: TransactionKey,
+}
+
+impl PageCursor {
+    /// The position of a summary.
+    pub fn of(summary: &TransactionSummary) -> Self {
+        PageCursor {
+            created_at: summary.created_at,
+            key: summary.key.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PageCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let workflow = &self.key.workflow;
+        write!(
+            f,
+            "{}.{}.{workflow}{}",
+            self.created_at,
+            workflow.len(),
+            self.key.id
+        )
+    }
+}
+
+impl std::str::FromStr for PageCursor {
+    type Err = Error;
+    fn from_str(cursor: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidCursor {
+            cursor: cursor.to_string(),
+            reason: reason.to_string(),
+        };
+        let (created_at, rest) = cursor
+            .split_once('.')
+            .ok_or_else(|| invalid("expected `<created_at>.<length>.<workflow><id>`"))?;
+        let (length, rest) = rest
+            .split_once('.')
+            .ok_or_else(|| invalid("expected `<created_at>.<length>.<workflow><id>`"))?;
+        let created_at = created_at
+            .parse()
+            .map_err(|_| invalid("created_at is not a number"))?;
+        let length: usize = length
+            .parse()
+            .map_err(|_| invalid("the workflow length is not a number"))?;
+        if length == 0 || length >= rest.len() || !rest.is_char_boundary(length) {
+            return Err(invalid("the workflow length does not fit"));
+        }
+        let (workflow, id) = rest.split_at(length);
+        Ok(PageCursor {
+            created_at,
+            key: TransactionKey::new(workflow, id),
+        })
+    }
+}
+
+/// Which transactions a listing returns, and which page. Every condition set must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionFilter {
+    /// Only this workflow's transactions.
+    pub workflow: Option<Arc<str>>,
+    /// Only transactions in one of these states (empty: any state).
+    pub states: Vec<TransactionState>,
+    /// Only transactions created at or after this time (the engine clock's milliseconds).
+    pub created_from: Option<u64>,
+    /// Only transactions created before this time.
+    pub created_before: Option<u64>,
+    /// Resume after this cursor (a previous page's `next`); `None`: the first page.
+    pub after: Option<PageCursor>,
+    /// The most summaries on the page: 1 to [`MAX_PAGE`] (default 50).
+    pub limit: usize,
+}
+
+impl Default for TransactionFilter {
+    fn default() -> Self {
+        TransactionFilter {
+            workflow: None,
+            states: Vec::new(),
+            created_from: None,
+            created_before: None,
+            after: None,
+            limit: 50,
+        }
+    }
+}
+
+impl TransactionFilter {
+    /// Refuses a limit out of range with [`Error::InvalidFilter`].
+    pub fn check(&self) -> Result<()> {
+        if self.limit == 0 || self.limit > MAX_PAGE {
+            return Err(Error::InvalidFilter {
+                field: "limit",
+                reason: format!("{} is not between 1 and {MAX_PAGE}", self.limit),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a summary passes the filter, the cursor included.
+    pub fn matches(&self, summary: &TransactionSummary) -> bool {
+        self.workflow
+            .as_ref()
+            .is_none_or(|w| *w == summary.key.workflow)
+            && (self.states.is_empty() || self.states.contains(&summary.state))
+            && self.created_from.is_none_or(|t| summary.created_at >= t)
+            && self.created_before.is_none_or(|t| summary.created_at < t)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|after| PageCursor::of(summary) < *after)
+    }
+}
+
+/// A page of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionPage {
+    /// The summaries, newest first.
+    pub items: Vec<TransactionSummary>,
+    /// Where the next page starts, when more may follow.
+    pub next: Option<PageCursor>,
+}
+
+impl TransactionPage {
+    /// A page from the matching summaries in listing order (at least `limit + 1` of them when
+    /// more follow): the first `limit`, and a cursor when there were more.
+    pub fn from_sorted(mut items: Vec<TransactionSummary>, limit: usize) -> Self {
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = if more {
+            items.last().map(PageCursor::of)
+        } else {
+            None
+        };
+        TransactionPage { items, next }
+    }
+}
+
+/// Which finished transactions [`Store::purge_finished`] deletes, and how many at most.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purge {
+    /// Only those whose `updated_at` (store wall clock, Unix ms) is before this.
+    pub older_than: u64,
+    /// Only this workflow's (`None`: every workflow's).
+    pub workflow: Option<Arc<str>>,
+    /// The most deleted by one call (at least 1).
+    pub limit: usize,
 }

@@ -10,6 +10,13 @@
 //! Each check gets a fresh store from the factory and uses unique transaction ids, so stores
 //! shared between tests (one database) stay isolated.
 
+mod relay;
+
+pub use relay::{
+    a_run_on_one_engine_is_seen_by_another, every_subscriber_gets_each_publishers_events_in_order,
+    publishing_without_subscribers_succeeds, relay_latencies, relay_suite,
+};
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -18,7 +25,10 @@ use serde_json::json;
 use crate::machine::Timer;
 use crate::machine::{Record, TransactionFields};
 use crate::state::{StepRun, StepState, TransactionState};
-use crate::store::{Claim, Lease, Store, TransactionHeader, TransactionKey};
+use crate::store::{
+    Claim, Lease, PageCursor, Purge, Store, TransactionFilter, TransactionHeader, TransactionKey,
+    TransactionSummary,
+};
 use crate::{
     Data, EngineOptions, Error, Flow, FlowDefinition, HandlerType, RunOptions, StepCall,
     StepOutcome, Transaction, WorkflowOptions,
@@ -74,6 +84,10 @@ where
     enqueued_transactions_are_due_at_once(make().await).await;
     renewed_leases_are_kept_and_lapsed_ones_taken_over(make().await).await;
     finishing_ends_the_lease(make().await).await;
+    // executions listing and retention (issue 4)
+    listings_page_newest_first_with_filters(make().await).await;
+    purge_deletes_only_old_finished_transactions(make().await).await;
+    the_engine_lists_details_and_purges_runs(make().await).await;
 }
 
 /// Records come back in append order, responses and errors included, after the header.
@@ -484,4 +498,358 @@ pub async fn finishing_ends_the_lease(store: Arc<dyn Store>) {
             .expect("claim_due")
             .is_empty()
     );
+}
+
+// ---- executions listing and retention (issue 4) ----
+
+fn wall_ms() -> u64 {
+    crate::log_rows::now_millis().max(0) as u64
+}
+
+/// Every page of a listing, following the cursors (at most 100 pages).
+async fn all_pages(store: &Arc<dyn Store>, filter: &TransactionFilter) -> Vec<TransactionSummary> {
+    let mut filter = filter.clone();
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let page = store.list(&filter).await.expect("list");
+        assert!(
+            page.items.len() <= filter.limit,
+            "a page holds at most `limit`"
+        );
+        items.extend(page.items);
+        match page.next {
+            Some(next) => {
+                let text = next.to_string();
+                assert_eq!(text.parse::<PageCursor>().expect("cursor parses"), next);
+                filter.after = Some(next);
+            }
+            None => return items,
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+/// Listings: newest first, each matching transaction once across keyset pages, filtered by
+/// workflow, states and creation time; bad limits and cursors are typed errors.
+pub async fn listings_page_newest_first_with_filters(store: Arc<dyn Store>) {
+    let workflow = unique("list");
+    let other = unique("list-other");
+    // Creation times unique to this check, so a store shared with other checks stays apart.
+    let base = 10_000 + (uuid::Uuid::now_v7().as_u128() % 1_000_000_000) as u64 * 100;
+    let before_ms = wall_ms();
+    let states = [
+        TransactionState::Done,
+        TransactionState::Invoking,
+        TransactionState::Reverted,
+        TransactionState::Failed,
+        TransactionState::Done,
+        TransactionState::Compensating,
+        TransactionState::Done,
+    ];
+    let mut expected = Vec::new();
+    let mut done_in_both = 0;
+    for (i, state) in states.iter().enumerate() {
+        // Two transactions share each creation time from the third on (ties across pages).
+        for (n, wf) in [(0, &workflow), (1, &workflow), (2, &other)] {
+            if n == 1 && i < 2 {
+                continue;
+            }
+            let mut h = header(wf, &format!("t{i}-{n}"), "run");
+            h.created_at = base + i as u64;
+            let epoch = store.create(&h, None).await.expect("create");
+            store
+                .append(&h.key, epoch, &[fields(*state)])
+                .await
+                .expect("append");
+            done_in_both += usize::from(*state == TransactionState::Done);
+            if wf == &workflow {
+                expected.push((h.key.clone(), *state, h.created_at));
+            }
+        }
+    }
+    let by_workflow = TransactionFilter {
+        workflow: Some(Arc::from(workflow.as_str())),
+        limit: 3,
+        ..TransactionFilter::default()
+    };
+    let listed = all_pages(&store, &by_workflow).await;
+    assert_eq!(listed.len(), expected.len(), "{listed:?}");
+    for pair in listed.windows(2) {
+        assert!(
+            pair[0].created_at >= pair[1].created_at,
+            "newest first: {pair:?}"
+        );
+    }
+    let mut seen: Vec<_> = listed.iter().map(|s| s.key.clone()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), expected.len(), "each transaction once");
+    for (key, state, created_at) in &expected {
+        let found = listed.iter().find(|s| &s.key == key).expect("listed");
+        assert_eq!((found.state, found.created_at), (*state, *created_at));
+        assert_eq!(found.run_id.as_ref(), "run");
+        assert!(found.updated_at >= before_ms, "updated_at is wall clock");
+    }
+    // A single page of everything is the same order as the pages.
+    let one_page = store
+        .list(&TransactionFilter {
+            limit: 100,
+            ..by_workflow.clone()
+        })
+        .await
+        .expect("list");
+    assert_eq!(one_page.items, listed);
+    assert_eq!(one_page.next, None);
+
+    let finished = TransactionFilter {
+        states: vec![TransactionState::Reverted, TransactionState::Failed],
+        ..by_workflow.clone()
+    };
+    let listed = all_pages(&store, &finished).await;
+    let mut want: Vec<_> = expected
+        .iter()
+        .filter(|(_, s, _)| matches!(s, TransactionState::Reverted | TransactionState::Failed))
+        .map(|(k, _, _)| k.clone())
+        .collect();
+    let mut got: Vec<_> = listed.iter().map(|s| s.key.clone()).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "states filter");
+
+    let window = TransactionFilter {
+        created_from: Some(base + 2),
+        created_before: Some(base + 5),
+        ..by_workflow.clone()
+    };
+    let listed = all_pages(&store, &window).await;
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|s| (base + 2..base + 5).contains(&s.created_at))
+    );
+
+    // Without a workflow: both workflows' transactions in the time window, in the given states.
+    let across = TransactionFilter {
+        workflow: None,
+        states: vec![TransactionState::Done],
+        created_from: Some(base),
+        created_before: Some(base + 7),
+        limit: 2,
+        ..TransactionFilter::default()
+    };
+    let listed = all_pages(&store, &across).await;
+    assert_eq!(listed.len(), done_in_both, "{listed:?}");
+    assert!(listed.iter().any(|s| *s.key.workflow == *other));
+    assert!(listed.iter().all(|s| s.state == TransactionState::Done));
+
+    match store
+        .list(&TransactionFilter {
+            limit: 0,
+            ..TransactionFilter::default()
+        })
+        .await
+    {
+        Err(Error::InvalidFilter { field: "limit", .. }) => {}
+        other => panic!("expected InvalidFilter, got {other:?}"),
+    }
+    for bad in ["", "12", "x.3.abc", "5.9.abc", "5.0.abc"] {
+        assert!(
+            matches!(bad.parse::<PageCursor>(), Err(Error::InvalidCursor { .. })),
+            "{bad:?} is refused"
+        );
+    }
+}
+
+/// Purge deletes finished transactions last updated before the cut, of the workflow asked,
+/// in batches of at most `limit`; unfinished and newer ones stay; a purged id can run again.
+pub async fn purge_deletes_only_old_finished_transactions(store: Arc<dyn Store>) {
+    let workflow = unique("purge");
+    let mut old = Vec::new();
+    for (i, state) in [
+        TransactionState::Done,
+        TransactionState::Reverted,
+        TransactionState::Failed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let h = header(&workflow, &format!("old-{i}"), "run");
+        let epoch = store.create(&h, None).await.expect("create");
+        store
+            .append(&h.key, epoch, &[fields(state)])
+            .await
+            .expect("append");
+        old.push(h.key);
+    }
+    let running = header(&workflow, "running", "run");
+    store.create(&running, None).await.expect("create");
+    store
+        .append(&running.key, 1, &[fields(TransactionState::Invoking)])
+        .await
+        .expect("append");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cut = wall_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let recent = header(&workflow, "recent", "run");
+    store.create(&recent, None).await.expect("create");
+    store
+        .append(&recent.key, 1, &[fields(TransactionState::Done)])
+        .await
+        .expect("append");
+
+    let purge = |workflow: &str, limit| Purge {
+        older_than: cut,
+        workflow: Some(Arc::from(workflow)),
+        limit,
+    };
+    let elsewhere = unique("purge-elsewhere");
+    assert_eq!(
+        store
+            .purge_finished(&purge(&elsewhere, 10))
+            .await
+            .expect("purge"),
+        0,
+        "another workflow's purge touches nothing here"
+    );
+    assert_eq!(
+        store
+            .purge_finished(&purge(&workflow, 2))
+            .await
+            .expect("purge"),
+        2,
+        "one batch"
+    );
+    assert_eq!(
+        store
+            .purge_finished(&purge(&workflow, 2))
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        store
+            .purge_finished(&purge(&workflow, 2))
+            .await
+            .expect("purge"),
+        0
+    );
+    for key in &old {
+        assert!(
+            store.load(key).await.expect("load").is_none(),
+            "{key} purged"
+        );
+        assert!(store.summary(key).await.expect("summary").is_none());
+    }
+    assert!(store.load(&running.key).await.expect("load").is_some());
+    assert!(store.load(&recent.key).await.expect("load").is_some());
+    let left = all_pages(
+        &store,
+        &TransactionFilter {
+            workflow: Some(Arc::from(workflow.as_str())),
+            ..TransactionFilter::default()
+        },
+    )
+    .await;
+    let mut left: Vec<_> = left.into_iter().map(|s| s.key.id.to_string()).collect();
+    left.sort();
+    assert_eq!(left, vec!["recent".to_string(), "running".to_string()]);
+    let again = header(&workflow, "old-0", "second");
+    store.create(&again, None).await.expect("a purged id runs again");
+    let stored = store.load(&again.key).await.expect("load").expect("exists");
+    assert!(stored.records.is_empty());
+}
+
+/// The engine lists its runs, details one (steps, attempts, outputs, errors, times) and purges
+/// them; a purged run is gone.
+pub async fn the_engine_lists_details_and_purges_runs(store: Arc<dyn Store>) {
+    let engine = EngineOptions {
+        store: store.clone(),
+        ..EngineOptions::default()
+    }
+    .build();
+    let workflow = unique("suite-detail");
+    let definition = FlowDefinition::from_json(
+        r#"{"next":{"action":"a","next":{"action":"b","maxRetries":1,"next":{"action":"c"}}}}"#,
+    )
+    .expect("flow");
+    let flow = Flow::compile(&workflow, definition, WorkflowOptions::default()).expect("compiles");
+    engine
+        .register(flow, |call: StepCall| async move {
+            match (call.action(), call.handler_type(), call.attempt()) {
+                ("b", HandlerType::Invoke, 1) => StepOutcome::fail("busy"),
+                ("c", HandlerType::Invoke, _) => StepOutcome::permanent("out of stock"),
+                (action, handler, _) => {
+                    StepOutcome::ok(json!({ "step": action, "side": handler.to_string() }))
+                }
+            }
+        })
+        .expect("register");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let run = engine
+            .run(&workflow, RunOptions::default())
+            .await
+            .expect("run");
+        assert_eq!(run.state, TransactionState::Reverted);
+        ids.push(run.transaction_id().to_string());
+    }
+    let page = engine
+        .list(&TransactionFilter {
+            workflow: Some(Arc::from(workflow.as_str())),
+            ..TransactionFilter::default()
+        })
+        .await
+        .expect("list");
+    let mut listed: Vec<_> = page.items.iter().map(|s| s.key.id.to_string()).collect();
+    listed.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(listed, want);
+
+    let detail = engine.detail(&workflow, &ids[0]).await.expect("detail");
+    assert_eq!(detail.state, TransactionState::Reverted);
+    assert!(detail.created_at.is_some() && detail.updated_at.is_some());
+    let actions: Vec<_> = detail.steps.iter().map(|s| s.action.as_str()).collect();
+    assert_eq!(actions, ["a", "b", "c"]);
+    let b = &detail.steps[1];
+    assert_eq!(b.invoke.state, crate::StepState::Done);
+    assert_eq!(b.compensate.state, crate::StepState::Reverted);
+    assert!(b.started_at.is_some());
+    assert_eq!(
+        b.output.as_ref().map(|d| d.to_json().expect("json")),
+        Some(json!({"step": "b", "side": "invoke"}))
+    );
+    assert_eq!(
+        b.compensation_output
+            .as_ref()
+            .map(|d| d.to_json().expect("json")),
+        Some(json!({"step": "b", "side": "compensate"}))
+    );
+    // A temporary failure that a retry overcame is not an error of the transaction (Medusa).
+    assert!(b.errors.is_empty(), "{:?}", b.errors);
+    assert_eq!(
+        b.attempts, 1,
+        "the compensation's attempts (counters restart per side)"
+    );
+    let c = &detail.steps[2];
+    assert_eq!(c.invoke.state, crate::StepState::Failed);
+    assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+    assert_eq!(c.errors[0].handler, HandlerType::Invoke);
+    assert_eq!(c.errors[0].error.message, "out of stock");
+    assert_eq!(detail.errors.len(), 1);
+    assert!(
+        serde_json::to_value(&detail).is_ok(),
+        "the detail serializes"
+    );
+
+    let purged = engine
+        .purge_finished_of(&workflow, wall_ms() + 1)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 3);
+    assert!(matches!(
+        engine.get(&workflow, &ids[0]).await,
+        Err(Error::TransactionNotFound { .. })
+    ));
 }

@@ -33,6 +33,7 @@ fn engine(store: &Arc<MemoryStore>, clock: &Arc<ManualClock>, id: &str) -> Engin
             poll_ms: 100,
             claim_batch: 16,
         },
+        ..EngineOptions::default()
     }
     .build()
 }

@@ -339,7 +339,9 @@ impl AppInner {
         runtime.spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(event) if event.kind == EventKind::Finish => {
+                    // Only this engine's runs: another process (an event relayed to us, with
+                    // its origin) settles the runs it finished itself.
+                    Ok(event) if event.kind == EventKind::Finish && event.origin.is_none() => {
                         let Some(app) = app.upgrade() else { return };
                         tokio::spawn(async move {
                             if !app.workflows.read().contains_key(&*event.key.workflow) {
@@ -770,7 +772,9 @@ impl App {
         Ok(self.settled(workflow, execution).await)
     }
 
-    /// Subscribes to the events of every run on this app (filter on `event.key`).
+    /// Subscribes to the events of every run on this app (filter on `event.key`), and, when
+    /// the engine has an [`EventRelay`](gorgon_orchestration::EventRelay), of the runs of the
+    /// other engines on that relay (`event.origin` names their engine; at most once, best effort).
     pub fn subscribe(&self) -> broadcast::Receiver<TransactionEvent> {
         self.inner.engine.subscribe()
     }

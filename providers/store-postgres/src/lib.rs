@@ -47,6 +47,9 @@
 //! reverted, failed)`, so of two concurrent creates of one id exactly one wins, and the other
 //! gets [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
 //!
+//! Listing and retention (`Store::list`, `Store::purge_finished`) use the indexes of
+//! `migrations/0002_listing.sql`; [`PostgresRelay`] carries engine events over `LISTEN/NOTIFY`.
+//!
 //! # Durability modes and what survives a crash
 //!
 //! - [`Durability::EveryStep`] (the default): each `append` is its own commit and returns once
@@ -83,6 +86,11 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use gorgon_orchestration::log_rows::{self as row, EncodedAppend, encode, now_millis};
+use gorgon_orchestration::sql_listing::{self, Dialect, SqlParam};
+use gorgon_orchestration::{Purge, TransactionFilter, TransactionPage};
+
+pub mod relay;
+pub use relay::PostgresRelay;
 
 /// The URL used when neither the options nor `DATABASE_URL` give one.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -794,7 +802,7 @@ impl Store for PostgresStore {
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         let row = sqlx::query(
-            "SELECT run_id, state, created_at FROM transactions WHERE workflow = $1 AND transaction_id = $2",
+            "SELECT run_id, state, created_at, updated_at FROM transactions WHERE workflow = $1 AND transaction_id = $2",
         )
         .bind(key.workflow.as_ref())
         .bind(key.id.as_ref())
@@ -811,13 +819,81 @@ impl Store for PostgresStore {
         let created_at: i64 = row
             .try_get("created_at")
             .map_err(|e| store_error("summary", key, e))?;
+        let updated_at: i64 = row
+            .try_get("updated_at")
+            .map_err(|e| store_error("summary", key, e))?;
         Ok(Some(TransactionSummary {
             key: key.clone(),
             run_id: Arc::from(run_id),
             state: row::state(key, &state)?,
             created_at: u64::try_from(created_at).unwrap_or(0),
+            updated_at: u64::try_from(updated_at).unwrap_or(0),
         }))
     }
+
+    // ---- executions listing and retention (issue 4) ----
+    async fn list(
+        &self,
+        filter: &TransactionFilter,
+    ) -> gorgon_orchestration::Result<TransactionPage> {
+        let statement = sql_listing::list(filter, Dialect::Postgres)?;
+        let rows: Vec<(String, String, String, String, i64, i64)> = bind_all(
+            sqlx::query_as(AssertSqlSafe(statement.sql)),
+            &statement.params,
+        )
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| query_error("list", e))?;
+        let items = rows
+            .into_iter()
+            .map(|(w, id, run, state, created, updated)| {
+                sql_listing::summary(w, id, run, &state, created, updated)
+            })
+            .collect::<gorgon_orchestration::Result<Vec<_>>>()?;
+        Ok(TransactionPage::from_sorted(items, filter.limit))
+    }
+
+    async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
+        // One statement, one commit: lock a batch of candidates (skipping rows another purge
+        // or a create holds), delete their log rows and their summary rows.
+        let candidates = sql_listing::purge_candidates(purge, Dialect::Postgres);
+        let sql = format!(
+            "WITH doomed AS ({}), \
+             gone AS (DELETE FROM transaction_log l USING doomed d \
+                       WHERE l.workflow = d.workflow AND l.transaction_id = d.transaction_id), \
+             deleted AS (DELETE FROM transactions t USING doomed d \
+                          WHERE t.workflow = d.workflow AND t.transaction_id = d.transaction_id \
+                          RETURNING 1) \
+             SELECT count(*) FROM deleted",
+            candidates.sql
+        );
+        let (deleted,): (i64,) = bind_all(sqlx::query_as(AssertSqlSafe(sql)), &candidates.params)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| query_error("purge", e))?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+}
+
+fn query_error(operation: &'static str, error: impl ToString) -> StoreError {
+    StoreError::StoreQuery {
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// Binds a statement's values in order.
+fn bind_all<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    params: &'q [SqlParam],
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    for param in params {
+        query = match param {
+            SqlParam::Text(text) => query.bind(text.as_str()),
+            SqlParam::Int(int) => query.bind(*int),
+        };
+    }
+    query
 }
 
 const CLAIM_SQL: &str = r#"

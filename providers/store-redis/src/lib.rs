@@ -26,7 +26,8 @@
 //! `<member>` is `<workflow>:<id>` with `%` and `:` percent-encoded in each part, so any
 //! workflow name and id map to one key and back.
 //! ```text
-//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at, state}
+//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at, state,
+//!                                  updated_at (Redis TIME, ms, at create and each state change)}
 //!  <prefix>log:<member>            list: the run id (marker), then one JSON entry per Record
 //!  <prefix>by-workflow:<workflow>  sorted set: <member> scored by created_at
 //!  <prefix>by-state:<state>        sorted set: <member> scored by created_at, one per state
@@ -87,14 +88,19 @@
 //! The [`Store`] contract of `gorgon_orchestration`: `create` refuses a second unfinished run of
 //! an id with `AlreadyStarted` (atomically: of two concurrent creates exactly one wins) and
 //! replaces a finished one; `append` is one atomic write; `load` returns the records in append
-//! order. Nothing expires by itself: retention is left to a later slice. The trait's `append`
+//! order. Nothing expires by itself: `Store::list` pages the indexes and `Store::purge_finished`
+//! deletes finished runs (see `listing.rs`); [`RedisRelay`] carries engine events over pub/sub. The trait's `append`
 //! carries no run id, so an append from a finished run that arrives after a new run of the same
 //! id was created lands in the new run's log; the engine never appends to a finished run, and
 //! fencing of stale workers belongs to the lease work of the durable-engine issue.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod listing;
+pub mod relay;
 mod scripts;
 mod writer;
+
+pub use relay::RedisRelay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -491,6 +497,7 @@ impl RedisStore {
                 "run_id",
                 "state",
                 "created_at",
+                "updated_at",
             ]);
         }
         let rows: Vec<Vec<Option<String>>> = pipe
@@ -503,7 +510,7 @@ impl RedisStore {
                 transaction: m.clone(),
                 reason: reason.to_string(),
             };
-            let [workflow, id, run_id, state, created_at]: [Option<String>; 5] = row
+            let [workflow, id, run_id, state, created_at, updated_at]: [Option<String>; 6] = row
                 .try_into()
                 .map_err(|_| corrupt("HMGET returned the wrong number of fields"))?;
             // The header was replaced or removed between the two reads: skip it.
@@ -512,13 +519,17 @@ impl RedisStore {
             else {
                 continue;
             };
+            let created_at: u64 = created_at
+                .parse()
+                .map_err(|_| corrupt("created_at is not a number"))?;
             out.push(TransactionSummary {
                 key: TransactionKey::new(workflow, id),
                 run_id: run_id.into(),
                 state: parse_state(&state).ok_or_else(|| corrupt("unknown state"))?,
-                created_at: created_at
-                    .parse()
-                    .map_err(|_| corrupt("created_at is not a number"))?,
+                created_at,
+                updated_at: updated_at
+                    .and_then(|u| u.parse::<f64>().ok())
+                    .map_or(created_at, |u| u as u64),
             });
         }
         Ok(out)
@@ -694,26 +705,47 @@ impl Store for RedisStore {
         let mut connection = self.inner.connection.clone();
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.header_key(&member))
-            .arg(&["run_id", "state", "created_at"])
+            .arg(&["run_id", "state", "created_at", "updated_at"])
             .query_async(&mut connection)
             .await
             .map_err(|e| store_error("summary", key, e))?;
-        let [run_id, state, created_at]: [Option<String>; 3] = fields.try_into().map_err(|_| {
-            store_error("summary", key, "HMGET returned the wrong number of fields")
-        })?;
+        let [run_id, state, created_at, updated_at]: [Option<String>; 4] =
+            fields.try_into().map_err(|_| {
+                store_error("summary", key, "HMGET returned the wrong number of fields")
+            })?;
         let (Some(run_id), Some(state), Some(created_at)) = (run_id, state, created_at) else {
             return Ok(None);
         };
+        let created_at: u64 = created_at
+            .parse()
+            .map_err(|_| store_error("summary", key, "the stored created_at is not a number"))?;
         Ok(Some(TransactionSummary {
             key: key.clone(),
             run_id: run_id.into(),
             state: parse_state(&state).ok_or_else(|| {
                 store_error("summary", key, format!("unknown stored state {state}"))
             })?,
-            created_at: created_at.parse().map_err(|_| {
-                store_error("summary", key, "the stored created_at is not a number")
-            })?,
+            created_at,
+            // Written before updated_at existed: the creation time is the best known.
+            updated_at: updated_at
+                .and_then(|u| u.parse::<f64>().ok())
+                .map_or(created_at, |u| u as u64),
         }))
+    }
+
+    // ---- executions listing and retention (issue 4): see listing.rs ----
+    async fn list(
+        &self,
+        filter: &gorgon_orchestration::TransactionFilter,
+    ) -> gorgon_orchestration::Result<gorgon_orchestration::TransactionPage> {
+        self.list_page(filter).await
+    }
+
+    async fn purge_finished(
+        &self,
+        purge: &gorgon_orchestration::Purge,
+    ) -> gorgon_orchestration::Result<u64> {
+        self.purge_page(purge).await
     }
 }
 

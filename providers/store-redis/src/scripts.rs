@@ -28,8 +28,10 @@ if old then
   redis.call('ZREM', KEYS[STATES[old]], ARGV[1])
 end
 redis.call('DEL', KEYS[1], KEYS[2])
+local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'workflow', ARGV[5], 'id', ARGV[6], 'run_id', ARGV[2],
-           'payload', ARGV[3], 'created_at', ARGV[4], 'state', 'not_started')
+           'payload', ARGV[3], 'created_at', ARGV[4], 'state', 'not_started',
+           'updated_at', t[1] * 1000 + math.floor(t[2] / 1000))
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
@@ -58,8 +60,26 @@ if new ~= '' then
     local created = redis.call('HGET', KEYS[1], 'created_at')
     if old and STATES[old] then redis.call('ZREM', KEYS[STATES[old]], ARGV[1]) end
     redis.call('ZADD', KEYS[STATES[new]], created, ARGV[1])
-    redis.call('HSET', KEYS[1], 'state', new)
+    local t = redis.call('TIME')
+    redis.call('HSET', KEYS[1], 'state', new, 'updated_at', t[1] * 1000 + math.floor(t[2] / 1000))
   end
 end
 return len
+";
+
+/// KEYS: header, log, workflow index, the `done`, `reverted` and `failed` state indexes.
+/// ARGV: member, the cut (Unix ms).
+/// Deletes a finished transaction last updated before the cut (header, log, index entries);
+/// returns 1 when it did, 0 when the transaction is gone, unfinished, or newer (a new run may
+/// have started since it was chosen).
+pub(crate) const PURGE: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'state', 'updated_at', 'created_at')
+local index = ({done = 4, reverted = 5, failed = 6})[f[1] or '']
+if not index then return 0 end
+local updated = tonumber(f[2] or f[3])
+if not updated or updated >= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[index], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
 ";

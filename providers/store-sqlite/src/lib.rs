@@ -42,6 +42,9 @@
 //! file) exactly one wins, and the other gets
 //! [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
 //!
+//! Listing and retention (`Store::list`, `Store::purge_finished`) use the indexes of
+//! `migrations/0002_listing.sql`; a purge is one SQLite transaction on the write connection.
+//!
 //! # Durability modes and what survives a crash
 //!
 //! - [`Durability::EveryStep`] (the default): each `append` is its own commit (an `fsync` of the
@@ -77,6 +80,9 @@ use sqlx::sqlite::{
 use tokio::sync::{mpsc, oneshot};
 
 use gorgon_orchestration::log_rows::{self as row, EncodedAppend, encode, now_millis};
+use gorgon_orchestration::sql_listing::{self, Dialect, SqlParam};
+use gorgon_orchestration::{Purge, TransactionFilter, TransactionPage};
+use sqlx::AssertSqlSafe;
 
 /// The file used when the options name none.
 pub const DEFAULT_PATH: &str = "gorgon.db";
@@ -605,15 +611,15 @@ impl Store for SqliteStore {
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
-        let row: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT run_id, state, created_at FROM transactions WHERE workflow = ?1 AND transaction_id = ?2",
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT run_id, state, created_at, updated_at FROM transactions WHERE workflow = ?1 AND transaction_id = ?2",
         )
         .bind(key.workflow.as_ref())
         .bind(key.id.as_ref())
         .fetch_optional(&self.inner.reader)
         .await
         .map_err(|e| store_error("summary", key, e))?;
-        let Some((run_id, state, created_at)) = row else {
+        let Some((run_id, state, created_at, updated_at)) = row else {
             return Ok(None);
         };
         Ok(Some(TransactionSummary {
@@ -621,6 +627,88 @@ impl Store for SqliteStore {
             run_id: Arc::from(run_id),
             state: row::state(key, &state)?,
             created_at: u64::try_from(created_at).unwrap_or(0),
+            updated_at: u64::try_from(updated_at).unwrap_or(0),
         }))
     }
+
+    // ---- executions listing and retention (issue 4) ----
+    async fn list(
+        &self,
+        filter: &TransactionFilter,
+    ) -> gorgon_orchestration::Result<TransactionPage> {
+        let statement = sql_listing::list(filter, Dialect::Sqlite)?;
+        let rows: Vec<(String, String, String, String, i64, i64)> = bind_all(
+            sqlx::query_as(AssertSqlSafe(statement.sql)),
+            &statement.params,
+        )
+        .fetch_all(&self.inner.reader)
+        .await
+        .map_err(|e| query_error("list", e))?;
+        let items = rows
+            .into_iter()
+            .map(|(w, id, run, state, created, updated)| {
+                sql_listing::summary(w, id, run, &state, created, updated)
+            })
+            .collect::<gorgon_orchestration::Result<Vec<_>>>()?;
+        Ok(TransactionPage::from_sorted(items, filter.limit))
+    }
+
+    async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
+        let candidates = sql_listing::purge_candidates(purge, Dialect::Sqlite);
+        let result: Result<u64, sqlx::Error> = async {
+            let mut tx = self.inner.writer.begin().await?;
+            let doomed: Vec<(String, String)> = bind_all(
+                sqlx::query_as(AssertSqlSafe(candidates.sql)),
+                &candidates.params,
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            if doomed.is_empty() {
+                return Ok(0);
+            }
+            let keys =
+                serde_json::to_string(&doomed).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            sqlx::query(
+                "DELETE FROM transaction_log WHERE (workflow, transaction_id) IN \
+                 (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
+            )
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
+            let deleted = sqlx::query(
+                "DELETE FROM transactions WHERE (workflow, transaction_id) IN \
+                 (SELECT value ->> 0, value ->> 1 FROM json_each(?1)) \
+                 AND state IN ('done', 'reverted', 'failed')",
+            )
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(deleted)
+        }
+        .await;
+        result.map_err(|e| query_error("purge", e))
+    }
+}
+
+fn query_error(operation: &'static str, error: impl ToString) -> StoreError {
+    StoreError::StoreQuery {
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// Binds a statement's values in order.
+fn bind_all<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>,
+    params: &'q [SqlParam],
+) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments> {
+    for param in params {
+        query = match param {
+            SqlParam::Text(text) => query.bind(text.as_str()),
+            SqlParam::Int(int) => query.bind(*int),
+        };
+    }
+    query
 }

@@ -115,6 +115,18 @@ impl Store for JsonStore {
     async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
         self.inner.renew(lease).await
     }
+    async fn list(
+        &self,
+        filter: &gorgon_orchestration::TransactionFilter,
+    ) -> gorgon_orchestration::Result<gorgon_orchestration::TransactionPage> {
+        self.inner.list(filter).await
+    }
+    async fn purge_finished(
+        &self,
+        purge: &gorgon_orchestration::Purge,
+    ) -> gorgon_orchestration::Result<u64> {
+        self.inner.purge_finished(purge).await
+    }
 }
 
 /// Waits (up to 5 s) until `done` holds; for what async steps do in their own tasks.
