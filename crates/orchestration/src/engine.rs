@@ -351,6 +351,7 @@ impl EngineOptions {
         let relay = self.relay.map(|r| RelayLink::start(r, events.clone())); // relay
         Engine {
             inner: Arc::new(Inner {
+                pipelined: self.store.pipelined(),
                 store: self.store,
                 clock: self.clock,
                 worker: self.worker,
@@ -380,6 +381,7 @@ impl fmt::Debug for Engine {
 
 struct Inner {
     store: Arc<dyn Store>,
+    pipelined: bool,
     clock: Arc<dyn Clock>,
     worker: WorkerOptions,
     workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
@@ -407,6 +409,17 @@ struct Cell {
     handler: Arc<dyn Handler>,
     epoch: AtomicU64,
     held: AtomicBool,
+    writes: Mutex<WriteQueue>,
+    written: tokio::sync::Notify,
+}
+
+/// Records waiting for the transaction's append in flight, with pipelined stores.
+#[derive(Default)]
+struct WriteQueue {
+    create: Option<(TransactionHeader, Lease)>,
+    queued: Vec<Record>,
+    running: bool,
+    error: Option<Error>,
 }
 
 impl Cell {
@@ -420,6 +433,8 @@ impl Cell {
             handler,
             epoch: AtomicU64::new(epoch),
             held: AtomicBool::new(epoch > 0),
+            writes: Mutex::new(WriteQueue::default()),
+            written: tokio::sync::Notify::new(),
         }
     }
     fn epoch(&self) -> u64 {
@@ -605,11 +620,17 @@ impl Engine {
             payload: payload.clone(),
             created_at: self.now(),
         };
-        let epoch = self
-            .inner
-            .store
-            .create(&header, Some(&self.lease()))
-            .await?;
+        // A generated id cannot be taken, so its creation travels with its first append (one
+        // write fewer); a chosen id is created first, so a taken one is refused up front.
+        let deferred = !chosen;
+        let epoch = if deferred {
+            1
+        } else {
+            self.inner
+                .store
+                .create(&header, Some(&self.lease()))
+                .await?
+        };
         let tx = Transaction::new(registered.flow.clone(), key.id.clone(), run_id, payload);
         let cell = Arc::new(Cell::new(
             key.clone(),
@@ -617,6 +638,9 @@ impl Engine {
             registered.handler.clone(),
             epoch,
         ));
+        if deferred {
+            cell.writes.lock().create = Some((header, self.lease()));
+        }
         let mut tx = cell.tx.lock().await;
         self.inner.live.lock().insert(key, cell.clone());
         let driven = self.drive(&cell, &mut tx, true).await;
@@ -801,6 +825,8 @@ impl Engine {
         tx: &mut Transaction,
         outcome: Result<()>,
     ) -> Result<Execution> {
+        let flushed = self.flush(cell).await;
+        let outcome = outcome.and(flushed);
         if let Err(error) = outcome {
             cell.held.store(false, Ordering::Release);
             self.retire(cell);
@@ -1138,6 +1164,75 @@ impl Engine {
         });
     }
 
+    /// Queues records behind the transaction's append in flight (pipelined stores): at most
+    /// one append per transaction is in flight, so its log stays in order, and what queues
+    /// meanwhile goes in the next one. A failed append stops the writes; [`flush`](Self::flush)
+    /// reports it.
+    fn write_behind(&self, cell: &Arc<Cell>, records: Vec<Record>) -> Result<()> {
+        let mut queue = cell.writes.lock();
+        if let Some(error) = queue.error.take() {
+            return Err(error);
+        }
+        if queue.queued.is_empty() {
+            queue.queued = records;
+        } else {
+            queue.queued.extend(records);
+        }
+        if !queue.running {
+            queue.running = true;
+            let store = self.inner.store.clone();
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (create, records) = {
+                        let mut queue = cell.writes.lock();
+                        if queue.queued.is_empty() || queue.error.is_some() {
+                            queue.queued.clear();
+                            queue.running = false;
+                            drop(queue);
+                            cell.written.notify_waiters();
+                            return;
+                        }
+                        (queue.create.take(), std::mem::take(&mut queue.queued))
+                    };
+                    let written = match create {
+                        Some((header, lease)) => store
+                            .create_and_append(&header, Some(&lease), &records)
+                            .await
+                            .map(drop),
+                        None => store.append(&cell.key, cell.epoch(), &records).await,
+                    };
+                    if let Err(error) = written {
+                        cell.writes.lock().error = Some(error);
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until every record queued for the transaction is durable (pipelined stores).
+    async fn flush(&self, cell: &Arc<Cell>) -> Result<()> {
+        if !self.inner.pipelined {
+            return Ok(());
+        }
+        loop {
+            let written = cell.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            {
+                let mut queue = cell.writes.lock();
+                if !queue.running {
+                    return match queue.error.take() {
+                        Some(error) => Err(error),
+                        None => Ok(()),
+                    };
+                }
+            }
+            written.await;
+        }
+    }
+
     fn retire(&self, cell: &Arc<Cell>) {
         let mut live = self.inner.live.lock();
         if live.get(&cell.key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
@@ -1170,12 +1265,20 @@ impl Engine {
         }
         let mut result = Ok(());
         if let Some(records) = records {
-            result = self
-                .inner
-                .store
-                .append(&cell.key, cell.epoch(), &records)
-                .await;
-            tx.recycle(records);
+            if self.inner.pipelined {
+                result = self.write_behind(cell, records);
+            } else {
+                let create = cell.writes.lock().create.take();
+                let store = &self.inner.store;
+                result = match create {
+                    Some((header, lease)) => store
+                        .create_and_append(&header, Some(&lease), &records)
+                        .await
+                        .map(drop),
+                    None => store.append(&cell.key, cell.epoch(), &records).await,
+                };
+                tx.recycle(records);
+            }
         }
         for effect in buffer.drain(..) {
             if result.is_err() {

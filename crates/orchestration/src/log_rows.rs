@@ -9,7 +9,7 @@ use crate::{Error as StoreError, Record, TransactionKey};
 /// One record, encoded for the log table.
 #[derive(Clone, Debug)]
 pub struct LogRow {
-    /// `transaction`, `step`, `response`, `error` or `timer`.
+    /// `transaction`, `step`, `response`, `error`, `timer`, or `records` for a packed row.
     pub kind: &'static str,
     /// The step index, for step and response records.
     pub step: Option<i64>,
@@ -91,6 +91,50 @@ pub fn encode(key: &TransactionKey, records: &[Record]) -> Result<EncodedAppend,
         rows.push(row);
     }
     Ok(EncodedAppend { rows, state })
+}
+
+/// Encodes the records of one append as a single row of kind `records` (a JSON array): for
+/// batched writes, where one append spans many step events and rows are what a commit costs.
+pub fn encode_packed(
+    key: &TransactionKey,
+    records: &[Record],
+) -> Result<EncodedAppend, StoreError> {
+    let state = records.iter().rev().find_map(|r| match r {
+        Record::Transaction(fields) => Some(fields.state.as_str()),
+        _ => None,
+    });
+    let record = serde_json::to_string(records).map_err(|e| store_error("append", key, e))?;
+    Ok(EncodedAppend {
+        rows: vec![LogRow {
+            kind: "records",
+            step: None,
+            side: None,
+            attempt: None,
+            record,
+        }],
+        state,
+    })
+}
+
+/// Decodes one log row: a record, or the JSON array of a packed row.
+pub fn decode_row(
+    key: &TransactionKey,
+    json: &str,
+    into: &mut Vec<Record>,
+) -> Result<(), StoreError> {
+    if json.trim_start().starts_with('[') {
+        let records: Vec<Record> = serde_json::from_str(json).map_err(|e| {
+            store_error(
+                "load",
+                key,
+                format!("a packed log row does not decode: {e}"),
+            )
+        })?;
+        into.extend(records);
+    } else {
+        into.push(decode(key, json)?);
+    }
+    Ok(())
 }
 
 /// Decodes one log record.

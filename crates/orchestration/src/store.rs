@@ -168,6 +168,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(TransactionKey, u64)>>;
     /// Extends every lease `lease.owner` holds to `lease.until`; returns how many.
     async fn renew(&self, lease: &Lease) -> Result<usize>;
+    /// Whether the engine may run a transaction's next steps before its last append is
+    /// durable (the store's batched mode). The engine then keeps at most one append per
+    /// transaction in flight, gathers what the steps record meanwhile into the next one, and
+    /// returns a transaction's outcome only once all of it is durable. A crash may then re-run
+    /// steps whose records were not yet durable (still with the same idempotency keys).
+    /// Default: `false`, every append durable before the engine goes on.
+    fn pipelined(&self) -> bool {
+        false
+    }
+    /// [`create`](Store::create) and a first [`append`](Store::append) at the new epoch, in one
+    /// write where the store can (pipelined stores use it for generated transaction ids, which
+    /// cannot be taken). Default: one after the other.
+    async fn create_and_append(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+        records: &[Record],
+    ) -> Result<u64> {
+        let epoch = self.create(header, lease).await?;
+        self.append(&header.key, epoch, records).await?;
+        Ok(epoch)
+    }
 
     // ---- executions listing and retention (issue 4): begin ----
     /// A page of transaction summaries matching `filter`, newest first (`created_at`

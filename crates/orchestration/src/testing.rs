@@ -84,6 +84,7 @@ where
     enqueued_transactions_are_due_at_once(make().await).await;
     renewed_leases_are_kept_and_lapsed_ones_taken_over(make().await).await;
     finishing_ends_the_lease(make().await).await;
+    create_and_append_writes_both(make().await).await;
     // executions listing and retention (issue 4)
     listings_page_newest_first_with_filters(make().await).await;
     purge_deletes_only_old_finished_transactions(make().await).await;
@@ -755,7 +756,10 @@ pub async fn purge_deletes_only_old_finished_transactions(store: Arc<dyn Store>)
     left.sort();
     assert_eq!(left, vec!["recent".to_string(), "running".to_string()]);
     let again = header(&workflow, "old-0", "second");
-    store.create(&again, None).await.expect("a purged id runs again");
+    store
+        .create(&again, None)
+        .await
+        .expect("a purged id runs again");
     let stored = store.load(&again.key).await.expect("load").expect("exists");
     assert!(stored.records.is_empty());
 }
@@ -852,4 +856,34 @@ pub async fn the_engine_lists_details_and_purges_runs(store: Arc<dyn Store>) {
         engine.get(&workflow, &ids[0]).await,
         Err(Error::TransactionNotFound { .. })
     ));
+}
+
+/// `create_and_append` writes the header and the first records at the creation's epoch; an id
+/// whose transaction is unfinished is refused with `AlreadyStarted`, and nothing is appended.
+pub async fn create_and_append_writes_both(store: Arc<dyn Store>) {
+    let h = header(&unique("both"), "t", "run");
+    let epoch = store
+        .create_and_append(
+            &h,
+            Some(&lease("a", u64::MAX)),
+            &[fields(TransactionState::Invoking)],
+        )
+        .await
+        .expect("create and append");
+    let stored = store.load(&h.key).await.expect("load").expect("exists");
+    assert_eq!(stored.header.run_id.as_ref(), "run");
+    assert_eq!(stored.records, vec![fields(TransactionState::Invoking)]);
+    match store
+        .create_and_append(&h, None, &[fields(TransactionState::Done)])
+        .await
+    {
+        Err(Error::AlreadyStarted { .. }) => {}
+        other => panic!("expected AlreadyStarted, got {other:?}"),
+    }
+    store
+        .append(&h.key, epoch, &[fields(TransactionState::Done)])
+        .await
+        .expect("the creator appends at its epoch");
+    let stored = store.load(&h.key).await.expect("load").expect("exists");
+    assert_eq!(stored.records.len(), 2, "the refused call appended nothing");
 }

@@ -85,7 +85,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use gorgon_orchestration::log_rows::{self as row, EncodedAppend, encode, now_millis};
+use gorgon_orchestration::log_rows::{
+    self as row, EncodedAppend, encode, encode_packed, now_millis,
+};
 use gorgon_orchestration::sql_listing::{self, Dialect, SqlParam};
 use gorgon_orchestration::{Purge, TransactionFilter, TransactionPage};
 
@@ -220,6 +222,7 @@ struct Inner {
 #[derive(Debug)]
 struct Pending {
     key: TransactionKey,
+    create: Option<NewTransaction>,
     epoch: u64,
     append: EncodedAppend,
     reply: oneshot::Sender<Result<Written, String>>,
@@ -423,12 +426,109 @@ enum Written {
     Fenced,
     /// The transaction was never created: nothing written.
     Missing,
+    /// Its transaction was to be created with it, but the id is taken: nothing written.
+    Taken,
+}
+
+/// A transaction to create in the same commit as its first append.
+#[derive(Debug)]
+struct NewTransaction {
+    run_id: String,
+    payload: String,
+    created_at: i64,
+    owner: Option<String>,
+    until: i64,
+}
+
+/// Inserts the transactions created with their first append (generated ids), returning the
+/// keys inserted; a taken id is left alone.
+const CREATE_MANY_SQL: &str = r#"
+INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
+                          updated_at, next_seq, owner, lease_until, epoch, wake_at)
+SELECT d.workflow, d.transaction_id, d.run_id, 'not_started', d.payload::jsonb, d.created_at,
+       $6, 0, NULLIF(d.owner, ''), d.until, 1, NULL
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::text[], $8::int8[])
+       AS d(workflow, transaction_id, run_id, payload, created_at, owner, until)
+ON CONFLICT (workflow, transaction_id) DO NOTHING
+RETURNING workflow, transaction_id
+"#;
+
+/// Writes a batch in one database transaction: first the transactions created with their
+/// first append, then every append.
+async fn write_batch_creating(
+    pool: &PgPool,
+    batch: &[(
+        &TransactionKey,
+        u64,
+        &EncodedAppend,
+        Option<&NewTransaction>,
+    )],
+) -> Result<Vec<Written>, sqlx::Error> {
+    let mut conn = pool.begin().await?;
+    let mut taken = vec![false; batch.len()];
+    let creates: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].3.is_some()).collect();
+    if !creates.is_empty() {
+        let column = |f: &dyn Fn(&TransactionKey, &NewTransaction) -> String| -> Vec<String> {
+            creates
+                .iter()
+                .map(|&i| f(batch[i].0, batch[i].3.expect("a create")))
+                .collect()
+        };
+        let workflows = column(&|k, _| k.workflow.to_string());
+        let ids = column(&|k, _| k.id.to_string());
+        let runs = column(&|_, n| n.run_id.clone());
+        let payloads = column(&|_, n| n.payload.clone());
+        let owners = column(&|_, n| n.owner.clone().unwrap_or_default());
+        let created: Vec<i64> = creates
+            .iter()
+            .map(|&i| batch[i].3.expect("a create").created_at)
+            .collect();
+        let until: Vec<i64> = creates
+            .iter()
+            .map(|&i| batch[i].3.expect("a create").until)
+            .collect();
+        let inserted: Vec<(String, String)> = sqlx::query_as(CREATE_MANY_SQL)
+            .bind(&workflows)
+            .bind(&ids)
+            .bind(&runs)
+            .bind(&payloads)
+            .bind(&created)
+            .bind(now_millis())
+            .bind(&owners)
+            .bind(&until)
+            .fetch_all(&mut *conn)
+            .await?;
+        let inserted: std::collections::HashSet<(String, String)> = inserted.into_iter().collect();
+        for (n, &i) in creates.iter().enumerate() {
+            if !inserted.contains(&(workflows[n].clone(), ids[n].clone())) {
+                taken[i] = true;
+            }
+        }
+    }
+    let appends: Vec<(&TransactionKey, u64, &EncodedAppend)> = batch
+        .iter()
+        .zip(&taken)
+        .filter(|(_, taken)| !**taken)
+        .map(|((key, epoch, append, _), _)| (*key, *epoch, *append))
+        .collect();
+    let mut written = write_batch(&mut conn, &appends).await?.into_iter();
+    conn.commit().await?;
+    Ok(taken
+        .into_iter()
+        .map(|taken| {
+            if taken {
+                Written::Taken
+            } else {
+                written.next().unwrap_or(Written::Missing)
+            }
+        })
+        .collect())
 }
 
 /// Writes appends (of any transactions) in one statement, one commit. An append whose epoch is
 /// stale, or whose transaction does not exist, writes nothing; the others are unaffected.
 async fn write_batch(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     batch: &[(&TransactionKey, u64, &EncodedAppend)],
 ) -> Result<Vec<Written>, sqlx::Error> {
     let mut index: HashMap<&TransactionKey, usize> = HashMap::new();
@@ -484,7 +584,7 @@ async fn write_batch(
             .bind(&attempt)
             .bind(&record)
             .bind(&epochs)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await;
         match result {
             Ok(found) => break found,
@@ -511,7 +611,7 @@ async fn write_batch(
             )
             .bind(workflows[k])
             .bind(ids[k])
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             if exists.is_some() {
                 written[k] = Written::Fenced;
@@ -534,9 +634,16 @@ async fn run_writer(
         if queue.lock().await.recv_many(&mut batch, max).await == 0 {
             return;
         }
-        let refs: Vec<(&TransactionKey, u64, &EncodedAppend)> =
-            batch.iter().map(|p| (&p.key, p.epoch, &p.append)).collect();
-        let result = write_batch(&pool, &refs).await;
+        let refs: Vec<(
+            &TransactionKey,
+            u64,
+            &EncodedAppend,
+            Option<&NewTransaction>,
+        )> = batch
+            .iter()
+            .map(|p| (&p.key, p.epoch, &p.append, p.create.as_ref()))
+            .collect();
+        let result = write_batch_creating(&pool, &refs).await;
         drop(refs);
         match result {
             Ok(written) => {
@@ -629,48 +736,33 @@ impl Store for PostgresStore {
         epoch: u64,
         records: &[Record],
     ) -> gorgon_orchestration::Result<()> {
-        let append = encode(key, records)?;
-        let n = append.rows.len() as u64;
-        let written = match &self.inner.queue {
-            None => {
-                let written = write_batch(&self.inner.pool, &[(key, epoch, &append)])
-                    .await
-                    .map_err(|e| store_error("append", key, e))?;
-                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
-                written[0]
-            }
-            Some(queue) => {
-                let (reply, answer) = oneshot::channel();
-                let pending = Pending {
-                    key: key.clone(),
-                    epoch,
-                    append,
-                    reply,
-                };
-                queue
-                    .send(pending)
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?;
-                answer
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?
-                    .map_err(|reason| store_error("append", key, reason))?
-            }
+        self.write(key, epoch, records, None).await
+    }
+
+    fn pipelined(&self) -> bool {
+        self.inner.queue.is_some()
+    }
+
+    async fn create_and_append(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+        records: &[Record],
+    ) -> gorgon_orchestration::Result<u64> {
+        let key = &header.key;
+        let payload = header
+            .payload
+            .to_json()
+            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
+        let create = NewTransaction {
+            run_id: header.run_id.to_string(),
+            payload: payload.to_string(),
+            created_at: millis(header.created_at),
+            owner: lease.map(|l| l.owner.to_string()),
+            until: lease.map_or(0, |l| millis(l.until)),
         };
-        match written {
-            Written::Yes => {}
-            Written::Fenced => return Err(fenced(key, epoch)),
-            Written::Missing => {
-                return Err(store_error(
-                    "append",
-                    key,
-                    "the transaction was never created",
-                ));
-            }
-        }
-        self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
-        self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
-        Ok(())
+        self.write(key, 1, records, Some(create)).await?;
+        Ok(1)
     }
 
     async fn load(
@@ -703,9 +795,10 @@ impl Store for PostgresStore {
             payload: Data::json(payload),
             created_at: u64::try_from(created_at).unwrap_or(0),
         };
-        let records = rows
-            .map(|row| row::decode(key, &get(&row, "body")?))
-            .collect::<gorgon_orchestration::Result<Vec<_>>>()?;
+        let mut records = Vec::new();
+        for row in rows {
+            row::decode_row(key, &get(&row, "body")?, &mut records)?;
+        }
         Ok(Some(StoredTransaction { header, records }))
     }
 
@@ -933,6 +1026,87 @@ fn millis(at: u64) -> i64 {
 }
 
 impl PostgresStore {
+    /// An append (with, in batched mode, the creation of its transaction), every-step or
+    /// through the batch writers.
+    async fn write(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        records: &[Record],
+        create: Option<NewTransaction>,
+    ) -> gorgon_orchestration::Result<()> {
+        let n = records.len() as u64;
+        let written = match &self.inner.queue {
+            None if create.is_some() => {
+                // The creation and the first append in one commit.
+                let append = encode(key, records)?;
+                let written = write_batch_creating(
+                    &self.inner.pool,
+                    &[(key, epoch, &append, create.as_ref())],
+                )
+                .await
+                .map_err(|e| store_error("create", key, e))?;
+                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                written[0]
+            }
+            None => {
+                let append = encode(key, records)?;
+                let mut conn = self
+                    .inner
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(|e| store_error("append", key, e))?;
+                let written = write_batch(&mut conn, &[(key, epoch, &append)])
+                    .await
+                    .map_err(|e| store_error("append", key, e))?;
+                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                written[0]
+            }
+            Some(queue) => {
+                // Batched: one row holds the whole append (many step events of one
+                // transaction), so a commit of many transactions stays small.
+                let append = encode_packed(key, records)?;
+                let (reply, answer) = oneshot::channel();
+                let pending = Pending {
+                    key: key.clone(),
+                    create,
+                    epoch,
+                    append,
+                    reply,
+                };
+                queue
+                    .send(pending)
+                    .await
+                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?;
+                answer
+                    .await
+                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?
+                    .map_err(|reason| store_error("append", key, reason))?
+            }
+        };
+        match written {
+            Written::Yes => {}
+            Written::Fenced => return Err(fenced(key, epoch)),
+            Written::Taken => {
+                return Err(StoreError::AlreadyStarted {
+                    workflow: key.workflow.to_string(),
+                    transaction: key.id.to_string(),
+                });
+            }
+            Written::Missing => {
+                return Err(store_error(
+                    "append",
+                    key,
+                    "the transaction was never created",
+                ));
+            }
+        }
+        self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn claim_once(
         &self,
         key: &TransactionKey,
