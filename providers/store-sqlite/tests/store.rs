@@ -104,7 +104,7 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
                 second.clone()
             };
             let h = header(id);
-            tokio::spawn(async move { store.create(&h).await.map(|()| h.run_id) })
+            tokio::spawn(async move { store.create(&h, None).await.map(|e| (h.run_id, e)) })
         });
         let results: Vec<_> = futures::future::join_all(attempts)
             .await
@@ -123,11 +123,12 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
         }
         let stored = second.load(&key).await.expect("load").expect("exists");
         assert_eq!(
-            &stored.header.run_id, winners[0],
+            &stored.header.run_id, &winners[0].0,
             "the winner's run is stored"
         );
+        assert_eq!(winners[0].1, round + 1, "a new run is one epoch later");
         first
-            .append(&key, &[step(1), state(TransactionState::Done)])
+            .append(&key, winners[0].1, &[step(1), state(TransactionState::Done)])
             .await
             .expect("finish");
     }
@@ -140,7 +141,7 @@ async fn batched_appends_of_200_transactions_share_commits() {
     let (store, _dir) = connect(Durability::Batched).await;
     let ids: Vec<String> = (0..200).map(|i| format!("batch-{i}")).collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     let started = Instant::now();
     let tasks = ids.iter().map(|id| {
@@ -148,10 +149,10 @@ async fn batched_appends_of_200_transactions_share_commits() {
         let key = TransactionKey::new("sqlite-test", id.as_str());
         tokio::spawn(async move {
             store
-                .append(&key, &[state(TransactionState::Invoking)])
+                .append(&key, 1, &[state(TransactionState::Invoking)])
                 .await?;
             for n in 1..=9 {
-                store.append(&key, &[step(n)]).await?;
+                store.append(&key, 1, &[step(n)]).await?;
             }
             Ok::<_, StoreError>(())
         })
@@ -191,7 +192,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
     let (store, _dir) = connect(Durability::Batched).await;
     let ids: Vec<String> = (0..20).map(|i| format!("mixed-{i}")).collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     let ghost = TransactionKey::new("sqlite-test", "ghost");
     let appends = ids
@@ -200,7 +201,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
         .chain(std::iter::once(ghost.clone()))
         .map(|key| {
             let store = store.clone();
-            tokio::spawn(async move { (store.append(&key, &[step(1)]).await, key) })
+            tokio::spawn(async move { (store.append(&key, 1, &[step(1)]).await, key) })
         });
     for result in futures::future::join_all(appends).await {
         let (result, key) = result.expect("task");
@@ -226,7 +227,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let (store, _dir) = connect(Durability::Batched).await;
     let ids: Vec<String> = (0..50).map(|i| format!("doomed-{i}")).collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     sqlx::query("DROP TABLE transaction_log")
         .execute(store.pool())
@@ -235,7 +236,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let appends = ids.iter().map(|id| {
         let store = store.clone();
         let key = TransactionKey::new("sqlite-test", id.as_str());
-        tokio::spawn(async move { store.append(&key, &[step(1)]).await })
+        tokio::spawn(async move { store.append(&key, 1, &[step(1)]).await })
     });
     for result in futures::future::join_all(appends).await {
         let error = result.expect("task").expect_err("the commit failed");
@@ -268,7 +269,7 @@ type LogRow = (i64, String, Option<i64>, Option<String>, Option<i64>);
 async fn log_rows_are_keyed_by_step_side_and_attempt() {
     let (store, _dir) = connect(Durability::EveryStep).await;
     let h = header("columns");
-    store.create(&h).await.expect("create");
+    let epoch = store.create(&h, None).await.expect("create");
     let mut compensating = StepRun {
         attempts: 2,
         compensating: true,
@@ -292,8 +293,14 @@ async fn log_rows_are_keyed_by_step_side_and_attempt() {
             error: StepError::new("declined"),
         }),
     ];
-    store.append(&h.key, &records[..2]).await.expect("append");
-    store.append(&h.key, &records[2..]).await.expect("append");
+    store
+        .append(&h.key, epoch, &records[..2])
+        .await
+        .expect("append");
+    store
+        .append(&h.key, epoch, &records[2..])
+        .await
+        .expect("append");
     let rows: Vec<LogRow> = sqlx::query_as(
         "SELECT seq, kind, CAST(step AS BIGINT), side, CAST(attempt AS BIGINT) FROM transaction_log \
          WHERE workflow = ?1 AND transaction_id = ?2 ORDER BY seq",
@@ -364,12 +371,12 @@ async fn child_writes_then_exits() {
         run_id: Arc::from(mode),
         ..header(mode)
     };
-    store.create(&h).await.expect("create");
+    let epoch = store.create(&h, None).await.expect("create");
     store
-        .append(&h.key, &[state(TransactionState::Invoking), step(1)])
+        .append(&h.key, epoch, &[state(TransactionState::Invoking), step(1)])
         .await
         .expect("append");
-    store.append(&h.key, &[step(2)]).await.expect("append");
+    store.append(&h.key, epoch, &[step(2)]).await.expect("append");
     std::process::exit(0);
 }
 
