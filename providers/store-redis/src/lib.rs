@@ -102,7 +102,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gorgon_orchestration::store::{
-    StoredTransaction, TransactionHeader, TransactionKey, TransactionSummary,
+    Claim, Lease, StoredTransaction, TransactionHeader, TransactionKey, TransactionSummary, fenced,
 };
 use gorgon_orchestration::{Data, Record, Store, TransactionState};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -110,7 +110,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::scripts::STATES;
-use crate::writer::{AppendCall, Call, CreateCall, Job};
+use crate::writer::{AppendCall, Call, CreateCall, Job, StoreKeys};
 
 /// Everything that can go wrong outside the [`Store`] methods (which return the orchestration
 /// crate's error).
@@ -258,7 +258,7 @@ pub struct RedisStore {
 struct Inner {
     connection: ConnectionManager,
     prefix: String,
-    state_keys: Arc<[String; 7]>,
+    keys: Arc<StoreKeys>,
     stats: Arc<Counters>,
     batch: Option<mpsc::Sender<Job>>,
 }
@@ -360,7 +360,10 @@ impl RedisStore {
             .await
             .map_err(fail)?;
         let prefix = options.prefix.clone();
-        let state_keys = Arc::new(STATES.map(|s| format!("{prefix}by-state:{s}")));
+        let keys = Arc::new(StoreKeys {
+            prefix: prefix.clone(),
+            states: STATES.map(|s| format!("{prefix}by-state:{s}")),
+        });
         let stats = Arc::new(Counters::default());
         let batch = match options.durability {
             Durability::EveryStep => None,
@@ -369,7 +372,7 @@ impl RedisStore {
                 tokio::spawn(writer::run(
                     receiver,
                     connection.clone(),
-                    state_keys.clone(),
+                    keys.clone(),
                     stats.clone(),
                     options.max_batch,
                 ));
@@ -380,7 +383,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 connection,
                 prefix,
-                state_keys,
+                keys,
                 stats,
                 batch,
             }),
@@ -410,7 +413,26 @@ impl RedisStore {
     }
 
     fn workflow_key(&self, workflow: &str) -> String {
-        let mut key = format!("{}by-workflow:", self.inner.prefix);
+        self.per_workflow("by-workflow:", workflow)
+    }
+
+    /// The index of a workflow's parked transactions, by wake-up time.
+    fn parked_key(&self, workflow: &str) -> String {
+        self.per_workflow("parked:", workflow)
+    }
+
+    /// The index of a workflow's owned transactions, by lease end.
+    fn leased_key(&self, workflow: &str) -> String {
+        self.per_workflow("leased:", workflow)
+    }
+
+    /// The set of the transactions one worker holds.
+    fn owned_key(&self, owner: &str) -> String {
+        format!("{}owned:{owner}", self.inner.prefix)
+    }
+
+    fn per_workflow(&self, kind: &str, workflow: &str) -> String {
+        let mut key = format!("{}{kind}", self.inner.prefix);
         encode(workflow, &mut key);
         key
     }
@@ -435,7 +457,7 @@ impl RedisStore {
                 counter.fetch_add(1, Ordering::Relaxed);
                 stats.round_trips.fetch_add(1, Ordering::Relaxed);
                 let mut connection = self.inner.connection.clone();
-                call.command(&self.inner.state_keys)
+                call.command(&self.inner.keys)
                     .query_async::<i64>(&mut connection)
                     .await
                     .map_err(|e| e.to_string())
@@ -565,7 +587,11 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn create(&self, header: &TransactionHeader) -> gorgon_orchestration::Result<()> {
+    async fn create(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+    ) -> gorgon_orchestration::Result<u64> {
         let key = &header.key;
         let member = member(key);
         let payload = header
@@ -576,30 +602,33 @@ impl Store for RedisStore {
             header: self.header_key(&member),
             log: self.log_key(&member),
             workflow_index: self.workflow_key(&key.workflow),
+            parked: self.parked_key(&key.workflow),
+            leased: self.leased_key(&key.workflow),
             member,
             run_id: header.run_id.to_string(),
             payload: payload.to_string(),
             created_at: header.created_at,
             workflow: key.workflow.to_string(),
             id: key.id.to_string(),
+            lease: lease.map(|l| (l.owner.to_string(), l.until)),
         });
-        let created = self
+        let epoch = self
             .write(call)
             .await
             .map_err(|reason| store_error("create", key, reason))?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(gorgon_orchestration::Error::AlreadyStarted {
+        match u64::try_from(epoch) {
+            Ok(epoch) if epoch >= 1 => Ok(epoch),
+            _ => Err(gorgon_orchestration::Error::AlreadyStarted {
                 workflow: key.workflow.to_string(),
                 transaction: key.id.to_string(),
-            })
+            }),
         }
     }
 
     async fn append(
         &self,
         key: &TransactionKey,
+        epoch: u64,
         records: &[Record],
     ) -> gorgon_orchestration::Result<()> {
         let member = member(key);
@@ -611,12 +640,15 @@ impl Store for RedisStore {
         let call = Call::Append(AppendCall {
             header: self.header_key(&member),
             log: self.log_key(&member),
+            parked: self.parked_key(&key.workflow),
+            leased: self.leased_key(&key.workflow),
             member,
+            epoch,
             state: batch_state(records),
             records: encoded,
         });
-        let length = self.write(call).await;
-        match length {
+        match self.write(call).await {
+            Ok(-2) => Err(fenced(key, epoch)),
             Ok(length) if length < 1 => Err(store_error(
                 "append",
                 key,
@@ -625,6 +657,135 @@ impl Store for RedisStore {
             Ok(_) => Ok(()),
             Err(reason) => Err(store_error("append", key, reason)),
         }
+    }
+
+    async fn claim(
+        &self,
+        key: &TransactionKey,
+        lease: &Lease,
+        now: u64,
+    ) -> gorgon_orchestration::Result<Claim> {
+        let member = member(key);
+        let mut connection = self.inner.connection.clone();
+        let (code, epoch, owner): (i64, i64, String) = redis::cmd("EVAL")
+            .arg(scripts::CLAIM)
+            .arg(3)
+            .arg(self.header_key(&member))
+            .arg(self.parked_key(&key.workflow))
+            .arg(self.leased_key(&key.workflow))
+            .arg(&member)
+            .arg(&self.inner.prefix)
+            .arg(lease.owner.as_ref())
+            .arg(lease.until)
+            .arg(now)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| store_error("claim", key, e))?;
+        Ok(match code {
+            1 => Claim::Granted {
+                epoch: u64::try_from(epoch).unwrap_or(0),
+            },
+            2 => Claim::Leased { owner },
+            _ => Claim::NotFound,
+        })
+    }
+
+    async fn release(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        wake_at: Option<u64>,
+    ) -> gorgon_orchestration::Result<()> {
+        let member = member(key);
+        let mut connection = self.inner.connection.clone();
+        let released: i64 = redis::cmd("EVAL")
+            .arg(scripts::RELEASE)
+            .arg(3)
+            .arg(self.header_key(&member))
+            .arg(self.parked_key(&key.workflow))
+            .arg(self.leased_key(&key.workflow))
+            .arg(&member)
+            .arg(&self.inner.prefix)
+            .arg(epoch)
+            .arg(wake_at.map_or_else(String::new, |at| at.to_string()))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| store_error("release", key, e))?;
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(fenced(key, epoch))
+        }
+    }
+
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        now: u64,
+        limit: usize,
+    ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
+        if workflows.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let failed = |reason: String| gorgon_orchestration::Error::Store {
+            operation: "claim_due",
+            transaction: format!(
+                "any due of {}",
+                workflows
+                    .iter()
+                    .map(|w| w.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            reason,
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(scripts::CLAIM_DUE).arg(workflows.len() * 2);
+        for workflow in workflows {
+            cmd.arg(self.parked_key(workflow))
+                .arg(self.leased_key(workflow));
+        }
+        cmd.arg(&self.inner.prefix)
+            .arg(lease.owner.as_ref())
+            .arg(lease.until)
+            .arg(now)
+            .arg(limit);
+        let mut connection = self.inner.connection.clone();
+        let flat: Vec<String> = cmd
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        flat.chunks(3)
+            .map(|chunk| match chunk {
+                [workflow, id, epoch] => Ok((
+                    TransactionKey::new(workflow.as_str(), id.as_str()),
+                    epoch
+                        .parse()
+                        .map_err(|_| failed(format!("epoch {epoch} is not a number")))?,
+                )),
+                _ => Err(failed("claim_due replied with a partial entry".into())),
+            })
+            .collect()
+    }
+
+    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
+        let mut connection = self.inner.connection.clone();
+        let renewed: i64 = redis::cmd("EVAL")
+            .arg(scripts::RENEW)
+            .arg(1)
+            .arg(self.owned_key(&lease.owner))
+            .arg(&self.inner.prefix)
+            .arg(lease.owner.as_ref())
+            .arg(lease.until)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| gorgon_orchestration::Error::Store {
+                operation: "renew",
+                transaction: format!("every one leased by {}", lease.owner),
+                reason: e.to_string(),
+            })?;
+        Ok(usize::try_from(renewed).unwrap_or(0))
     }
 
     async fn load(

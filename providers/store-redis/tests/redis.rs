@@ -106,13 +106,13 @@ async fn concurrent_creates_of_one_id_have_exactly_one_winner() {
                 .enumerate()
                 .map(|(i, store)| {
                     let h = header("race", &id, &format!("run-{i}"), 1);
-                    tokio::spawn(async move { (h.run_id.clone(), store.create(&h).await) })
+                    tokio::spawn(async move { (h.run_id.clone(), store.create(&h, None).await) })
                 })
                 .collect();
             let mut winners = Vec::new();
             for task in tasks {
                 match task.await.expect("task") {
-                    (run, Ok(())) => winners.push(run),
+                    (run, Ok(_)) => winners.push(run),
                     (_, Err(EngineError::AlreadyStarted { transaction, .. })) => {
                         assert_eq!(transaction, id)
                     }
@@ -150,21 +150,21 @@ async fn batched_appends_of_200_transactions_share_round_trips() {
         tasks.push(tokio::spawn(async move {
             let key = TransactionKey::new("batch", format!("tx-{tx}"));
             store
-                .create(&header("batch", &key.id, "run", tx as u64))
+                .create(&header("batch", &key.id, "run", tx as u64), None)
                 .await
                 .expect("create");
             store
-                .append(&key, &[state(TransactionState::Invoking)])
+                .append(&key, 1, &[state(TransactionState::Invoking)])
                 .await
                 .expect("append");
             for seq in 0..STEPS {
                 store
-                    .append(&key, &[response(tx, seq), response(tx, seq + 1000)])
+                    .append(&key, 1, &[response(tx, seq), response(tx, seq + 1000)])
                     .await
                     .expect("append");
             }
             store
-                .append(&key, &[state(TransactionState::Done)])
+                .append(&key, 1, &[state(TransactionState::Done)])
                 .await
                 .expect("append");
         }));
@@ -220,11 +220,15 @@ async fn a_new_instance_loads_what_another_wrote() {
     {
         let first = connect(&options).await;
         first
-            .create(&header("restart", "order-1", "run-1", 42))
+            .create(&header("restart", "order-1", "run-1", 42), None)
             .await
             .expect("create");
         first
-            .append(&key, &[state(TransactionState::Invoking), response(1, 1)])
+            .append(
+                &key,
+                1,
+                &[state(TransactionState::Invoking), response(1, 1)],
+            )
             .await
             .expect("append");
     }
@@ -247,13 +251,13 @@ async fn a_new_instance_loads_what_another_wrote() {
     // Unfinished: the restarted process may not start it again, but may continue it.
     assert!(matches!(
         second
-            .create(&header("restart", "order-1", "run-2", 43))
+            .create(&header("restart", "order-1", "run-2", 43), None)
             .await,
         Err(EngineError::AlreadyStarted { .. })
     ));
-    second.append(&key, &[]).await.expect("an empty append");
+    second.append(&key, 1, &[]).await.expect("an empty append");
     second
-        .append(&key, &[state(TransactionState::Done)])
+        .append(&key, 1, &[state(TransactionState::Done)])
         .await
         .expect("append");
     assert_eq!(
@@ -277,21 +281,21 @@ async fn listings_follow_the_indexes() {
     let store = connect(&options).await;
     for i in 0..5u64 {
         store
-            .create(&header("list:a", &format!("t{i}"), "r", 100 + i))
+            .create(&header("list:a", &format!("t{i}"), "r", 100 + i), None)
             .await
             .expect("create");
     }
     store
-        .create(&header("list:b", "t0", "r", 50))
+        .create(&header("list:b", "t0", "r", 50), None)
         .await
         .expect("create");
     let key = TransactionKey::new("list:a", "t1");
     store
-        .append(&key, &[state(TransactionState::Invoking)])
+        .append(&key, 1, &[state(TransactionState::Invoking)])
         .await
         .expect("append");
     store
-        .append(&key, &[state(TransactionState::Reverted)])
+        .append(&key, 1, &[state(TransactionState::Reverted)])
         .await
         .expect("append");
 
@@ -337,7 +341,7 @@ async fn listings_follow_the_indexes() {
 
     // A new run of the finished t1 is listed once, as not started.
     store
-        .create(&header("list:a", "t1", "r2", 200))
+        .create(&header("list:a", "t1", "r2", 200), None)
         .await
         .expect("rerun");
     let all_a = store
@@ -394,7 +398,7 @@ async fn bad_input_is_a_typed_error() {
     let options = options("corrupt", Durability::EveryStep);
     let store = connect(&options).await;
     store
-        .create(&header("corrupt", "t", "r", 1))
+        .create(&header("corrupt", "t", "r", 1), None)
         .await
         .expect("create");
     let client = redis::Client::open(options.url.as_str()).expect("client");
@@ -434,7 +438,7 @@ async fn bad_input_is_a_typed_error() {
         Err(EngineError::Store { reason, .. }) => assert!(reason.contains("marker"), "{reason}"),
         other => panic!("expected a store error, got {other:?}"),
     }
-    assert_eq!(store.clear().await.expect("clear"), 4);
+    assert_eq!(store.clear().await.expect("clear"), 5);
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", options.prefix))
         .query_async(&mut raw)

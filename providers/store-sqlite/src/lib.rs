@@ -501,10 +501,8 @@ async fn run_writer(
 ) {
     let mut batch = Vec::with_capacity(max);
     while queue.recv_many(&mut batch, max).await > 0 {
-        let refs: Vec<BatchAppend<'_>> = batch
-            .iter()
-            .map(|p| (&p.key, p.epoch, &p.append))
-            .collect();
+        let refs: Vec<BatchAppend<'_>> =
+            batch.iter().map(|p| (&p.key, p.epoch, &p.append)).collect();
         let result = write_batch(&pool, &refs).await;
         drop(refs);
         match result {

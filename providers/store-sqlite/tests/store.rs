@@ -128,7 +128,11 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
         );
         assert_eq!(winners[0].1, round + 1, "a new run is one epoch later");
         first
-            .append(&key, winners[0].1, &[step(1), state(TransactionState::Done)])
+            .append(
+                &key,
+                winners[0].1,
+                &[step(1), state(TransactionState::Done)],
+            )
             .await
             .expect("finish");
     }
@@ -376,7 +380,10 @@ async fn child_writes_then_exits() {
         .append(&h.key, epoch, &[state(TransactionState::Invoking), step(1)])
         .await
         .expect("append");
-    store.append(&h.key, epoch, &[step(2)]).await.expect("append");
+    store
+        .append(&h.key, epoch, &[step(2)])
+        .await
+        .expect("append");
     std::process::exit(0);
 }
 
