@@ -26,22 +26,54 @@
 //! `<member>` is `<workflow>:<id>` with `%` and `:` percent-encoded in each part, so any
 //! workflow name and id map to one key and back.
 //! ```text
-//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at, state}
+//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at,
+//!                                  state, epoch, owner?, until, wake_at?}
 //!  <prefix>log:<member>            list: the run id (marker), then one JSON entry per Record
 //!  <prefix>by-workflow:<workflow>  sorted set: <member> scored by created_at
 //!  <prefix>by-state:<state>        sorted set: <member> scored by created_at, one per state
+//!  <prefix>leased:<workflow>       sorted set: owned, unfinished <member>s scored by until
+//!  <prefix>parked:<workflow>       sorted set: unowned, unfinished <member>s with a wake-up
+//!                                  time, scored by wake_at
+//!  <prefix>owned:<owner>           set: the <member>s one worker holds
 //!
-//!  create  (Lua)    header exists and unfinished? → AlreadyStarted; else DEL old header +
-//!                   log, HSET header (state not_started), RPUSH run marker, ZADD indexes
-//!  append  (RPUSHX) a batch without a Transaction record: appended only if the log exists
-//!          (Lua)    a batch with one: header missing? → error; RPUSH each record, HSET
-//!                   state, move <member> between the state indexes
-//!  load    (MULTI/EXEC)  HMGET header + LRANGE log, one consistent snapshot
+//!  create     header exists and unfinished? → AlreadyStarted (0); else clear the old run from
+//!             the indexes and its owner's set, DEL old header + log, HSET header (state
+//!             not_started, epoch = old epoch + 1 or 1), RPUSH run marker, ZADD indexes; with a
+//!             lease: owner/until, ZADD leased, SADD owned; without: wake_at = created_at,
+//!             ZADD parked (due at once)
+//!  append     header missing? → -1; epoch ≠ ARGV epoch? → -2 (Fenced), nothing written;
+//!             RPUSH each record, HSET state and move <member> between the state indexes;
+//!             a finished state drops owner and wake_at (SREM owned, ZREM leased/parked)
+//!  claim      another owner whose until ≥ now? → Leased; else owner/until, epoch + 1 and
+//!             SREM/SADD between owner sets when the owner changes, HDEL wake_at, ZREM parked,
+//!             ZADD leased
+//!  release    epoch ≠ current? → Fenced; HDEL owner, SREM owned, ZREM leased; with a wake-up
+//!             time (and unfinished) HSET wake_at, ZADD parked
+//!  claim_due  per workflow: ZRANGEBYSCORE parked -inf now, then leased -inf (now, up to the
+//!             limit; each is taken as by claim, always epoch + 1
+//!  renew      SMEMBERS owned:<owner>; for each still held: HSET until, ZADD leased XX
+//!  load       (MULTI/EXEC) HMGET header + LRANGE log, one consistent snapshot
 //! ```
-//! Scripts are sent whole with `EVAL` (Redis caches them by hash), so a Redis that restarted or
-//! flushed its script cache needs nothing reloaded.
-//! Scripts declare every key they touch; on a Redis Cluster, put the prefix in braces
-//! (`{gorgon}:store:`) so all of a store's keys share one slot.
+//! Every write is one Lua script (the `scripts` module), so each check-and-set (the epoch of an
+//! append or release, the owner of a claim) is atomic on the server. Scripts are sent whole
+//! with `EVAL` (Redis caches them by hash), so a Redis that restarted or flushed its script
+//! cache needs nothing reloaded.
+//! Scripts declare the keys their caller names; the keys they find through stored data (the
+//! previous owner's set, the header of a member found in an index) they build from the prefix.
+//! On a Redis Cluster, put the prefix in braces (`{gorgon}:store:`) so all of a store's keys
+//! share one slot.
+//!
+//! # Leases, epochs and fencing
+//! Workers sharing a Redis and prefix share its transactions (see the `Store` docs in
+//! `gorgon_orchestration::store`). The owner's lease, the epoch and the wake-up time live in
+//! the header hash; the `leased`/`parked` sorted sets make `claim_due` a range read per
+//! workflow (no scan), and the per-owner set makes `renew` touch only the owner's transactions.
+//! An append carries its writer's epoch and is refused with
+//! [`Fenced`](gorgon_orchestration::Error::Fenced) when a claim moved the epoch on, in both
+//! durability modes: in a batched pipeline each append is its own script, so a fenced append
+//! fails alone and the others of the pipeline are written. Claims, releases, `claim_due` and
+//! `renew` are sent at once (not through the batch writer). Headers written before leases
+//! existed have no epoch (read as 1) and are in no lease index: a worker claims them by name.
 //!
 //! The log keeps one list entry per [`Record`] (not one per batch), so `LRANGE` hands back the
 //! records as they are; one `append` call is still one atomic command, one write.
@@ -57,8 +89,8 @@
 //!   under load, at the cost of waiting for the pipeline in flight. (Redis fsyncs once per
 //!   event-loop pass in either mode, so `appendfsync always` groups concurrent writes anyway.)
 //!
-//! In both modes each append is atomic (one command), the log of one transaction keeps append
-//! order, and the caller is acknowledged only after Redis applied its write. Measured on this
+//! In both modes each append is atomic (one script: the epoch check and the write), the log of
+//! one transaction keeps append order, and the caller is acknowledged only after Redis applied its write. Measured on this
 //! 2-core machine while other builds ran (load ~7), 5,000 transactions of a create and 12
 //! appends, 256 in flight (`examples/throughput.rs`, release): `every_step` 3,200-3,700
 //! transactions/s (one round trip per write), `batched` 3,800-4,500 transactions/s (about 45,000
@@ -87,10 +119,9 @@
 //! The [`Store`] contract of `gorgon_orchestration`: `create` refuses a second unfinished run of
 //! an id with `AlreadyStarted` (atomically: of two concurrent creates exactly one wins) and
 //! replaces a finished one; `append` is one atomic write; `load` returns the records in append
-//! order. Nothing expires by itself: retention is left to a later slice. The trait's `append`
-//! carries no run id, so an append from a finished run that arrives after a new run of the same
-//! id was created lands in the new run's log; the engine never appends to a finished run, and
-//! fencing of stale workers belongs to the lease work of the durable-engine issue.
+//! order; an append or release with a stale epoch is refused with `Fenced`. Nothing expires by
+//! itself: retention is left to a later slice. A new run of a finished id gets a newer epoch,
+//! so an append from the old run that arrives late is fenced too.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod scripts;

@@ -1,7 +1,7 @@
 //! A SQLite [`Store`] for Gorgon's orchestrator, embedded in the process, in one file: every step
 //! event is one append to a log table, committed before the engine goes on (or grouped with other
-//! transactions' appends into one commit, in [`Durability::Batched`] mode). It is the store to use
-//! when nothing else is configured.
+//! transactions' appends into one commit, in [`Durability::Batched`] mode), fenced by the
+//! transaction's lease epoch. It is the store to use when nothing else is configured.
 //!
 //! How to use it:
 //! 1. Pick the [`Options`] (deserializable from configuration; the default file is `gorgon.db`
@@ -26,21 +26,57 @@
 //!
 //! ```text
 //!  transactions     one row per (workflow, transaction_id): run_id, state, payload (JSON text),
-//!                   created_at, updated_at (ms), next_seq. The summary, for listings.
+//!                   created_at, updated_at (ms), next_seq. The summary, for listings. Since
+//!                   migration 0002_leases also: owner (NULL: no one holds it), lease_until (ms;
+//!                   0 without a lease), epoch (from 1), wake_at (ms; NULL: due only by name).
 //!  transaction_log  one row per record: (workflow, transaction_id, run_id, seq) primary key,
-//!                   kind (transaction|step|response|error), step, side (invoke|compensate),
-//!                   attempt (step records), record (JSON text). Append-only: rows are inserted,
-//!                   never updated; a new run of a finished id deletes the old run's rows.
+//!                   kind (transaction|step|response|error|timer), step, side (invoke|
+//!                   compensate), attempt (step records), record (JSON text). Append-only: rows
+//!                   are inserted, never updated; a new run of a finished id deletes the old
+//!                   run's rows.
+//!  indexes          transactions_by_state (workflow, state, created_at): listings;
+//!                   transactions_due (workflow, CASE WHEN owner IS NULL THEN wake_at ELSE
+//!                   lease_until + 1 END) over unfinished rows: claim_due;
+//!                   transactions_by_owner (owner) over owned rows: renew.
 //! ```
 //!
 //! Writes go through one connection (SQLite has one writer at a time anyway); reads use a pool
 //! of read connections, which WAL lets run beside the writer. An append is one SQLite
 //! transaction: it bumps the summary row's `next_seq` (appends of one transaction get
-//! consecutive sequence numbers), sets the summary state when a transaction record is among the
-//! records, and inserts the log rows. `create` is an `INSERT … ON CONFLICT DO UPDATE … WHERE
-//! state IN (done, reverted, failed)`: of two creates of one id (even from two processes on one
-//! file) exactly one wins, and the other gets
-//! [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
+//! consecutive sequence numbers) *if the row's epoch is the append's*, sets the summary state
+//! when a transaction record is among the records (a finished state also clears `owner` and
+//! `wake_at`), and inserts the log rows joined on the same epoch. `create` is an `INSERT … ON
+//! CONFLICT DO UPDATE … WHERE state IN (done, reverted, failed) RETURNING epoch`: of two creates
+//! of one id (even from two processes on one file) exactly one wins, and the other gets
+//! [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted); a new run of a
+//! finished id gets the old epoch plus one.
+//!
+//! # Leases, epochs and fencing
+//!
+//! The [`Store`] contract (see `gorgon_orchestration::store`) lets several workers share one
+//! file; each write below is one statement (or one SQLite transaction) on the writer
+//! connection, and SQLite's file lock serializes writers of different processes, so every
+//! check-and-set is atomic:
+//!
+//! ```text
+//!  create(lease)     owner = lease.owner, lease_until = lease.until, wake_at NULL, epoch 1
+//!  create(None)      owner NULL, wake_at = created_at: due at once for claim_due
+//!  append(epoch)     UPDATE … WHERE epoch = ?  (no row: Fenced, or never created)
+//!  claim             UPDATE … WHERE owner IS NULL OR owner = me OR lease_until < now
+//!                    RETURNING epoch (+1 when the owner changes); else Leased / NotFound
+//!  release(epoch)    UPDATE SET owner NULL, wake_at = ? WHERE epoch = ?  (no row: Fenced)
+//!  claim_due         UPDATE … SET epoch = epoch + 1 WHERE (workflow, id) IN (SELECT … due
+//!                    by the transactions_due index … LIMIT n) RETURNING workflow, id, epoch
+//!  renew             UPDATE SET lease_until = ? WHERE owner = ?
+//! ```
+//!
+//! Times are the workers' clock milliseconds, stored as SQLite integers (saturating at
+//! `i64::MAX`; a lease `until` of `u64::MAX` is stored as `i64::MAX - 1`, so the due index never
+//! overflows). In batched mode, appends of one transaction with one epoch in a batch are
+//! written or refused together; an append whose epoch is stale gets
+//! [`Error::Fenced`](gorgon_orchestration::Error::Fenced) alone, and the rest of its batch is
+//! committed. Rows written before migration 0002 get epoch 1, no owner and no wake-up time:
+//! a worker claims them by name, never by `claim_due`.
 //!
 //! # Durability modes and what survives a crash
 //!
@@ -551,6 +587,9 @@ const RELEASE_SQL: &str = "UPDATE transactions
    SET owner = NULL, wake_at = CASE WHEN state IN ('done', 'reverted', 'failed') THEN NULL ELSE ?4 END
  WHERE workflow = ?1 AND transaction_id = ?2 AND epoch = ?3";
 
+/// Extends every lease owner `?1` holds to `?2` (through the `transactions_by_owner` index).
+const RENEW_SQL: &str = "UPDATE transactions SET lease_until = ?2 WHERE owner = ?1";
+
 /// Claims up to `?5` unfinished transactions of the workflows in `?1` (a JSON array) due at
 /// `?4` for owner `?2` until `?3`, each one epoch later. The inner query reads the
 /// `transactions_due` index: the same expression and the same `state` term as the index.
@@ -779,7 +818,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
-        let renewed = sqlx::query("UPDATE transactions SET lease_until = ?2 WHERE owner = ?1")
+        let renewed = sqlx::query(RENEW_SQL)
             .bind(lease.owner.as_ref())
             .bind(until(lease.until))
             .execute(&self.inner.writer)
@@ -850,5 +889,44 @@ impl Store for SqliteStore {
             state: row::state(key, &state)?,
             created_at: u64::try_from(created_at).unwrap_or(0),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of a statement, one detail per line.
+    async fn plan(store: &SqliteStore, sql: &'static str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind("[\"wf\"]")
+                .bind("owner")
+                .bind(10_i64)
+                .bind(5_i64)
+                .bind(3_i64)
+                .fetch_all(store.pool())
+                .await
+                .expect("explain");
+        rows.into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `claim_due` seeks the due index (no scan of the table); `renew` the owner index.
+    #[tokio::test]
+    async fn claim_due_and_renew_read_their_indexes() {
+        let store = SqliteStore::connect(Options::in_memory())
+            .await
+            .expect("open");
+        let due = plan(&store, CLAIM_DUE_SQL).await;
+        assert!(
+            due.contains("USING INDEX transactions_due (workflow=? AND <expr><?)"),
+            "{due}"
+        );
+        assert!(!due.contains("SCAN transactions"), "{due}");
+        let renew = plan(&store, RENEW_SQL).await;
+        assert!(renew.contains("transactions_by_owner"), "{renew}");
     }
 }
