@@ -51,7 +51,7 @@
 //!             time (and unfinished) HSET wake_at, ZADD parked
 //!  claim_due  per workflow: ZRANGEBYSCORE parked -inf now, then leased -inf (now, up to the
 //!             limit; each is taken as by claim, always epoch + 1
-//!  renew      SMEMBERS owned:<owner>; for each still held: HSET until, ZADD leased XX
+//!  renew      SMEMBERS owned:<owner>; for each still held: HSET until, ZADD leased
 //!  load       (MULTI/EXEC) HMGET header + LRANGE log, one consistent snapshot
 //! ```
 //! Every write is one Lua script (the `scripts` module), so each check-and-set (the epoch of an
@@ -90,12 +90,13 @@
 //!   event-loop pass in either mode, so `appendfsync always` groups concurrent writes anyway.)
 //!
 //! In both modes each append is atomic (one script: the epoch check and the write), the log of
-//! one transaction keeps append order, and the caller is acknowledged only after Redis applied its write. Measured on this
-//! 2-core machine while other builds ran (load ~7), 5,000 transactions of a create and 12
-//! appends, 256 in flight (`examples/throughput.rs`, release): `every_step` 3,200-3,700
-//! transactions/s (one round trip per write), `batched` 3,800-4,500 transactions/s (about 45,000
-//! to 54,000 appends/s) with about 150 writes per round trip. The batched writer runs on the
-//! tokio runtime that called [`RedisStore::connect`] and stops with it.
+//! one transaction keeps append order, and the caller is acknowledged only after Redis applied
+//! its write. Measured on this 2-core machine while other builds ran (load ~7.5), 5,000
+//! transactions of a create (with a lease) and 12 appends, 256 in flight
+//! (`examples/throughput.rs`, release), every append a fenced script: `every_step` 3,200-4,000
+//! transactions/s (one round trip per write), `batched` 3,400-4,700 transactions/s (about
+//! 40,000 to 56,000 appends/s) with about 155 writes per round trip. The batched writer runs on
+//! the tokio runtime that called [`RedisStore::connect`] and stops with it.
 //!
 //! An `append` or `create` that fails with a connection error or a timeout has an unknown
 //! outcome, as with any database commit whose reply was lost: the command ran entirely or not
@@ -237,8 +238,8 @@ pub struct Stats {
     pub creates: u64,
     /// `append` calls that reached Redis.
     pub appends: u64,
-    /// Round trips to Redis spent on writes (one per command in `every_step` mode, one per
-    /// pipeline in `batched` mode).
+    /// Round trips to Redis spent on creates and appends (one per command in `every_step` mode,
+    /// one per pipeline in `batched` mode); claims, releases and renewals are not counted.
     pub round_trips: u64,
 }
 

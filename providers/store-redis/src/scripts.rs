@@ -206,7 +206,7 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('HSET', key, 'until', lease_end)
     if h[2] ~= 'done' and h[2] ~= 'reverted' and h[2] ~= 'failed' then
       local workflow = string.match(member, '^([^:]*):')
-      redis.call('ZADD', prefix .. 'leased:' .. workflow, 'XX', lease_end, member)
+      redis.call('ZADD', prefix .. 'leased:' .. workflow, lease_end, member)
     end
     n = n + 1
   else
