@@ -58,6 +58,7 @@ impl Cluster {
             let engine = EngineOptions {
                 store: store.clone() as Arc<dyn Store>,
                 clock: clock.clone() as Arc<dyn Clock>,
+                ..EngineOptions::default()
             };
             let services = Services::new()
                 .with(recorder.clone())

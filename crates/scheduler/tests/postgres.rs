@@ -171,6 +171,7 @@ async fn postgres_scheduler_child_process() {
     let engine = gorgon_workflows::EngineOptions {
         store: backend.store().await,
         clock: Arc::new(gorgon_orchestration::SystemClock),
+        ..gorgon_workflows::EngineOptions::default()
     };
     let app = gorgon_workflows::App::with_options(engine, services);
     let schedule = gorgon_scheduler::Schedule::every(

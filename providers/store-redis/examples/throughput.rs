@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gorgon_orchestration::machine::TransactionFields;
-use gorgon_orchestration::store::{TransactionHeader, TransactionKey};
+use gorgon_orchestration::store::{Lease, TransactionHeader, TransactionKey};
 use gorgon_orchestration::{Data, HandlerType, Record, Store, TransactionState};
 use gorgon_store_redis::{Durability, Options, RedisStore};
 use tokio::sync::Semaphore;
@@ -54,9 +54,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     payload: Data::json(serde_json::json!({"n": tx})),
                     created_at: tx as u64,
                 };
-                store.create(&header).await?;
+                let lease = Lease {
+                    owner: Arc::from("throughput"),
+                    until: u64::MAX,
+                };
+                let epoch = store.create(&header, Some(&lease)).await?;
                 store
-                    .append(&key, &[fields(TransactionState::Invoking)])
+                    .append(&key, epoch, &[fields(TransactionState::Invoking)])
                     .await?;
                 for step in 1..=10 {
                     let response = Record::Response {
@@ -64,10 +68,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         handler: HandlerType::Invoke,
                         data: Some(Data::json(serde_json::json!({"step": step}))),
                     };
-                    store.append(&key, &[response]).await?;
+                    store.append(&key, epoch, &[response]).await?;
                 }
                 store
-                    .append(&key, &[fields(TransactionState::Done)])
+                    .append(&key, epoch, &[fields(TransactionState::Done)])
                     .await?;
                 drop(permit);
                 Ok::<_, gorgon_orchestration::Error>(())

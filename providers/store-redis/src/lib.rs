@@ -26,23 +26,55 @@
 //! `<member>` is `<workflow>:<id>` with `%` and `:` percent-encoded in each part, so any
 //! workflow name and id map to one key and back.
 //! ```text
-//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at, state,
-//!                                  updated_at (Redis TIME, ms, at create and each state change)}
+//!  <prefix>h:<member>              hash {workflow, id, run_id, payload (JSON), created_at,
+//!                                  state, epoch, owner?, until, wake_at?, updated_at (Redis
+//!                                  TIME, ms, at create and each state change)}
 //!  <prefix>log:<member>            list: the run id (marker), then one JSON entry per Record
 //!  <prefix>by-workflow:<workflow>  sorted set: <member> scored by created_at
 //!  <prefix>by-state:<state>        sorted set: <member> scored by created_at, one per state
+//!  <prefix>leased:<workflow>       sorted set: owned, unfinished <member>s scored by until
+//!  <prefix>parked:<workflow>       sorted set: unowned, unfinished <member>s with a wake-up
+//!                                  time, scored by wake_at
+//!  <prefix>owned:<owner>           set: the <member>s one worker holds
 //!
-//!  create  (Lua)    header exists and unfinished? → AlreadyStarted; else DEL old header +
-//!                   log, HSET header (state not_started), RPUSH run marker, ZADD indexes
-//!  append  (RPUSHX) a batch without a Transaction record: appended only if the log exists
-//!          (Lua)    a batch with one: header missing? → error; RPUSH each record, HSET
-//!                   state, move <member> between the state indexes
-//!  load    (MULTI/EXEC)  HMGET header + LRANGE log, one consistent snapshot
+//!  create     header exists and unfinished? → AlreadyStarted (0); else clear the old run from
+//!             the indexes and its owner's set, DEL old header + log, HSET header (state
+//!             not_started, epoch = old epoch + 1 or 1), RPUSH run marker, ZADD indexes; with a
+//!             lease: owner/until, ZADD leased, SADD owned; without: wake_at = created_at,
+//!             ZADD parked (due at once)
+//!  append     header missing? → -1; epoch ≠ ARGV epoch? → -2 (Fenced), nothing written;
+//!             RPUSH each record, HSET state and move <member> between the state indexes;
+//!             a finished state drops owner and wake_at (SREM owned, ZREM leased/parked)
+//!  claim      another owner whose until ≥ now? → Leased; else owner/until, epoch + 1 and
+//!             SREM/SADD between owner sets when the owner changes, HDEL wake_at, ZREM parked,
+//!             ZADD leased
+//!  release    epoch ≠ current? → Fenced; HDEL owner, SREM owned, ZREM leased; with a wake-up
+//!             time (and unfinished) HSET wake_at, ZADD parked
+//!  claim_due  per workflow: ZRANGEBYSCORE parked -inf now, then leased -inf (now, up to the
+//!             limit; each is taken as by claim, always epoch + 1
+//!  renew      SMEMBERS owned:<owner>; for each still held: HSET until, ZADD leased
+//!  load       (MULTI/EXEC) HMGET header + LRANGE log, one consistent snapshot
 //! ```
-//! Scripts are sent whole with `EVAL` (Redis caches them by hash), so a Redis that restarted or
-//! flushed its script cache needs nothing reloaded.
-//! Scripts declare every key they touch; on a Redis Cluster, put the prefix in braces
-//! (`{gorgon}:store:`) so all of a store's keys share one slot.
+//! Every write is one Lua script (the `scripts` module), so each check-and-set (the epoch of an
+//! append or release, the owner of a claim) is atomic on the server. Scripts are sent whole
+//! with `EVAL` (Redis caches them by hash), so a Redis that restarted or flushed its script
+//! cache needs nothing reloaded.
+//! Scripts declare the keys their caller names; the keys they find through stored data (the
+//! previous owner's set, the header of a member found in an index) they build from the prefix.
+//! On a Redis Cluster, put the prefix in braces (`{gorgon}:store:`) so all of a store's keys
+//! share one slot.
+//!
+//! # Leases, epochs and fencing
+//! Workers sharing a Redis and prefix share its transactions (see the `Store` docs in
+//! `gorgon_orchestration::store`). The owner's lease, the epoch and the wake-up time live in
+//! the header hash; the `leased`/`parked` sorted sets make `claim_due` a range read per
+//! workflow (no scan), and the per-owner set makes `renew` touch only the owner's transactions.
+//! An append carries its writer's epoch and is refused with
+//! [`Fenced`](gorgon_orchestration::Error::Fenced) when a claim moved the epoch on, in both
+//! durability modes: in a batched pipeline each append is its own script, so a fenced append
+//! fails alone and the others of the pipeline are written. Claims, releases, `claim_due` and
+//! `renew` are sent at once (not through the batch writer). Headers written before leases
+//! existed have no epoch (read as 1) and are in no lease index: a worker claims them by name.
 //!
 //! The log keeps one list entry per [`Record`] (not one per batch), so `LRANGE` hands back the
 //! records as they are; one `append` call is still one atomic command, one write.
@@ -58,13 +90,14 @@
 //!   under load, at the cost of waiting for the pipeline in flight. (Redis fsyncs once per
 //!   event-loop pass in either mode, so `appendfsync always` groups concurrent writes anyway.)
 //!
-//! In both modes each append is atomic (one command), the log of one transaction keeps append
-//! order, and the caller is acknowledged only after Redis applied its write. Measured on this
-//! 2-core machine while other builds ran (load ~7), 5,000 transactions of a create and 12
-//! appends, 256 in flight (`examples/throughput.rs`, release): `every_step` 3,200-3,700
-//! transactions/s (one round trip per write), `batched` 3,800-4,500 transactions/s (about 45,000
-//! to 54,000 appends/s) with about 150 writes per round trip. The batched writer runs on the
-//! tokio runtime that called [`RedisStore::connect`] and stops with it.
+//! In both modes each append is atomic (one script: the epoch check and the write), the log of
+//! one transaction keeps append order, and the caller is acknowledged only after Redis applied
+//! its write. Measured on this 2-core machine while other builds ran (load ~7.5), 5,000
+//! transactions of a create (with a lease) and 12 appends, 256 in flight
+//! (`examples/throughput.rs`, release), every append a fenced script: `every_step` 3,200-4,000
+//! transactions/s (one round trip per write), `batched` 3,400-4,700 transactions/s (about
+//! 40,000 to 56,000 appends/s) with about 155 writes per round trip. The batched writer runs on
+//! the tokio runtime that called [`RedisStore::connect`] and stops with it.
 //!
 //! An `append` or `create` that fails with a connection error or a timeout has an unknown
 //! outcome, as with any database commit whose reply was lost: the command ran entirely or not
@@ -88,11 +121,10 @@
 //! The [`Store`] contract of `gorgon_orchestration`: `create` refuses a second unfinished run of
 //! an id with `AlreadyStarted` (atomically: of two concurrent creates exactly one wins) and
 //! replaces a finished one; `append` is one atomic write; `load` returns the records in append
-//! order. Nothing expires by itself: `Store::list` pages the indexes and `Store::purge_finished`
-//! deletes finished runs (see `listing.rs`); [`RedisRelay`] carries engine events over pub/sub. The trait's `append`
-//! carries no run id, so an append from a finished run that arrives after a new run of the same
-//! id was created lands in the new run's log; the engine never appends to a finished run, and
-//! fencing of stale workers belongs to the lease work of the durable-engine issue.
+//! order; an append or release with a stale epoch is refused with `Fenced`. A new run of a
+//! finished id gets a newer epoch, so an append from the old run that arrives late is fenced
+//! too. Nothing expires by itself: `Store::list` pages the indexes and `Store::purge_finished`
+//! deletes finished runs (see `listing.rs`); [`RedisRelay`] carries engine events over pub/sub.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod listing;
@@ -108,7 +140,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gorgon_orchestration::store::{
-    StoredTransaction, TransactionHeader, TransactionKey, TransactionSummary,
+    Claim, Lease, StoredTransaction, TransactionHeader, TransactionKey, TransactionSummary, fenced,
 };
 use gorgon_orchestration::{Data, Record, Store, TransactionState};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -116,7 +148,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::scripts::STATES;
-use crate::writer::{AppendCall, Call, CreateCall, Job};
+use crate::writer::{AppendCall, Call, CreateCall, Job, StoreKeys};
 
 /// Everything that can go wrong outside the [`Store`] methods (which return the orchestration
 /// crate's error).
@@ -212,8 +244,8 @@ pub struct Stats {
     pub creates: u64,
     /// `append` calls that reached Redis.
     pub appends: u64,
-    /// Round trips to Redis spent on writes (one per command in `every_step` mode, one per
-    /// pipeline in `batched` mode).
+    /// Round trips to Redis spent on creates and appends (one per command in `every_step` mode,
+    /// one per pipeline in `batched` mode); claims, releases and renewals are not counted.
     pub round_trips: u64,
 }
 
@@ -264,7 +296,7 @@ pub struct RedisStore {
 struct Inner {
     connection: ConnectionManager,
     prefix: String,
-    state_keys: Arc<[String; 7]>,
+    keys: Arc<StoreKeys>,
     stats: Arc<Counters>,
     batch: Option<mpsc::Sender<Job>>,
 }
@@ -366,7 +398,10 @@ impl RedisStore {
             .await
             .map_err(fail)?;
         let prefix = options.prefix.clone();
-        let state_keys = Arc::new(STATES.map(|s| format!("{prefix}by-state:{s}")));
+        let keys = Arc::new(StoreKeys {
+            prefix: prefix.clone(),
+            states: STATES.map(|s| format!("{prefix}by-state:{s}")),
+        });
         let stats = Arc::new(Counters::default());
         let batch = match options.durability {
             Durability::EveryStep => None,
@@ -375,7 +410,7 @@ impl RedisStore {
                 tokio::spawn(writer::run(
                     receiver,
                     connection.clone(),
-                    state_keys.clone(),
+                    keys.clone(),
                     stats.clone(),
                     options.max_batch,
                 ));
@@ -386,7 +421,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 connection,
                 prefix,
-                state_keys,
+                keys,
                 stats,
                 batch,
             }),
@@ -416,7 +451,26 @@ impl RedisStore {
     }
 
     fn workflow_key(&self, workflow: &str) -> String {
-        let mut key = format!("{}by-workflow:", self.inner.prefix);
+        self.per_workflow("by-workflow:", workflow)
+    }
+
+    /// The index of a workflow's parked transactions, by wake-up time.
+    fn parked_key(&self, workflow: &str) -> String {
+        self.per_workflow("parked:", workflow)
+    }
+
+    /// The index of a workflow's owned transactions, by lease end.
+    fn leased_key(&self, workflow: &str) -> String {
+        self.per_workflow("leased:", workflow)
+    }
+
+    /// The set of the transactions one worker holds.
+    fn owned_key(&self, owner: &str) -> String {
+        format!("{}owned:{owner}", self.inner.prefix)
+    }
+
+    fn per_workflow(&self, kind: &str, workflow: &str) -> String {
+        let mut key = format!("{}{kind}", self.inner.prefix);
         encode(workflow, &mut key);
         key
     }
@@ -441,7 +495,7 @@ impl RedisStore {
                 counter.fetch_add(1, Ordering::Relaxed);
                 stats.round_trips.fetch_add(1, Ordering::Relaxed);
                 let mut connection = self.inner.connection.clone();
-                call.command(&self.inner.state_keys)
+                call.command(&self.inner.keys)
                     .query_async::<i64>(&mut connection)
                     .await
                     .map_err(|e| e.to_string())
@@ -576,7 +630,11 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn create(&self, header: &TransactionHeader) -> gorgon_orchestration::Result<()> {
+    async fn create(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+    ) -> gorgon_orchestration::Result<u64> {
         let key = &header.key;
         let member = member(key);
         let payload = header
@@ -587,30 +645,33 @@ impl Store for RedisStore {
             header: self.header_key(&member),
             log: self.log_key(&member),
             workflow_index: self.workflow_key(&key.workflow),
+            parked: self.parked_key(&key.workflow),
+            leased: self.leased_key(&key.workflow),
             member,
             run_id: header.run_id.to_string(),
             payload: payload.to_string(),
             created_at: header.created_at,
             workflow: key.workflow.to_string(),
             id: key.id.to_string(),
+            lease: lease.map(|l| (l.owner.to_string(), l.until)),
         });
-        let created = self
+        let epoch = self
             .write(call)
             .await
             .map_err(|reason| store_error("create", key, reason))?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(gorgon_orchestration::Error::AlreadyStarted {
+        match u64::try_from(epoch) {
+            Ok(epoch) if epoch >= 1 => Ok(epoch),
+            _ => Err(gorgon_orchestration::Error::AlreadyStarted {
                 workflow: key.workflow.to_string(),
                 transaction: key.id.to_string(),
-            })
+            }),
         }
     }
 
     async fn append(
         &self,
         key: &TransactionKey,
+        epoch: u64,
         records: &[Record],
     ) -> gorgon_orchestration::Result<()> {
         let member = member(key);
@@ -622,12 +683,15 @@ impl Store for RedisStore {
         let call = Call::Append(AppendCall {
             header: self.header_key(&member),
             log: self.log_key(&member),
+            parked: self.parked_key(&key.workflow),
+            leased: self.leased_key(&key.workflow),
             member,
+            epoch,
             state: batch_state(records),
             records: encoded,
         });
-        let length = self.write(call).await;
-        match length {
+        match self.write(call).await {
+            Ok(-2) => Err(fenced(key, epoch)),
             Ok(length) if length < 1 => Err(store_error(
                 "append",
                 key,
@@ -636,6 +700,139 @@ impl Store for RedisStore {
             Ok(_) => Ok(()),
             Err(reason) => Err(store_error("append", key, reason)),
         }
+    }
+
+    async fn claim(
+        &self,
+        key: &TransactionKey,
+        lease: &Lease,
+        now: u64,
+    ) -> gorgon_orchestration::Result<Claim> {
+        let member = member(key);
+        let mut connection = self.inner.connection.clone();
+        let (code, epoch, owner): (i64, i64, String) = redis::cmd("EVAL")
+            .arg(scripts::CLAIM)
+            .arg(3)
+            .arg(self.header_key(&member))
+            .arg(self.parked_key(&key.workflow))
+            .arg(self.leased_key(&key.workflow))
+            .arg(&member)
+            .arg(&self.inner.prefix)
+            .arg(lease.owner.as_ref())
+            .arg(lease.until)
+            .arg(now)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| store_error("claim", key, e))?;
+        Ok(match code {
+            1 => Claim::Granted {
+                epoch: u64::try_from(epoch).unwrap_or(0),
+            },
+            2 => Claim::Leased { owner },
+            _ => Claim::NotFound,
+        })
+    }
+
+    async fn release(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        wake_at: Option<u64>,
+    ) -> gorgon_orchestration::Result<()> {
+        let member = member(key);
+        let mut connection = self.inner.connection.clone();
+        let released: i64 = redis::cmd("EVAL")
+            .arg(scripts::RELEASE)
+            .arg(3)
+            .arg(self.header_key(&member))
+            .arg(self.parked_key(&key.workflow))
+            .arg(self.leased_key(&key.workflow))
+            .arg(&member)
+            .arg(&self.inner.prefix)
+            .arg(epoch)
+            .arg(wake_at.map_or_else(String::new, |at| at.to_string()))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| store_error("release", key, e))?;
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(fenced(key, epoch))
+        }
+    }
+
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        now: u64,
+        limit: usize,
+    ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
+        if workflows.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let failed = |reason: String| gorgon_orchestration::Error::Store {
+            operation: "claim_due",
+            transaction: format!(
+                "any due of {}",
+                workflows
+                    .iter()
+                    .map(|w| w.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            reason,
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(scripts::CLAIM_DUE).arg(workflows.len() * 2);
+        for workflow in workflows {
+            cmd.arg(self.parked_key(workflow))
+                .arg(self.leased_key(workflow));
+        }
+        cmd.arg(&self.inner.prefix)
+            .arg(lease.owner.as_ref())
+            .arg(lease.until)
+            .arg(now)
+            .arg(limit);
+        let mut connection = self.inner.connection.clone();
+        let flat: Vec<String> = cmd
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        flat.chunks(3)
+            .map(|chunk| match chunk {
+                [workflow, id, epoch] => Ok((
+                    TransactionKey::new(workflow.as_str(), id.as_str()),
+                    epoch
+                        .parse()
+                        .map_err(|_| failed(format!("epoch {epoch} is not a number")))?,
+                )),
+                _ => Err(failed("claim_due replied with a partial entry".into())),
+            })
+            .collect()
+    }
+
+    fn pipelined(&self) -> bool {
+        self.inner.batch.is_some()
+    }
+
+    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
+        let mut connection = self.inner.connection.clone();
+        let renewed: i64 = redis::cmd("EVAL")
+            .arg(scripts::RENEW)
+            .arg(1)
+            .arg(self.owned_key(&lease.owner))
+            .arg(&self.inner.prefix)
+            .arg(lease.owner.as_ref())
+            .arg(lease.until)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| gorgon_orchestration::Error::Store {
+                operation: "renew",
+                transaction: format!("every one leased by {}", lease.owner),
+                reason: e.to_string(),
+            })?;
+        Ok(usize::try_from(renewed).unwrap_or(0))
     }
 
     async fn load(

@@ -160,7 +160,7 @@ impl RedisStore {
         let want = filter.limit + 1;
         let indexes: Vec<String> = match &filter.workflow {
             Some(workflow) => vec![self.workflow_key(workflow)],
-            None if filter.states.is_empty() => self.inner.state_keys.to_vec(),
+            None if filter.states.is_empty() => self.inner.keys.states.to_vec(),
             None => filter
                 .states
                 .iter()

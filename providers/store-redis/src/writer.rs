@@ -10,31 +10,47 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Counters;
 use crate::scripts;
 
+/// The keys every write names besides its own: the prefix and the seven state indexes.
+pub(crate) struct StoreKeys {
+    /// The store's key prefix (scripts compute owner sets and headers from it).
+    pub(crate) prefix: String,
+    /// The state indexes, in the order of [`scripts::STATES`].
+    pub(crate) states: [String; 7],
+}
+
 /// One create, ready for the create script.
 pub(crate) struct CreateCall {
     pub(crate) header: String,
     pub(crate) log: String,
     pub(crate) workflow_index: String,
+    pub(crate) parked: String,
+    pub(crate) leased: String,
     pub(crate) member: String,
     pub(crate) run_id: String,
     pub(crate) payload: String,
     pub(crate) created_at: u64,
     pub(crate) workflow: String,
     pub(crate) id: String,
+    /// The creator's lease (owner, until), if it takes one.
+    pub(crate) lease: Option<(String, u64)>,
 }
 
-/// One append: the records as JSON, and the state the batch leaves the transaction in.
+/// One append: the records as JSON, the state the batch leaves the transaction in, and the
+/// epoch it is written with.
 pub(crate) struct AppendCall {
     pub(crate) header: String,
     pub(crate) log: String,
+    pub(crate) parked: String,
+    pub(crate) leased: String,
     pub(crate) member: String,
+    pub(crate) epoch: u64,
     pub(crate) state: Option<&'static str>,
     pub(crate) records: Vec<String>,
 }
 
-/// A write. Its reply is 1/0 for a create (created / already started); for an append, the log
-/// length, which is below 1 when the transaction was never created (the log always holds its
-/// run marker).
+/// A write. Its reply is the epoch (at least 1) or 0 (already started) for a create; for an
+/// append, the log length (at least 1: the log always holds its run marker), -1 when the
+/// transaction was never created, -2 when the epoch is stale.
 pub(crate) enum Call {
     /// A create.
     Create(CreateCall),
@@ -44,45 +60,46 @@ pub(crate) enum Call {
 
 impl Call {
     /// The command: a Lua script sent whole with `EVAL` (so a Redis that restarted or flushed
-    /// its script cache needs nothing reloaded), or, for an append that does not change the
-    /// state, a plain `RPUSHX` (atomic on its own, refused by Redis when the log does not exist).
-    pub(crate) fn command(&self, state_keys: &[String; 7]) -> Cmd {
+    /// its script cache needs nothing reloaded). Every append is a script, so its epoch check
+    /// and its write are one atomic step, in a pipeline too.
+    pub(crate) fn command(&self, keys: &StoreKeys) -> Cmd {
         match self {
             Call::Create(c) => {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(scripts::CREATE)
-                    .arg(10)
+                    .arg(12)
                     .arg(&c.header)
                     .arg(&c.log)
                     .arg(&c.workflow_index)
-                    .arg(state_keys.as_slice())
+                    .arg(keys.states.as_slice())
+                    .arg(&c.parked)
+                    .arg(&c.leased)
                     .arg(&c.member)
                     .arg(&c.run_id)
                     .arg(&c.payload)
                     .arg(c.created_at)
                     .arg(&c.workflow)
-                    .arg(&c.id);
-                cmd
-            }
-            Call::Append(a) if a.state.is_none() && !a.records.is_empty() => {
-                let mut cmd = redis::cmd("RPUSHX");
-                cmd.arg(&a.log).arg(a.records.as_slice());
-                cmd
-            }
-            Call::Append(a) if a.state.is_none() => {
-                let mut cmd = redis::cmd("LLEN");
-                cmd.arg(&a.log);
+                    .arg(&c.id)
+                    .arg(&keys.prefix);
+                match &c.lease {
+                    Some((owner, until)) => cmd.arg("1").arg(owner).arg(*until),
+                    None => cmd.arg("0").arg("").arg(0),
+                };
                 cmd
             }
             Call::Append(a) => {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(scripts::APPEND)
-                    .arg(9)
+                    .arg(11)
                     .arg(&a.header)
                     .arg(&a.log)
-                    .arg(state_keys.as_slice())
+                    .arg(keys.states.as_slice())
+                    .arg(&a.parked)
+                    .arg(&a.leased)
                     .arg(&a.member)
                     .arg(a.state.unwrap_or(""))
+                    .arg(a.epoch)
+                    .arg(&keys.prefix)
                     .arg(a.records.as_slice());
                 cmd
             }
@@ -101,7 +118,7 @@ pub(crate) struct Job {
 pub(crate) async fn run(
     mut receiver: mpsc::Receiver<Job>,
     mut connection: ConnectionManager,
-    state_keys: Arc<[String; 7]>,
+    keys: Arc<StoreKeys>,
     stats: Arc<Counters>,
     max_batch: usize,
 ) {
@@ -115,7 +132,7 @@ pub(crate) async fn run(
                 Call::Append(_) => &stats.appends,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            pipe.add_command(job.call.command(&state_keys));
+            pipe.add_command(job.call.command(&keys));
         }
         stats.round_trips.fetch_add(1, Ordering::Relaxed);
         let results: RedisResult<Vec<RedisResult<i64>>> = pipe.query_async(&mut connection).await;

@@ -119,17 +119,20 @@ async fn acknowledged_appends_survive_a_redis_kill_with_aof_always() {
         tasks.push(tokio::spawn(async move {
             let key = TransactionKey::new("crash", format!("tx-{tx}"));
             store
-                .create(&TransactionHeader {
-                    key: key.clone(),
-                    run_id: Arc::from("run"),
-                    payload: Data::json(json!(tx)),
-                    created_at: tx as u64,
-                })
+                .create(
+                    &TransactionHeader {
+                        key: key.clone(),
+                        run_id: Arc::from("run"),
+                        payload: Data::json(json!(tx)),
+                        created_at: tx as u64,
+                    },
+                    None,
+                )
                 .await
                 .expect("create");
             for seq in 0..5 {
                 store
-                    .append(&key, &[response(tx, seq)])
+                    .append(&key, 1, &[response(tx, seq)])
                     .await
                     .expect("append");
             }
@@ -163,7 +166,11 @@ async fn acknowledged_appends_survive_a_redis_kill_with_aof_always() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match store
-            .append(&key, &[state(TransactionState::Invoking), response(0, 99)])
+            .append(
+                &key,
+                1,
+                &[state(TransactionState::Invoking), response(0, 99)],
+            )
             .await
         {
             Ok(()) => break,
@@ -190,7 +197,7 @@ async fn acknowledged_appends_survive_a_redis_kill_with_aof_always() {
         .expect("flush");
     let before = store.stats().round_trips;
     store
-        .append(&key, &[state(TransactionState::Done), response(0, 100)])
+        .append(&key, 1, &[state(TransactionState::Done), response(0, 100)])
         .await
         .expect("append after SCRIPT FLUSH");
     assert_eq!(store.stats().round_trips - before, 1);
@@ -283,12 +290,15 @@ async fn child_writer() {
     .expect("connect");
     for tx in 0..CHILD_TRANSACTIONS {
         store
-            .create(&TransactionHeader {
-                key: TransactionKey::new("killed", format!("tx-{tx}")),
-                run_id: Arc::from("run"),
-                payload: Data::null(),
-                created_at: tx as u64,
-            })
+            .create(
+                &TransactionHeader {
+                    key: TransactionKey::new("killed", format!("tx-{tx}")),
+                    run_id: Arc::from("run"),
+                    payload: Data::null(),
+                    created_at: tx as u64,
+                },
+                None,
+            )
             .await
             .expect("create");
     }
@@ -298,7 +308,7 @@ async fn child_writer() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let key = TransactionKey::new("killed", format!("tx-{tx}"));
-                    store.append(&key, &[response(tx, round)]).await
+                    store.append(&key, 1, &[response(tx, round)]).await
                 })
             })
             .collect();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gorgon_orchestration::machine::TransactionFields;
-use gorgon_orchestration::store::{TransactionHeader, TransactionKey};
+use gorgon_orchestration::store::{Claim, Lease, TransactionHeader, TransactionKey};
 use gorgon_orchestration::{
     Data, Error as EngineError, HandlerType, Record, Store, TransactionState,
 };
@@ -106,13 +106,13 @@ async fn concurrent_creates_of_one_id_have_exactly_one_winner() {
                 .enumerate()
                 .map(|(i, store)| {
                     let h = header("race", &id, &format!("run-{i}"), 1);
-                    tokio::spawn(async move { (h.run_id.clone(), store.create(&h).await) })
+                    tokio::spawn(async move { (h.run_id.clone(), store.create(&h, None).await) })
                 })
                 .collect();
             let mut winners = Vec::new();
             for task in tasks {
                 match task.await.expect("task") {
-                    (run, Ok(())) => winners.push(run),
+                    (run, Ok(_)) => winners.push(run),
                     (_, Err(EngineError::AlreadyStarted { transaction, .. })) => {
                         assert_eq!(transaction, id)
                     }
@@ -150,21 +150,21 @@ async fn batched_appends_of_200_transactions_share_round_trips() {
         tasks.push(tokio::spawn(async move {
             let key = TransactionKey::new("batch", format!("tx-{tx}"));
             store
-                .create(&header("batch", &key.id, "run", tx as u64))
+                .create(&header("batch", &key.id, "run", tx as u64), None)
                 .await
                 .expect("create");
             store
-                .append(&key, &[state(TransactionState::Invoking)])
+                .append(&key, 1, &[state(TransactionState::Invoking)])
                 .await
                 .expect("append");
             for seq in 0..STEPS {
                 store
-                    .append(&key, &[response(tx, seq), response(tx, seq + 1000)])
+                    .append(&key, 1, &[response(tx, seq), response(tx, seq + 1000)])
                     .await
                     .expect("append");
             }
             store
-                .append(&key, &[state(TransactionState::Done)])
+                .append(&key, 1, &[state(TransactionState::Done)])
                 .await
                 .expect("append");
         }));
@@ -220,11 +220,15 @@ async fn a_new_instance_loads_what_another_wrote() {
     {
         let first = connect(&options).await;
         first
-            .create(&header("restart", "order-1", "run-1", 42))
+            .create(&header("restart", "order-1", "run-1", 42), None)
             .await
             .expect("create");
         first
-            .append(&key, &[state(TransactionState::Invoking), response(1, 1)])
+            .append(
+                &key,
+                1,
+                &[state(TransactionState::Invoking), response(1, 1)],
+            )
             .await
             .expect("append");
     }
@@ -247,13 +251,13 @@ async fn a_new_instance_loads_what_another_wrote() {
     // Unfinished: the restarted process may not start it again, but may continue it.
     assert!(matches!(
         second
-            .create(&header("restart", "order-1", "run-2", 43))
+            .create(&header("restart", "order-1", "run-2", 43), None)
             .await,
         Err(EngineError::AlreadyStarted { .. })
     ));
-    second.append(&key, &[]).await.expect("an empty append");
+    second.append(&key, 1, &[]).await.expect("an empty append");
     second
-        .append(&key, &[state(TransactionState::Done)])
+        .append(&key, 1, &[state(TransactionState::Done)])
         .await
         .expect("append");
     assert_eq!(
@@ -277,21 +281,21 @@ async fn listings_follow_the_indexes() {
     let store = connect(&options).await;
     for i in 0..5u64 {
         store
-            .create(&header("list:a", &format!("t{i}"), "r", 100 + i))
+            .create(&header("list:a", &format!("t{i}"), "r", 100 + i), None)
             .await
             .expect("create");
     }
     store
-        .create(&header("list:b", "t0", "r", 50))
+        .create(&header("list:b", "t0", "r", 50), None)
         .await
         .expect("create");
     let key = TransactionKey::new("list:a", "t1");
     store
-        .append(&key, &[state(TransactionState::Invoking)])
+        .append(&key, 1, &[state(TransactionState::Invoking)])
         .await
         .expect("append");
     store
-        .append(&key, &[state(TransactionState::Reverted)])
+        .append(&key, 1, &[state(TransactionState::Reverted)])
         .await
         .expect("append");
 
@@ -337,7 +341,7 @@ async fn listings_follow_the_indexes() {
 
     // A new run of the finished t1 is listed once, as not started.
     store
-        .create(&header("list:a", "t1", "r2", 200))
+        .create(&header("list:a", "t1", "r2", 200), None)
         .await
         .expect("rerun");
     let all_a = store
@@ -357,6 +361,224 @@ async fn listings_follow_the_indexes() {
             .expect("list")
             .is_empty()
     );
+    store.clear().await.expect("clear");
+}
+
+fn lease(owner: &str, until: u64) -> Lease {
+    Lease {
+        owner: Arc::from(owner),
+        until,
+    }
+}
+
+/// In one pipeline, an append with a stale epoch (its lease was taken over) fails alone with
+/// `Fenced` and writes nothing; the others, the new holder's included, are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_epoch_fails_only_its_own_append_in_a_pipeline() {
+    let options = options("fenced", Durability::Batched);
+    let store = connect(&options).await;
+    for i in 0..20 {
+        let epoch = store
+            .create(
+                &header("fenced", &format!("t{i}"), "r", i as u64),
+                Some(&lease("old", 100)),
+            )
+            .await
+            .expect("create");
+        assert_eq!(epoch, 1);
+    }
+    let taken = TransactionKey::new("fenced", "t0");
+    let Claim::Granted { epoch: current } = store
+        .claim(&taken, &lease("new", 1_000), 101)
+        .await
+        .expect("claim")
+    else {
+        panic!("a lapsed lease is granted");
+    };
+    assert_eq!(current, 2);
+    let before = store.stats();
+    let mut tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            let key = TransactionKey::new("fenced", format!("t{i}"));
+            tokio::spawn(async move { (store.append(&key, 1, &[response(i, 1)]).await, key, 1) })
+        })
+        .collect();
+    tasks.push({
+        let store = store.clone();
+        let key = taken.clone();
+        tokio::spawn(async move {
+            (
+                store.append(&key, current, &[response(0, 2)]).await,
+                key,
+                current,
+            )
+        })
+    });
+    for task in tasks {
+        let (result, key, epoch) = task.await.expect("task");
+        if key == taken && epoch == 1 {
+            match result {
+                Err(EngineError::Fenced { epoch, .. }) => assert_eq!(epoch, 1),
+                other => panic!("expected Fenced, got {other:?}"),
+            }
+        } else {
+            result.expect("the others are written");
+        }
+    }
+    let after = store.stats();
+    println!(
+        "21 appends (one fenced) in {} round trips",
+        after.round_trips - before.round_trips
+    );
+    let stored = store.load(&taken).await.expect("load").expect("exists");
+    assert_eq!(
+        stored.records,
+        vec![response(0, 2)],
+        "the stale append wrote nothing"
+    );
+    for i in 1..20 {
+        let key = TransactionKey::new("fenced", format!("t{i}"));
+        let stored = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(stored.records, vec![response(i, 1)]);
+    }
+    store.clear().await.expect("clear");
+}
+
+/// Two stores (as two processes) claim due transactions at once: each is claimed exactly once,
+/// at epoch 2, and then belongs to its claimer, whose `renew` finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_never_claim_a_transaction_twice() {
+    let options = options("claim-race", Durability::EveryStep);
+    let first = connect(&options).await;
+    let second = connect(&options).await;
+    let workflows: Vec<Arc<str>> = vec![Arc::from("due"), Arc::from("other")];
+    for i in 0..100 {
+        let workflow = if i % 2 == 0 { "due" } else { "other" };
+        first
+            .create(&header(workflow, &format!("t{i}"), "r", i), None)
+            .await
+            .expect("create");
+    }
+    let workers = [("w1", first.clone()), ("w2", second.clone())].map(|(owner, store)| {
+        let workflows = workflows.clone();
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due(&workflows, &lease(owner, 10_000), 1_000, 7)
+                    .await
+                    .expect("claim_due");
+                if batch.is_empty() {
+                    return claimed;
+                }
+                assert!(batch.len() <= 7, "the limit holds");
+                claimed.extend(batch.into_iter().map(|c| (c, owner)));
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.expect("worker"));
+    }
+    assert_eq!(all.len(), 100, "every transaction is claimed once");
+    all.sort();
+    all.dedup_by(|a, b| a.0.0 == b.0.0);
+    assert_eq!(all.len(), 100, "no transaction is claimed twice");
+    for ((key, epoch), owner) in &all {
+        assert_eq!(*epoch, 2);
+        assert_eq!(
+            second
+                .claim(key, &lease("thief", 20_000), 5_000)
+                .await
+                .expect("claim"),
+            Claim::Leased {
+                owner: owner.to_string()
+            }
+        );
+    }
+    let held = first.renew(&lease("w1", 30_000)).await.expect("renew")
+        + second.renew(&lease("w2", 30_000)).await.expect("renew");
+    assert_eq!(held, 100);
+    first.clear().await.expect("clear");
+}
+
+/// The lease indexes follow the transaction: owned ones are in `leased:<wf>` (by lease end)
+/// and their owner's set, renewed in place; a released one is in `parked:<wf>` (by wake-up
+/// time); a finished one is in none.
+#[tokio::test]
+async fn the_lease_indexes_follow_the_transaction() {
+    let options = options("indexes", Durability::EveryStep);
+    let store = connect(&options).await;
+    let client = redis::Client::open(options.url.as_str()).expect("client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let p = options.prefix.clone();
+    let member = "idx:t";
+    let key = TransactionKey::new("idx", "t");
+    let scores = raw.clone();
+    let score = |index: &str| {
+        let index = format!("{p}{index}");
+        let mut raw = scores.clone();
+        async move {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(index)
+                .arg(member)
+                .query_async(&mut raw)
+                .await
+                .expect("zscore");
+            score
+        }
+    };
+    let epoch = store
+        .create(&header("idx", "t", "r", 7), Some(&lease("w", 100)))
+        .await
+        .expect("create");
+    assert_eq!(score("leased:idx").await, Some(100.0));
+    assert_eq!(score("parked:idx").await, None);
+    assert_eq!(store.renew(&lease("w", 250)).await.expect("renew"), 1);
+    assert_eq!(score("leased:idx").await, Some(250.0));
+    let owned: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{p}owned:w"))
+        .query_async(&mut raw)
+        .await
+        .expect("smembers");
+    assert_eq!(owned, [member]);
+    store
+        .append(&key, epoch, &[state(TransactionState::Invoking)])
+        .await
+        .expect("append");
+    store
+        .release(&key, epoch, Some(400))
+        .await
+        .expect("release");
+    assert_eq!(score("leased:idx").await, None);
+    assert_eq!(score("parked:idx").await, Some(400.0));
+    assert_eq!(store.renew(&lease("w", 300)).await.expect("renew"), 0);
+    let Claim::Granted { epoch } = store
+        .claim(&key, &lease("v", 900), 200)
+        .await
+        .expect("claim")
+    else {
+        panic!("a released transaction is granted");
+    };
+    assert_eq!(score("parked:idx").await, None);
+    assert_eq!(score("leased:idx").await, Some(900.0));
+    store
+        .append(&key, epoch, &[state(TransactionState::Done)])
+        .await
+        .expect("append");
+    assert_eq!(score("leased:idx").await, None);
+    assert_eq!(score("parked:idx").await, None);
+    assert_eq!(store.renew(&lease("v", 1_000)).await.expect("renew"), 0);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("{p}owned:v"))
+        .query_async(&mut raw)
+        .await
+        .expect("exists");
+    assert_eq!(exists, 0, "a finished transaction leaves its owner's set");
     store.clear().await.expect("clear");
 }
 
@@ -394,7 +616,7 @@ async fn bad_input_is_a_typed_error() {
     let options = options("corrupt", Durability::EveryStep);
     let store = connect(&options).await;
     store
-        .create(&header("corrupt", "t", "r", 1))
+        .create(&header("corrupt", "t", "r", 1), None)
         .await
         .expect("create");
     let client = redis::Client::open(options.url.as_str()).expect("client");
@@ -434,7 +656,7 @@ async fn bad_input_is_a_typed_error() {
         Err(EngineError::Store { reason, .. }) => assert!(reason.contains("marker"), "{reason}"),
         other => panic!("expected a store error, got {other:?}"),
     }
-    assert_eq!(store.clear().await.expect("clear"), 4);
+    assert_eq!(store.clear().await.expect("clear"), 5);
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", options.prefix))
         .query_async(&mut raw)

@@ -1,7 +1,7 @@
 //! A SQLite [`Store`] for Gorgon's orchestrator, embedded in the process, in one file: every step
 //! event is one append to a log table, committed before the engine goes on (or grouped with other
-//! transactions' appends into one commit, in [`Durability::Batched`] mode). It is the store to use
-//! when nothing else is configured.
+//! transactions' appends into one commit, in [`Durability::Batched`] mode), fenced by the
+//! transaction's lease epoch. It is the store to use when nothing else is configured.
 //!
 //! How to use it:
 //! 1. Pick the [`Options`] (deserializable from configuration; the default file is `gorgon.db`
@@ -26,21 +26,57 @@
 //!
 //! ```text
 //!  transactions     one row per (workflow, transaction_id): run_id, state, payload (JSON text),
-//!                   created_at, updated_at (ms), next_seq. The summary, for listings.
+//!                   created_at, updated_at (ms), next_seq. The summary, for listings. Since
+//!                   migration 0002_leases also: owner (NULL: no one holds it), lease_until (ms;
+//!                   0 without a lease), epoch (from 1), wake_at (ms; NULL: due only by name).
 //!  transaction_log  one row per record: (workflow, transaction_id, run_id, seq) primary key,
-//!                   kind (transaction|step|response|error), step, side (invoke|compensate),
-//!                   attempt (step records), record (JSON text). Append-only: rows are inserted,
-//!                   never updated; a new run of a finished id deletes the old run's rows.
+//!                   kind (transaction|step|response|error|timer), step, side (invoke|
+//!                   compensate), attempt (step records), record (JSON text). Append-only: rows
+//!                   are inserted, never updated; a new run of a finished id deletes the old
+//!                   run's rows.
+//!  indexes          transactions_by_state (workflow, state, created_at): listings;
+//!                   transactions_due (workflow, CASE WHEN owner IS NULL THEN wake_at ELSE
+//!                   lease_until + 1 END) over unfinished rows: claim_due;
+//!                   transactions_by_owner (owner) over owned rows: renew.
 //! ```
 //!
 //! Writes go through one connection (SQLite has one writer at a time anyway); reads use a pool
 //! of read connections, which WAL lets run beside the writer. An append is one SQLite
 //! transaction: it bumps the summary row's `next_seq` (appends of one transaction get
-//! consecutive sequence numbers), sets the summary state when a transaction record is among the
-//! records, and inserts the log rows. `create` is an `INSERT … ON CONFLICT DO UPDATE … WHERE
-//! state IN (done, reverted, failed)`: of two creates of one id (even from two processes on one
-//! file) exactly one wins, and the other gets
-//! [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
+//! consecutive sequence numbers) *if the row's epoch is the append's*, sets the summary state
+//! when a transaction record is among the records (a finished state also clears `owner` and
+//! `wake_at`), and inserts the log rows joined on the same epoch. `create` is an `INSERT … ON
+//! CONFLICT DO UPDATE … WHERE state IN (done, reverted, failed) RETURNING epoch`: of two creates
+//! of one id (even from two processes on one file) exactly one wins, and the other gets
+//! [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted); a new run of a
+//! finished id gets the old epoch plus one.
+//!
+//! # Leases, epochs and fencing
+//!
+//! The [`Store`] contract (see `gorgon_orchestration::store`) lets several workers share one
+//! file; each write below is one statement (or one SQLite transaction) on the writer
+//! connection, and SQLite's file lock serializes writers of different processes, so every
+//! check-and-set is atomic:
+//!
+//! ```text
+//!  create(lease)     owner = lease.owner, lease_until = lease.until, wake_at NULL, epoch 1
+//!  create(None)      owner NULL, wake_at = created_at: due at once for claim_due
+//!  append(epoch)     UPDATE … WHERE epoch = ?  (no row: Fenced, or never created)
+//!  claim             UPDATE … WHERE owner IS NULL OR owner = me OR lease_until < now
+//!                    RETURNING epoch (+1 when the owner changes); else Leased / NotFound
+//!  release(epoch)    UPDATE SET owner NULL, wake_at = ? WHERE epoch = ?  (no row: Fenced)
+//!  claim_due         UPDATE … SET epoch = epoch + 1 WHERE (workflow, id) IN (SELECT … due
+//!                    by the transactions_due index … LIMIT n) RETURNING workflow, id, epoch
+//!  renew             UPDATE SET lease_until = ? WHERE owner = ?
+//! ```
+//!
+//! Times are the workers' clock milliseconds, stored as SQLite integers (saturating at
+//! `i64::MAX`; a lease `until` of `u64::MAX` is stored as `i64::MAX - 1`, so the due index never
+//! overflows). In batched mode, appends of one transaction with one epoch in a batch are
+//! written or refused together; an append whose epoch is stale gets
+//! [`Error::Fenced`](gorgon_orchestration::Error::Fenced) alone, and the rest of its batch is
+//! committed. Rows written before migration 0002 get epoch 1, no owner and no wake-up time:
+//! a worker claims them by name, never by `claim_due`.
 //!
 //! Listing and retention (`Store::list`, `Store::purge_finished`) use the indexes of
 //! `migrations/0002_listing.sql`; a purge is one SQLite transaction on the write connection.
@@ -62,7 +98,7 @@
 //! the process died is in the log whole or not at all. A `:memory:` store keeps nothing past the
 //! process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -70,7 +106,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gorgon_orchestration::store::{StoredTransaction, TransactionHeader, TransactionSummary};
+use gorgon_orchestration::store::{
+    Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
+};
 use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey};
 use serde::Deserialize;
 use sqlx::Row;
@@ -218,8 +256,20 @@ struct Inner {
 #[derive(Debug)]
 struct Pending {
     key: TransactionKey,
+    epoch: u64,
     append: EncodedAppend,
-    reply: oneshot::Sender<Result<bool, String>>,
+    reply: oneshot::Sender<Result<Outcome, String>>,
+}
+
+/// What became of one append of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Its records are in the log.
+    Written,
+    /// The transaction was never created; nothing was written.
+    Missing,
+    /// Its epoch is not the transaction's; nothing was written.
+    Fenced,
 }
 
 fn store_error(operation: &'static str, key: &TransactionKey, reason: impl ToString) -> StoreError {
@@ -348,88 +398,140 @@ impl SqliteStore {
     }
 }
 
-/// Bumps the summary row of every transaction in the batch (`?1`: a JSON array of
-/// `[workflow, transaction_id, records, state|null]`), returning the ones that exist.
+/// Bumps the summary row of every (transaction, epoch) group of the batch whose epoch is the
+/// transaction's (`?1`: a JSON array of `[workflow, transaction_id, records, state|null,
+/// epoch]`), returning the groups it wrote. A group whose records finish the transaction ends
+/// its lease (no owner, no wake-up time).
 const BUMP_SQL: &str = "UPDATE transactions
     SET next_seq = next_seq + (d.value ->> 2),
         state = COALESCE(d.value ->> 3, state),
+        owner = CASE WHEN COALESCE(d.value ->> 3, state) IN ('done', 'reverted', 'failed') THEN NULL ELSE owner END,
+        wake_at = CASE WHEN COALESCE(d.value ->> 3, state) IN ('done', 'reverted', 'failed') THEN NULL ELSE wake_at END,
         updated_at = ?2
    FROM json_each(?1) AS d
-  WHERE workflow = d.value ->> 0 AND transaction_id = d.value ->> 1
-RETURNING workflow, transaction_id";
+  WHERE workflow = d.value ->> 0 AND transaction_id = d.value ->> 1 AND epoch = d.value ->> 4
+RETURNING workflow, transaction_id, epoch";
 
 /// Inserts the log rows of the batch (`?1`: a JSON array of `[workflow, transaction_id, records
-/// of that transaction in the batch, offset, kind, step, side, attempt, record]`) after the
-/// sequence numbers the bump reserved.
+/// of that group in the batch, offset, kind, step, side, attempt, record, epoch]`) after the
+/// sequence numbers the bump reserved; rows of a fenced group match no summary row.
 const INSERT_SQL: &str = "INSERT INTO transaction_log
     (workflow, transaction_id, run_id, seq, kind, step, side, attempt, record)
 SELECT t.workflow, t.transaction_id, t.run_id, t.next_seq - (r.value ->> 2) + (r.value ->> 3),
        r.value ->> 4, r.value ->> 5, r.value ->> 6, r.value ->> 7, r.value ->> 8
   FROM json_each(?1) AS r
-  JOIN transactions t ON t.workflow = r.value ->> 0 AND t.transaction_id = r.value ->> 1";
+  JOIN transactions t ON t.workflow = r.value ->> 0 AND t.transaction_id = r.value ->> 1
+                     AND t.epoch = r.value ->> 9";
 
-/// Writes appends (of any transactions) in one SQLite transaction (two statements), one commit.
-/// For each append, whether its transaction exists (an append to a missing one writes nothing).
+/// Which of the transactions named in `?1` (a JSON array of `[workflow, transaction_id]`) exist.
+const EXISTING_SQL: &str = "SELECT t.workflow, t.transaction_id
+  FROM json_each(?1) AS d
+  JOIN transactions t ON t.workflow = d.value ->> 0 AND t.transaction_id = d.value ->> 1";
+
+/// A `u64` of the trait (epoch, time) as a SQLite integer, saturating.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A lease's `until` as stored: saturating one below `i64::MAX`, so the index's
+/// `lease_until + 1` never overflows.
+fn until(value: u64) -> i64 {
+    int(value).min(i64::MAX - 1)
+}
+
+/// One append of a batch: its transaction, the epoch it was written with, its rows.
+type BatchAppend<'a> = (&'a TransactionKey, u64, &'a EncodedAppend);
+
+/// Writes appends (of any transactions) in one SQLite transaction, one commit. Appends of one
+/// transaction with one epoch form a group, written (or refused) together; for each append,
+/// whether it was written, its transaction is missing, or its epoch is stale.
 async fn write_batch(
     pool: &SqlitePool,
-    batch: &[(&TransactionKey, &EncodedAppend)],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let mut index: HashMap<&TransactionKey, usize> = HashMap::new();
-    let mut keys: Vec<(&str, &str, i64, Option<&str>)> = Vec::new();
+    batch: &[BatchAppend<'_>],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut index: HashMap<(&TransactionKey, u64), usize> = HashMap::new();
+    // workflow, transaction_id, records, state, epoch
+    let mut groups: Vec<(&str, &str, i64, Option<&str>, i64)> = Vec::new();
     let mut of_append = Vec::with_capacity(batch.len());
-    for (key, append) in batch {
-        let k = *index.entry(key).or_insert_with(|| {
-            keys.push((key.workflow.as_ref(), key.id.as_ref(), 0, None));
-            keys.len() - 1
+    for &(key, epoch, append) in batch {
+        let g = *index.entry((key, epoch)).or_insert_with(|| {
+            groups.push((key.workflow.as_ref(), key.id.as_ref(), 0, None, int(epoch)));
+            groups.len() - 1
         });
-        of_append.push(k);
-        keys[k].2 += append.rows.len() as i64;
+        of_append.push(g);
+        groups[g].2 += append.rows.len() as i64;
         if append.state.is_some() {
-            keys[k].3 = append.state;
+            groups[g].3 = append.state;
         }
     }
-    let mut offsets = vec![0_i64; keys.len()];
+    let mut offsets = vec![0_i64; groups.len()];
     let mut rows = Vec::new();
-    for ((_, append), &k) in batch.iter().zip(&of_append) {
-        let (workflow, id, total, _) = keys[k];
+    for (&(_, _, append), &g) in batch.iter().zip(&of_append) {
+        let (workflow, id, total, _, epoch) = groups[g];
         for row in &append.rows {
             rows.push((
                 workflow,
                 id,
                 total,
-                offsets[k],
+                offsets[g],
                 row.kind,
                 row.step,
                 row.side,
                 row.attempt,
                 row.record.as_str(),
+                epoch,
             ));
-            offsets[k] += 1;
+            offsets[g] += 1;
         }
     }
     let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
-    let keys_json = serde_json::to_string(&keys).map_err(encode)?;
+    let groups_json = serde_json::to_string(&groups).map_err(encode)?;
     let rows_json = serde_json::to_string(&rows).map_err(encode)?;
     let mut tx = pool.begin().await?;
-    let found: Vec<(String, String)> = sqlx::query_as(BUMP_SQL)
-        .bind(keys_json)
+    let written: Vec<(String, String, i64)> = sqlx::query_as(BUMP_SQL)
+        .bind(groups_json)
         .bind(now_millis())
         .fetch_all(&mut *tx)
         .await?;
-    if !rows.is_empty() {
+    if !rows.is_empty() && !written.is_empty() {
         sqlx::query(INSERT_SQL)
             .bind(rows_json)
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
-    let mut exists = vec![false; keys.len()];
-    for (workflow, id) in found {
-        if let Some(&k) = index.get(&TransactionKey::new(workflow, id)) {
-            exists[k] = true;
+    let by_group: HashMap<(&str, &str, i64), usize> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, &(workflow, id, _, _, epoch))| ((workflow, id, epoch), g))
+        .collect();
+    let mut outcome = vec![Outcome::Missing; groups.len()];
+    for (workflow, id, epoch) in &written {
+        if let Some(&g) = by_group.get(&(workflow.as_str(), id.as_str(), *epoch)) {
+            outcome[g] = Outcome::Written;
         }
     }
-    Ok(of_append.into_iter().map(|k| exists[k]).collect())
+    if written.len() < groups.len() {
+        // Refused groups: stale epochs of existing transactions, or never created.
+        let refused: Vec<(&str, &str)> = groups
+            .iter()
+            .zip(&outcome)
+            .filter(|(_, o)| **o != Outcome::Written)
+            .map(|(g, _)| (g.0, g.1))
+            .collect();
+        let existing: HashSet<(String, String)> = sqlx::query_as(EXISTING_SQL)
+            .bind(serde_json::to_string(&refused).map_err(encode)?)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        for (g, o) in groups.iter().zip(outcome.iter_mut()) {
+            if *o != Outcome::Written && existing.contains(&(g.0.to_string(), g.1.to_string())) {
+                *o = Outcome::Fenced;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(of_append.into_iter().map(|g| outcome[g]).collect())
 }
 
 /// The batch writer: takes everything queued (up to `max`), writes it in one commit, answers.
@@ -441,15 +543,15 @@ async fn run_writer(
 ) {
     let mut batch = Vec::with_capacity(max);
     while queue.recv_many(&mut batch, max).await > 0 {
-        let refs: Vec<(&TransactionKey, &EncodedAppend)> =
-            batch.iter().map(|p| (&p.key, &p.append)).collect();
+        let refs: Vec<BatchAppend<'_>> =
+            batch.iter().map(|p| (&p.key, p.epoch, &p.append)).collect();
         let result = write_batch(&pool, &refs).await;
         drop(refs);
         match result {
-            Ok(exists) => {
+            Ok(outcomes) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
-                for (pending, exists) in batch.drain(..).zip(exists) {
-                    let _ = pending.reply.send(Ok(exists));
+                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = pending.reply.send(Ok(outcome));
                 }
             }
             Err(error) => {
@@ -463,13 +565,49 @@ async fn run_writer(
     }
 }
 
+/// Creates a transaction, or replaces a finished one with a new run (one epoch later);
+/// returns the epoch, or no row when an unfinished run holds the id.
 const CREATE_SQL: &str = "INSERT INTO transactions
-    (workflow, transaction_id, run_id, state, payload, created_at, updated_at, next_seq)
-VALUES (?1, ?2, ?3, 'not_started', ?4, ?5, ?6, 0)
+    (workflow, transaction_id, run_id, state, payload, created_at, updated_at, next_seq,
+     owner, lease_until, epoch, wake_at)
+VALUES (?1, ?2, ?3, 'not_started', ?4, ?5, ?6, 0, ?7, ?8, 1, ?9)
 ON CONFLICT (workflow, transaction_id) DO UPDATE
    SET run_id = excluded.run_id, state = excluded.state, payload = excluded.payload,
-       created_at = excluded.created_at, updated_at = excluded.updated_at, next_seq = 0
- WHERE transactions.state IN ('done', 'reverted', 'failed')";
+       created_at = excluded.created_at, updated_at = excluded.updated_at, next_seq = 0,
+       owner = excluded.owner, lease_until = excluded.lease_until,
+       epoch = transactions.epoch + 1, wake_at = excluded.wake_at
+ WHERE transactions.state IN ('done', 'reverted', 'failed')
+RETURNING epoch";
+
+/// Takes a transaction's lease (`?3` owner until `?4`) unless another owner's lease runs at
+/// `?5`; the epoch moves on when the lease changes hands. Returns the epoch when granted.
+const CLAIM_SQL: &str = "UPDATE transactions
+   SET epoch = CASE WHEN owner IS ?3 THEN epoch ELSE epoch + 1 END,
+       owner = ?3, lease_until = ?4, wake_at = NULL
+ WHERE workflow = ?1 AND transaction_id = ?2
+   AND (owner IS NULL OR owner = ?3 OR lease_until < ?5)
+RETURNING epoch";
+
+/// Gives a lease up if `?3` is the epoch; an unfinished transaction wakes at `?4`.
+const RELEASE_SQL: &str = "UPDATE transactions
+   SET owner = NULL, wake_at = CASE WHEN state IN ('done', 'reverted', 'failed') THEN NULL ELSE ?4 END
+ WHERE workflow = ?1 AND transaction_id = ?2 AND epoch = ?3";
+
+/// Extends every lease owner `?1` holds to `?2` (through the `transactions_by_owner` index).
+const RENEW_SQL: &str = "UPDATE transactions SET lease_until = ?2 WHERE owner = ?1";
+
+/// Claims up to `?5` unfinished transactions of the workflows in `?1` (a JSON array) due at
+/// `?4` for owner `?2` until `?3`, each one epoch later. The inner query reads the
+/// `transactions_due` index: the same expression and the same `state` term as the index.
+const CLAIM_DUE_SQL: &str = "UPDATE transactions
+   SET owner = ?2, lease_until = ?3, epoch = epoch + 1, wake_at = NULL
+ WHERE (workflow, transaction_id) IN (
+        SELECT workflow, transaction_id FROM transactions
+         WHERE workflow IN (SELECT value FROM json_each(?1))
+           AND (CASE WHEN owner IS NULL THEN wake_at ELSE lease_until + 1 END) <= ?4
+           AND state NOT IN ('done', 'reverted', 'failed')
+         LIMIT ?5)
+RETURNING workflow, transaction_id, epoch";
 
 const LOAD_SQL: &str = "SELECT -1 AS seq, run_id, payload AS body, created_at
   FROM transactions WHERE workflow = ?1 AND transaction_id = ?2
@@ -483,7 +621,11 @@ ORDER BY seq";
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create(&self, header: &TransactionHeader) -> gorgon_orchestration::Result<()> {
+    async fn create(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+    ) -> gorgon_orchestration::Result<u64> {
         let key = &header.key;
         let payload = header
             .payload
@@ -491,20 +633,22 @@ impl Store for SqliteStore {
             .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
         let created_at = i64::try_from(header.created_at)
             .map_err(|_| store_error("create", key, "created_at is out of range"))?;
-        let result: Result<bool, sqlx::Error> = async {
+        let result: Result<Option<i64>, sqlx::Error> = async {
             let mut tx = self.inner.writer.begin().await?;
-            let won = sqlx::query(CREATE_SQL)
+            let epoch: Option<i64> = sqlx::query_scalar(CREATE_SQL)
                 .bind(key.workflow.as_ref())
                 .bind(key.id.as_ref())
                 .bind(header.run_id.as_ref())
                 .bind(payload.to_string())
                 .bind(created_at)
                 .bind(now_millis())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if won {
+                .bind(lease.map(|l| l.owner.as_ref()))
+                .bind(lease.map_or(0, |l| until(l.until)))
+                // Without a lease, an enqueued start: due at once.
+                .bind(lease.is_none().then_some(created_at))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if epoch.is_some() {
                 // The log of the finished run this one replaces.
                 sqlx::query(
                     "DELETE FROM transaction_log WHERE workflow = ?1 AND transaction_id = ?2",
@@ -515,37 +659,39 @@ impl Store for SqliteStore {
                 .await?;
             }
             tx.commit().await?;
-            Ok(won)
+            Ok(epoch)
         }
         .await;
-        if !result.map_err(|e| store_error("create", key, e))? {
-            return Err(StoreError::AlreadyStarted {
+        match result.map_err(|e| store_error("create", key, e))? {
+            Some(epoch) => Ok(u64::try_from(epoch).unwrap_or(0)),
+            None => Err(StoreError::AlreadyStarted {
                 workflow: key.workflow.to_string(),
                 transaction: key.id.to_string(),
-            });
+            }),
         }
-        Ok(())
     }
 
     async fn append(
         &self,
         key: &TransactionKey,
+        epoch: u64,
         records: &[Record],
     ) -> gorgon_orchestration::Result<()> {
         let append = encode(key, records)?;
         let n = append.rows.len() as u64;
-        let exists = match &self.inner.queue {
+        let outcome = match &self.inner.queue {
             None => {
-                let exists = write_batch(&self.inner.writer, &[(key, &append)])
+                let outcome = write_batch(&self.inner.writer, &[(key, epoch, &append)])
                     .await
                     .map_err(|e| store_error("append", key, e))?;
                 self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
-                exists[0]
+                outcome[0]
             }
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
                 let pending = Pending {
                     key: key.clone(),
+                    epoch,
                     append,
                     reply,
                 };
@@ -559,16 +705,141 @@ impl Store for SqliteStore {
                     .map_err(|reason| store_error("append", key, reason))?
             }
         };
-        if !exists {
-            return Err(store_error(
+        match outcome {
+            Outcome::Written => {
+                self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Outcome::Missing => Err(store_error(
                 "append",
                 key,
                 "the transaction was never created",
-            ));
+            )),
+            Outcome::Fenced => Err(fenced(key, epoch)),
         }
-        self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
-        self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
-        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        key: &TransactionKey,
+        lease: &Lease,
+        now: u64,
+    ) -> gorgon_orchestration::Result<Claim> {
+        let result: Result<Claim, sqlx::Error> = async {
+            // One SQLite transaction: the refusal reads the owner that refused.
+            let mut tx = self.inner.writer.begin().await?;
+            let epoch: Option<i64> = sqlx::query_scalar(CLAIM_SQL)
+                .bind(key.workflow.as_ref())
+                .bind(key.id.as_ref())
+                .bind(lease.owner.as_ref())
+                .bind(until(lease.until))
+                .bind(int(now))
+                .fetch_optional(&mut *tx)
+                .await?;
+            let claim = match epoch {
+                Some(epoch) => Claim::Granted {
+                    epoch: u64::try_from(epoch).unwrap_or(0),
+                },
+                None => {
+                    let owner: Option<Option<String>> = sqlx::query_scalar(
+                        "SELECT owner FROM transactions WHERE workflow = ?1 AND transaction_id = ?2",
+                    )
+                    .bind(key.workflow.as_ref())
+                    .bind(key.id.as_ref())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match owner {
+                        None => Claim::NotFound,
+                        Some(owner) => Claim::Leased {
+                            owner: owner.unwrap_or_default(),
+                        },
+                    }
+                }
+            };
+            tx.commit().await?;
+            Ok(claim)
+        }
+        .await;
+        result.map_err(|e| store_error("claim", key, e))
+    }
+
+    async fn release(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        wake_at: Option<u64>,
+    ) -> gorgon_orchestration::Result<()> {
+        let released = sqlx::query(RELEASE_SQL)
+            .bind(key.workflow.as_ref())
+            .bind(key.id.as_ref())
+            .bind(int(epoch))
+            .bind(wake_at.map(int))
+            .execute(&self.inner.writer)
+            .await
+            .map_err(|e| store_error("release", key, e))?
+            .rows_affected();
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(fenced(key, epoch))
+        }
+    }
+
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        now: u64,
+        limit: usize,
+    ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
+        if workflows.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = workflows.iter().map(|w| w.as_ref()).collect();
+        let failed = |reason: String| StoreError::Store {
+            operation: "claim_due",
+            transaction: format!("any due of {}", names.join(", ")),
+            reason,
+        };
+        let names_json = serde_json::to_string(&names).map_err(|e| failed(e.to_string()))?;
+        let claimed: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
+            .bind(names_json)
+            .bind(lease.owner.as_ref())
+            .bind(until(lease.until))
+            .bind(int(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.writer)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(claimed
+            .into_iter()
+            .map(|(workflow, id, epoch)| {
+                (
+                    TransactionKey::new(workflow, id),
+                    u64::try_from(epoch).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
+    fn pipelined(&self) -> bool {
+        self.inner.queue.is_some()
+    }
+
+    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
+        let renewed = sqlx::query(RENEW_SQL)
+            .bind(lease.owner.as_ref())
+            .bind(until(lease.until))
+            .execute(&self.inner.writer)
+            .await
+            .map_err(|e| StoreError::Store {
+                operation: "renew",
+                transaction: format!("every one leased by {}", lease.owner),
+                reason: e.to_string(),
+            })?
+            .rows_affected();
+        Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
     }
 
     async fn load(
@@ -711,4 +982,43 @@ fn bind_all<'q, O>(
         };
     }
     query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of a statement, one detail per line.
+    async fn plan(store: &SqliteStore, sql: &'static str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind("[\"wf\"]")
+                .bind("owner")
+                .bind(10_i64)
+                .bind(5_i64)
+                .bind(3_i64)
+                .fetch_all(store.pool())
+                .await
+                .expect("explain");
+        rows.into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `claim_due` seeks the due index (no scan of the table); `renew` the owner index.
+    #[tokio::test]
+    async fn claim_due_and_renew_read_their_indexes() {
+        let store = SqliteStore::connect(Options::in_memory())
+            .await
+            .expect("open");
+        let due = plan(&store, CLAIM_DUE_SQL).await;
+        assert!(
+            due.contains("USING INDEX transactions_due (workflow=? AND <expr><?)"),
+            "{due}"
+        );
+        assert!(!due.contains("SCAN transactions"), "{due}");
+        let renew = plan(&store, RENEW_SQL).await;
+        assert!(renew.contains("transactions_by_owner"), "{renew}");
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gorgon_orchestration::machine::TransactionFields;
-use gorgon_orchestration::store::TransactionHeader;
+use gorgon_orchestration::store::{Claim, Lease, TransactionHeader};
 use gorgon_orchestration::{
     Data, Error as StoreError, HandlerType, Record, StepError, StepRun, Store, TransactionError,
     TransactionKey, TransactionState,
@@ -104,7 +104,7 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
                 second.clone()
             };
             let h = header(id);
-            tokio::spawn(async move { store.create(&h).await.map(|()| h.run_id) })
+            tokio::spawn(async move { store.create(&h, None).await.map(|e| (h.run_id, e)) })
         });
         let results: Vec<_> = futures::future::join_all(attempts)
             .await
@@ -123,11 +123,16 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
         }
         let stored = second.load(&key).await.expect("load").expect("exists");
         assert_eq!(
-            &stored.header.run_id, winners[0],
+            &stored.header.run_id, &winners[0].0,
             "the winner's run is stored"
         );
+        assert_eq!(winners[0].1, round + 1, "a new run is one epoch later");
         first
-            .append(&key, &[step(1), state(TransactionState::Done)])
+            .append(
+                &key,
+                winners[0].1,
+                &[step(1), state(TransactionState::Done)],
+            )
             .await
             .expect("finish");
     }
@@ -140,7 +145,7 @@ async fn batched_appends_of_200_transactions_share_commits() {
     let (store, _dir) = connect(Durability::Batched).await;
     let ids: Vec<String> = (0..200).map(|i| format!("batch-{i}")).collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     let started = Instant::now();
     let tasks = ids.iter().map(|id| {
@@ -148,10 +153,10 @@ async fn batched_appends_of_200_transactions_share_commits() {
         let key = TransactionKey::new("sqlite-test", id.as_str());
         tokio::spawn(async move {
             store
-                .append(&key, &[state(TransactionState::Invoking)])
+                .append(&key, 1, &[state(TransactionState::Invoking)])
                 .await?;
             for n in 1..=9 {
-                store.append(&key, &[step(n)]).await?;
+                store.append(&key, 1, &[step(n)]).await?;
             }
             Ok::<_, StoreError>(())
         })
@@ -191,7 +196,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
     let (store, _dir) = connect(Durability::Batched).await;
     let ids: Vec<String> = (0..20).map(|i| format!("mixed-{i}")).collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     let ghost = TransactionKey::new("sqlite-test", "ghost");
     let appends = ids
@@ -200,7 +205,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
         .chain(std::iter::once(ghost.clone()))
         .map(|key| {
             let store = store.clone();
-            tokio::spawn(async move { (store.append(&key, &[step(1)]).await, key) })
+            tokio::spawn(async move { (store.append(&key, 1, &[step(1)]).await, key) })
         });
     for result in futures::future::join_all(appends).await {
         let (result, key) = result.expect("task");
@@ -226,7 +231,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let (store, _dir) = connect(Durability::Batched).await;
     let ids: Vec<String> = (0..50).map(|i| format!("doomed-{i}")).collect();
     for id in &ids {
-        store.create(&header(id)).await.expect("create");
+        store.create(&header(id), None).await.expect("create");
     }
     sqlx::query("DROP TABLE transaction_log")
         .execute(store.pool())
@@ -235,7 +240,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let appends = ids.iter().map(|id| {
         let store = store.clone();
         let key = TransactionKey::new("sqlite-test", id.as_str());
-        tokio::spawn(async move { store.append(&key, &[step(1)]).await })
+        tokio::spawn(async move { store.append(&key, 1, &[step(1)]).await })
     });
     for result in futures::future::join_all(appends).await {
         let error = result.expect("task").expect_err("the commit failed");
@@ -260,6 +265,133 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     assert_eq!(summary.state, TransactionState::NotStarted);
 }
 
+fn lease(owner: &str, until: u64) -> Lease {
+    Lease {
+        owner: Arc::from(owner),
+        until,
+    }
+}
+
+/// In a batch, an append with a stale epoch (its lease was taken over) fails alone with
+/// `Fenced` and writes nothing; the others of the batch, the new holder's included, are written.
+#[tokio::test]
+async fn a_stale_epoch_fails_only_its_own_append_in_a_batch() {
+    let (store, _dir) = connect(Durability::Batched).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("fenced-{i}")).collect();
+    for id in &ids {
+        let epoch = store
+            .create(&header(id), Some(&lease("old", 100)))
+            .await
+            .expect("create");
+        assert_eq!(epoch, 1);
+    }
+    let taken = TransactionKey::new("sqlite-test", "fenced-0");
+    let Claim::Granted { epoch: current } = store
+        .claim(&taken, &lease("new", 1_000), 101)
+        .await
+        .expect("claim")
+    else {
+        panic!("a lapsed lease is granted");
+    };
+    assert_eq!(current, 2);
+    let stale = ids.iter().map(|id| {
+        let store = store.clone();
+        let key = TransactionKey::new("sqlite-test", id.as_str());
+        tokio::spawn(async move { (store.append(&key, 1, &[step(1)]).await, key, 1) })
+    });
+    let fresh = {
+        let store = store.clone();
+        let key = taken.clone();
+        tokio::spawn(async move { (store.append(&key, current, &[step(2)]).await, key, current) })
+    };
+    let before = store.stats();
+    for result in futures::future::join_all(stale.chain(std::iter::once(fresh))).await {
+        let (result, key, epoch) = result.expect("task");
+        if key == taken && epoch == 1 {
+            match result {
+                Err(StoreError::Fenced { epoch, .. }) => assert_eq!(epoch, 1),
+                other => panic!("expected Fenced, got {other:?}"),
+            }
+        } else {
+            result.expect("the others are written");
+        }
+    }
+    let after = store.stats();
+    println!(
+        "21 appends (one fenced) in {} commits",
+        after.commits - before.commits
+    );
+    assert_eq!(after.appends - before.appends, 20);
+    let stored = store.load(&taken).await.expect("load").expect("exists");
+    assert_eq!(
+        stored.records,
+        vec![step(2)],
+        "the stale append wrote nothing"
+    );
+    for id in &ids[1..] {
+        let key = TransactionKey::new("sqlite-test", id.as_str());
+        let stored = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(stored.records, vec![step(1)]);
+    }
+}
+
+/// Two stores on one file (as two processes) claim due transactions at once: each is claimed
+/// exactly once, at epoch 2, and then belongs to its claimer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_file_never_claim_a_transaction_twice() {
+    let (first, dir) = connect(Durability::EveryStep).await;
+    let second = SqliteStore::connect(Options::file(dir.path().join("gorgon.db")))
+        .await
+        .expect("second store on the same file");
+    let workflows: Vec<Arc<str>> = vec![Arc::from("sqlite-test")];
+    for i in 0..100 {
+        first
+            .create(&header(&format!("due-{i}")), None)
+            .await
+            .expect("create");
+    }
+    let workers = [("w1", first.clone()), ("w2", second.clone())].map(|(owner, store)| {
+        let workflows = workflows.clone();
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due(&workflows, &lease(owner, 10_000), 1_000, 7)
+                    .await
+                    .expect("claim_due");
+                if batch.is_empty() {
+                    return claimed;
+                }
+                assert!(batch.len() <= 7, "the limit holds");
+                claimed.extend(batch.into_iter().map(|c| (c, owner)));
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.expect("worker"));
+    }
+    assert_eq!(all.len(), 100, "every transaction is claimed once");
+    all.sort();
+    all.dedup_by(|a, b| a.0.0 == b.0.0);
+    assert_eq!(all.len(), 100, "no transaction is claimed twice");
+    for ((key, epoch), owner) in &all {
+        assert_eq!(*epoch, 2);
+        assert_eq!(
+            second
+                .claim(key, &lease("thief", 20_000), 5_000)
+                .await
+                .expect("claim"),
+            Claim::Leased {
+                owner: owner.to_string()
+            }
+        );
+    }
+    let held = first.renew(&lease("w1", 30_000)).await.expect("renew")
+        + second.renew(&lease("w2", 30_000)).await.expect("renew");
+    assert_eq!(held, 100);
+}
+
 /// A log row's seq, kind, step, side and attempt.
 type LogRow = (i64, String, Option<i64>, Option<String>, Option<i64>);
 
@@ -268,7 +400,7 @@ type LogRow = (i64, String, Option<i64>, Option<String>, Option<i64>);
 async fn log_rows_are_keyed_by_step_side_and_attempt() {
     let (store, _dir) = connect(Durability::EveryStep).await;
     let h = header("columns");
-    store.create(&h).await.expect("create");
+    let epoch = store.create(&h, None).await.expect("create");
     let mut compensating = StepRun {
         attempts: 2,
         compensating: true,
@@ -292,8 +424,14 @@ async fn log_rows_are_keyed_by_step_side_and_attempt() {
             error: StepError::new("declined"),
         }),
     ];
-    store.append(&h.key, &records[..2]).await.expect("append");
-    store.append(&h.key, &records[2..]).await.expect("append");
+    store
+        .append(&h.key, epoch, &records[..2])
+        .await
+        .expect("append");
+    store
+        .append(&h.key, epoch, &records[2..])
+        .await
+        .expect("append");
     let rows: Vec<LogRow> = sqlx::query_as(
         "SELECT seq, kind, CAST(step AS BIGINT), side, CAST(attempt AS BIGINT) FROM transaction_log \
          WHERE workflow = ?1 AND transaction_id = ?2 ORDER BY seq",
@@ -364,12 +502,15 @@ async fn child_writes_then_exits() {
         run_id: Arc::from(mode),
         ..header(mode)
     };
-    store.create(&h).await.expect("create");
+    let epoch = store.create(&h, None).await.expect("create");
     store
-        .append(&h.key, &[state(TransactionState::Invoking), step(1)])
+        .append(&h.key, epoch, &[state(TransactionState::Invoking), step(1)])
         .await
         .expect("append");
-    store.append(&h.key, &[step(2)]).await.expect("append");
+    store
+        .append(&h.key, epoch, &[step(2)])
+        .await
+        .expect("append");
     std::process::exit(0);
 }
 

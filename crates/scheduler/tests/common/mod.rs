@@ -170,6 +170,7 @@ pub async fn start_cluster(
         let engine = EngineOptions {
             store: backend.store().await,
             clock: Arc::new(SystemClock) as Arc<dyn Clock>,
+            ..EngineOptions::default()
         };
         let services = Services::new()
             .with(recorder.clone())
