@@ -273,7 +273,7 @@ pub fn engine(store: Arc<dyn Store>, worker: &str, calls: CallLog) -> anyhow::Re
             id: Arc::from(worker),
             lease_ms: LEASE_MS,
             poll_ms: 100,
-            claim_batch: 32,
+            claim_batch: 8,
         },
         ..EngineOptions::default()
     }
@@ -303,7 +303,7 @@ pub fn engine(store: Arc<dyn Store>, worker: &str, calls: CallLog) -> anyhow::Re
                     // Not logged, so not done: a temporary failure, retried.
                     return StepOutcome::fail(format!("call log: {error}"));
                 }
-                let pause = hash(&[&key, &call.attempt().to_string()]) % 15;
+                let pause = 5 + hash(&[&key, &call.attempt().to_string()]) % 30;
                 tokio::time::sleep(Duration::from_millis(1 + pause)).await;
                 match outcome {
                     Scripted::Ok => StepOutcome::ok(serde_json::json!({ "by": &*worker })),

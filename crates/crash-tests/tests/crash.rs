@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gorgon_crash_tests::{
@@ -74,41 +76,49 @@ async fn crash_test(backend: Backend) {
     }
 
     // Kill one worker every ~200 ms and start it again, until every transaction has ended.
-    let mut killed: HashSet<String> = HashSet::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let stop = stop.clone();
+        let namespace = namespace.clone();
+        async move {
+            let mut killed: HashSet<String> = HashSet::new();
+            let mut kills = 0_usize;
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(150 + (kills * 37 % 100) as u64)).await;
+                let slot = kills % WORKERS;
+                let victim = format!("s{slot}-i{}", incarnations[slot]);
+                slots[slot].start_kill().expect("SIGKILL");
+                slots[slot].wait().await.expect("reaped");
+                killed.insert(victim);
+                kills += 1;
+                incarnations[slot] += 1;
+                let next = format!("s{slot}-i{}", incarnations[slot]);
+                slots[slot] = start(backend, &namespace, &next).await;
+            }
+            (killed, kills, slots)
+        }
+    });
     let started = Instant::now();
-    let mut kills = 0;
-    let mut finished = 0;
-    while started.elapsed() < Duration::from_secs(240) {
-        tokio::time::sleep(Duration::from_millis(150 + (kills * 37 % 100) as u64)).await;
-        let slot = kills % WORKERS;
-        let victim = format!("s{slot}-i{}", incarnations[slot]);
-        slots[slot].start_kill().expect("SIGKILL");
-        slots[slot].wait().await.expect("reaped");
-        killed.insert(victim);
-        kills += 1;
-        incarnations[slot] += 1;
-        slots[slot] = start(
-            backend,
-            &namespace,
-            &format!("s{slot}-i{}", incarnations[slot]),
-        )
-        .await;
-        finished = 0;
-        for n in 0..WORKFLOW_COUNT {
+    let mut pending: Vec<usize> = (0..WORKFLOW_COUNT).collect();
+    while !pending.is_empty() && started.elapsed() < Duration::from_secs(240) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut still = Vec::new();
+        for n in pending {
             let (workflow, id) = transaction(n);
             let summary = store
                 .summary(&TransactionKey::new(workflow, id.as_str()))
                 .await
                 .expect("summary");
-            if summary.is_some_and(|s| s.state.is_finished()) {
-                finished += 1;
+            if !summary.is_some_and(|s| s.state.is_finished()) {
+                still.push(n);
             }
         }
-        if finished == WORKFLOW_COUNT {
-            break;
-        }
+        pending = still;
     }
+    let finished = WORKFLOW_COUNT - pending.len();
     let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let (killed, kills, mut slots) = killer.await.expect("killer");
     for child in &mut slots {
         child.start_kill().ok();
         child.wait().await.ok();
