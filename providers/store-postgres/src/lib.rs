@@ -33,12 +33,24 @@
 //!
 //! ```text
 //!  transactions     one row per (workflow, transaction_id): run_id, state, payload (jsonb),
-//!                   created_at, updated_at (ms), next_seq. The summary, for listings.
+//!                   created_at, updated_at (ms), next_seq; owner, lease_until, epoch, wake_at
+//!                   (leases, migrations/0003). The summary, for listings and for claims.
 //!  transaction_log  one row per record: (workflow, transaction_id, run_id, seq) primary key,
-//!                   kind (transaction|step|response|error), step, side (invoke|compensate),
-//!                   attempt (step records), record (json). Append-only: rows are inserted,
-//!                   never updated; a new run of a finished id deletes the old run's rows.
+//!                   kind (transaction|step|response|error|timer), step, side
+//!                   (invoke|compensate), attempt (step records), record (json). In batched
+//!                   mode one row holds a whole append (kind `records`, a JSON array), since an
+//!                   append then spans many step events. Append-only: rows are inserted, never
+//!                   updated; a new run of a finished id deletes the old run's rows.
 //! ```
+//!
+//! # Leases and fencing
+//!
+//! Each append's statement matches the summary row on its epoch as well as its key, so an append
+//! from a worker whose lease was taken over writes nothing and gets
+//! [`Error::Fenced`](gorgon_orchestration::Error::Fenced), alone in its batch. `claim` is one
+//! conditional `UPDATE … RETURNING epoch`; `claim_due` picks due rows with `FOR UPDATE SKIP
+//! LOCKED` (partial indexes on `wake_at` of parked rows and `lease_until` of owned ones), so
+//! workers polling at once never claim a transaction twice; `renew` is one `UPDATE` per worker.
 //!
 //! An append is one SQL statement in its own transaction: it bumps the summary row's `next_seq`
 //! (which row-locks it, so appends of one transaction get consecutive sequence numbers), sets the
@@ -55,7 +67,10 @@
 //! - [`Durability::EveryStep`] (the default): each `append` is its own commit and returns once
 //!   PostgreSQL has committed it. Latency per step is one commit (about 2 ms with the default
 //!   `fsync` here); throughput is bounded by how many commits the server makes per second.
-//! - [`Durability::Batched`]: appends of many transactions are queued to background writers
+//! - [`Durability::Batched`]: the store is *pipelined* (`Store::pipelined`): the engine does not
+//!   wait for each append before the next step, keeps one append per transaction in flight, and
+//!   returns a run's outcome only once all of it is committed. Appends of many transactions are
+//!   queued to background writers
 //!   ([`Options::batch_writers`], default 2, so one batch fills while another commits); a writer
 //!   takes everything queued so far (up to [`Options::batch_max_appends`]) and writes it in one
 //!   statement and one commit. Each `append` resolves only after the commit holding its
@@ -63,6 +78,9 @@
 //!   transaction sees the same latency (often a little more: it waits for the commit in
 //!   flight), but a thousand concurrent transactions share one commit instead of making a
 //!   thousand, so throughput grows with concurrency.
+//!
+//! A transaction with a generated id is created in the commit of its first append
+//! (`Store::create_and_append`), in both modes.
 //!
 //! Either way an `append` that returned `Ok` is durable: it survives a crash of the process and
 //! (with PostgreSQL's default `fsync = on`, `synchronous_commit = on`) of the database host. An

@@ -256,6 +256,7 @@ struct Inner {
 #[derive(Debug)]
 struct Pending {
     key: TransactionKey,
+    create: Option<NewTransaction>,
     epoch: u64,
     append: EncodedAppend,
     reply: oneshot::Sender<Result<Outcome, String>>,
@@ -270,7 +271,27 @@ enum Outcome {
     Missing,
     /// Its epoch is not the transaction's; nothing was written.
     Fenced,
+    /// Its transaction was to be created with it, but the id is taken; nothing was written.
+    Taken,
 }
+
+/// A transaction to create in the commit of its first append.
+#[derive(Debug)]
+struct NewTransaction {
+    run_id: String,
+    payload: String,
+    created_at: i64,
+    owner: Option<String>,
+    until: i64,
+}
+
+/// Inserts a transaction created with its first append (a generated id); no row when taken.
+const CREATE_NEW_SQL: &str = "INSERT INTO transactions
+    (workflow, transaction_id, run_id, state, payload, created_at, updated_at, next_seq,
+     owner, lease_until, epoch, wake_at)
+VALUES (?1, ?2, ?3, 'not_started', ?4, ?5, ?6, 0, ?7, ?8, 1, NULL)
+ON CONFLICT (workflow, transaction_id) DO NOTHING
+RETURNING epoch";
 
 fn store_error(operation: &'static str, key: &TransactionKey, reason: impl ToString) -> StoreError {
     StoreError::Store {
@@ -449,6 +470,60 @@ async fn write_batch(
     pool: &SqlitePool,
     batch: &[BatchAppend<'_>],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
+    write_batch_creating(pool, batch, &[]).await
+}
+
+/// [`write_batch`], first creating the transactions of the appends that come with a
+/// [`NewTransaction`] (`creates` is empty or aligned with `batch`), in the same commit.
+async fn write_batch_creating(
+    pool: &SqlitePool,
+    batch: &[BatchAppend<'_>],
+    creates: &[Option<&NewTransaction>],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut taken = vec![false; batch.len()];
+    for (i, create) in creates.iter().enumerate() {
+        let (Some(new), Some(&(key, _, _))) = (create, batch.get(i)) else {
+            continue;
+        };
+        let epoch: Option<i64> = sqlx::query_scalar(CREATE_NEW_SQL)
+            .bind(key.workflow.as_ref())
+            .bind(key.id.as_ref())
+            .bind(&new.run_id)
+            .bind(&new.payload)
+            .bind(new.created_at)
+            .bind(now_millis())
+            .bind(new.owner.as_deref())
+            .bind(new.until)
+            .fetch_optional(&mut *tx)
+            .await?;
+        taken[i] = epoch.is_none();
+    }
+    let kept: Vec<BatchAppend<'_>> = batch
+        .iter()
+        .zip(&taken)
+        .filter(|(_, taken)| !**taken)
+        .map(|(append, _)| *append)
+        .collect();
+    let mut written = write_batch_in(&mut tx, &kept).await?.into_iter();
+    tx.commit().await?;
+    Ok(taken
+        .into_iter()
+        .map(|taken| {
+            if taken {
+                Outcome::Taken
+            } else {
+                written.next().unwrap_or(Outcome::Missing)
+            }
+        })
+        .collect())
+}
+
+/// The appends of a batch, inside the caller's SQLite transaction.
+async fn write_batch_in(
+    tx: &mut sqlx::SqliteConnection,
+    batch: &[BatchAppend<'_>],
+) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut index: HashMap<(&TransactionKey, u64), usize> = HashMap::new();
     // workflow, transaction_id, records, state, epoch
     let mut groups: Vec<(&str, &str, i64, Option<&str>, i64)> = Vec::new();
@@ -487,7 +562,6 @@ async fn write_batch(
     let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
     let groups_json = serde_json::to_string(&groups).map_err(encode)?;
     let rows_json = serde_json::to_string(&rows).map_err(encode)?;
-    let mut tx = pool.begin().await?;
     let written: Vec<(String, String, i64)> = sqlx::query_as(BUMP_SQL)
         .bind(groups_json)
         .bind(now_millis())
@@ -530,7 +604,6 @@ async fn write_batch(
             }
         }
     }
-    tx.commit().await?;
     Ok(of_append.into_iter().map(|g| outcome[g]).collect())
 }
 
@@ -545,7 +618,9 @@ async fn run_writer(
     while queue.recv_many(&mut batch, max).await > 0 {
         let refs: Vec<BatchAppend<'_>> =
             batch.iter().map(|p| (&p.key, p.epoch, &p.append)).collect();
-        let result = write_batch(&pool, &refs).await;
+        let creates: Vec<Option<&NewTransaction>> =
+            batch.iter().map(|p| p.create.as_ref()).collect();
+        let result = write_batch_creating(&pool, &refs, &creates).await;
         drop(refs);
         match result {
             Ok(outcomes) => {
@@ -677,47 +752,34 @@ impl Store for SqliteStore {
         epoch: u64,
         records: &[Record],
     ) -> gorgon_orchestration::Result<()> {
-        let append = encode(key, records)?;
-        let n = append.rows.len() as u64;
-        let outcome = match &self.inner.queue {
-            None => {
-                let outcome = write_batch(&self.inner.writer, &[(key, epoch, &append)])
-                    .await
-                    .map_err(|e| store_error("append", key, e))?;
-                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
-                outcome[0]
-            }
-            Some(queue) => {
-                let (reply, answer) = oneshot::channel();
-                let pending = Pending {
-                    key: key.clone(),
-                    epoch,
-                    append,
-                    reply,
-                };
-                queue
-                    .send(pending)
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?;
-                answer
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?
-                    .map_err(|reason| store_error("append", key, reason))?
-            }
-        };
-        match outcome {
-            Outcome::Written => {
-                self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
-                self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            }
-            Outcome::Missing => Err(store_error(
-                "append",
-                key,
-                "the transaction was never created",
-            )),
-            Outcome::Fenced => Err(fenced(key, epoch)),
+        self.write(key, epoch, records, None).await
+    }
+
+    async fn create_and_append(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+        records: &[Record],
+    ) -> gorgon_orchestration::Result<u64> {
+        if self.inner.queue.is_none() {
+            let epoch = self.create(header, lease).await?;
+            self.append(&header.key, epoch, records).await?;
+            return Ok(epoch);
         }
+        let key = &header.key;
+        let payload = header
+            .payload
+            .to_json()
+            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
+        let create = NewTransaction {
+            run_id: header.run_id.to_string(),
+            payload: payload.to_string(),
+            created_at: int(header.created_at),
+            owner: lease.map(|l| l.owner.to_string()),
+            until: lease.map_or(0, |l| until(l.until)),
+        };
+        self.write(key, 1, records, Some(create)).await?;
+        Ok(1)
     }
 
     async fn claim(
@@ -982,6 +1044,65 @@ fn bind_all<'q, O>(
         };
     }
     query
+}
+
+impl SqliteStore {
+    /// An append (with, in batched mode, the creation of its transaction), in a commit of its
+    /// own or through the batch writer.
+    async fn write(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        records: &[Record],
+        create: Option<NewTransaction>,
+    ) -> gorgon_orchestration::Result<()> {
+        let append = encode(key, records)?;
+        let n = append.rows.len() as u64;
+        let outcome = match &self.inner.queue {
+            None => {
+                let outcome = write_batch(&self.inner.writer, &[(key, epoch, &append)])
+                    .await
+                    .map_err(|e| store_error("append", key, e))?;
+                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                outcome[0]
+            }
+            Some(queue) => {
+                let (reply, answer) = oneshot::channel();
+                let pending = Pending {
+                    key: key.clone(),
+                    create,
+                    epoch,
+                    append,
+                    reply,
+                };
+                queue
+                    .send(pending)
+                    .await
+                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?;
+                answer
+                    .await
+                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?
+                    .map_err(|reason| store_error("append", key, reason))?
+            }
+        };
+        match outcome {
+            Outcome::Written => {
+                self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Outcome::Missing => Err(store_error(
+                "append",
+                key,
+                "the transaction was never created",
+            )),
+            Outcome::Fenced => Err(fenced(key, epoch)),
+            Outcome::Taken => Err(StoreError::AlreadyStarted {
+                workflow: key.workflow.to_string(),
+                transaction: key.id.to_string(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
