@@ -288,6 +288,35 @@ pub async fn an_engine_run_replays_from_the_log(store: Arc<dyn Store>) {
             .map(|d| d.to_json().expect("json")),
         Some(json!({"step": "b"}))
     );
+
+    // A generated id is created with its first append (pipelined stores: behind the steps);
+    // the run returns only once the whole log is stored.
+    let auto = engine
+        .run(
+            "suite-replay",
+            RunOptions {
+                transaction_id: None,
+                payload: Some(Data::json(json!(8))),
+            },
+        )
+        .await
+        .expect("run");
+    let stored = store
+        .load(&TransactionKey::new("suite-replay", auto.transaction_id()))
+        .await
+        .expect("load")
+        .expect("a generated id is stored");
+    assert_eq!(stored.header.payload.to_json().expect("json"), json!(8));
+    let replayed = Transaction::replay(
+        replayed.shared().flow.clone(),
+        Arc::from(auto.transaction_id()),
+        stored.header.run_id.clone(),
+        stored.header.payload,
+        &stored.records,
+    )
+    .expect("replays");
+    assert_eq!(replayed.state(), TransactionState::Reverted);
+    assert_eq!(replayed.steps(), auto.steps.as_slice());
 }
 
 /// A worker whose lease lapsed and was taken over cannot write any more; the new holder can,
