@@ -99,10 +99,10 @@ impl Scripted {
 pub fn script(workflow: &str, id: &str, action: &str, side: HandlerType, attempt: u32) -> Scripted {
     let h = hash(&[workflow, id, action]);
     match (workflow, action, side) {
-        ("seq", _, HandlerType::Invoke) if h % 17 == 0 => Scripted::Fail,
-        ("par", _, HandlerType::Invoke) if h % 23 == 0 => Scripted::Fail,
+        ("seq", _, HandlerType::Invoke) if h.is_multiple_of(17) => Scripted::Fail,
+        ("par", _, HandlerType::Invoke) if h.is_multiple_of(23) => Scripted::Fail,
         ("retry", "b", HandlerType::Invoke) if attempt == 1 => Scripted::Retry,
-        ("doomed", "c", HandlerType::Invoke) if h % 3 == 0 => Scripted::Fail,
+        ("doomed", "c", HandlerType::Invoke) if h.is_multiple_of(3) => Scripted::Fail,
         ("doomed", "b", HandlerType::Compensate) => Scripted::Fail,
         _ => Scripted::Ok,
     }

@@ -54,10 +54,10 @@ async fn crash_test(backend: Backend) {
         .await
         .expect("call log");
     // The test's own engine only enqueues: it never serves, so it runs nothing.
-    let producer = engine(store.clone(), "producer", calls.clone()).expect("engine");
+    let producer = engine(store.clone(), "producer", call_log.clone()).expect("engine");
 
     let mut slots = Vec::new();
-    let mut incarnations = vec![0_usize; WORKERS];
+    let mut incarnations = [0_usize; WORKERS];
     for slot in 0..WORKERS {
         slots.push(start(backend, &namespace, &format!("s{slot}-i0")).await);
     }
@@ -153,7 +153,7 @@ async fn crash_test(backend: Backend) {
 
     // No step ran twice unless the earlier call died with its worker (or was a scripted
     // temporary failure, which is retried by design).
-    let calls = calls.calls().await.expect("calls");
+    let calls = call_log.calls().await.expect("calls");
     let mut by_key: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
     for (key, worker, outcome) in &calls {
         by_key.entry(key).or_default().push((worker, outcome));
@@ -181,24 +181,13 @@ async fn crash_test(backend: Backend) {
         "the call log holds the steps"
     );
 
-    if let CallLog::Postgres(pool) = &calls_pool(backend, &namespace).await {
+    if let CallLog::Postgres(pool) = &call_log {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{namespace}\" CASCADE"
         )))
         .execute(pool)
         .await
         .ok();
-    }
-}
-
-async fn calls_pool(backend: Backend, namespace: &str) -> CallLog {
-    match backend {
-        Backend::Postgres => CallLog::connect(backend, namespace)
-            .await
-            .expect("call log"),
-        Backend::Redis => CallLog::connect(backend, namespace)
-            .await
-            .expect("call log"),
     }
 }
 
