@@ -50,7 +50,7 @@ async fn start(backend: Backend, namespace: &str, worker: &str) -> Child {
 async fn crash_test(backend: Backend) {
     let namespace = format!("gorgon_crash_{}", uuid::Uuid::new_v4().simple());
     let store = connect_store(backend, &namespace).await.expect("store");
-    let calls = CallLog::connect(backend, &namespace)
+    let call_log = CallLog::connect(backend, &namespace)
         .await
         .expect("call log");
     // The test's own engine only enqueues: it never serves, so it runs nothing.
