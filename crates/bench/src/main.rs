@@ -128,6 +128,12 @@ struct Args {
     /// Workflows kept in flight in the concurrent mode.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Workflows per measurement, overriding the default (a warm-up of a tenth runs first).
+    #[arg(long)]
+    workflows: Option<usize>,
+    /// Only this mode (default: both).
+    #[arg(long, value_parser = ["serial", "concurrent"])]
+    mode: Option<String>,
     /// The shapes to run (default: all).
     shapes: Vec<String>,
 }
@@ -289,8 +295,14 @@ async fn main() -> anyhow::Result<()> {
         if args.store != StoreKind::Memory {
             total /= 10; // durable stores are slower; the rate is what is compared
         }
+        if let Some(workflows) = args.workflows {
+            total = workflows;
+        }
         let warmup = total / 10;
         for (mode, concurrency) in [("serial", 1), ("concurrent", args.concurrency)] {
+            if args.mode.as_ref().is_some_and(|m| m != mode) {
+                continue;
+            }
             let (app, shapes, shape_name) = (app.clone(), shapes.clone(), shape.clone());
             let run = move || {
                 let (app, shapes, shape_name) = (app.clone(), shapes.clone(), shape_name.clone());

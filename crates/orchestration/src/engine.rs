@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -170,6 +170,11 @@ impl StepCall {
     pub fn flow(&self) -> &Flow {
         &self.shared.flow
     }
+    /// What the handler keeps for this transaction's calls; see
+    /// [`TransactionShared::handler_data`].
+    pub fn handler_data(&self) -> &std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>> {
+        &self.shared.handler_data
+    }
 }
 
 /// The code behind a workflow's steps: called once per handler call with its [`StepCall`].
@@ -307,6 +312,7 @@ impl EngineOptions {
                 workflows: RwLock::new(Default::default()),
                 live: Mutex::new(Default::default()),
                 events,
+                subscribed: AtomicBool::new(false),
                 timer_ids: AtomicU64::new(0),
             }),
         }
@@ -333,6 +339,9 @@ struct Inner {
     workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
     live: Mutex<foldhash::HashMap<TransactionKey, Arc<Cell>>>,
     events: broadcast::Sender<TransactionEvent>,
+    /// Whether anyone ever subscribed: until then an event has no receiver for sure, and the
+    /// channel's lock (which every core running a transaction would take per event) is skipped.
+    subscribed: AtomicBool,
     timer_ids: AtomicU64,
 }
 
@@ -437,6 +446,7 @@ impl Engine {
 
     /// Subscribes to the events of every transaction.
     pub fn subscribe(&self) -> broadcast::Receiver<TransactionEvent> {
+        self.inner.subscribed.store(true, Ordering::Release);
         self.inner.events.subscribe()
     }
 
@@ -448,7 +458,9 @@ impl Engine {
     /// advanced is refused with [`Error::AlreadyStarted`].
     pub async fn run(&self, workflow: &str, options: RunOptions) -> Result<Execution> {
         let registered = self.registered(workflow)?;
-        let run_uuid = uuid::Uuid::now_v7();
+        // A v7 uuid without the crate's process-wide counter context (a mutex every run would
+        // take): ids stay time-ordered to the millisecond, random within it.
+        let run_uuid = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
         let (id, chosen) = match options.transaction_id {
             Some(id) => {
                 check_transaction_id(&id)?;
@@ -692,8 +704,12 @@ impl Engine {
         steps: &[StepIndex],
         effects: &mut Vec<Effect>,
     ) -> Result<()> {
-        type Call = std::pin::Pin<Box<dyn std::future::Future<Output = StepOutcome> + Send>>;
-        let mut running: Vec<(Dispatch, Option<Call>)> = calls
+        // The handler's own boxed futures, borrowing the cell's handler: no second box and no
+        // clone of the handler's `Arc` (shared by every transaction of the workflow) per call.
+        type Call<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = StepOutcome> + Send + 'a>>;
+        let handler = &cell.handler;
+        let mut running: Vec<(Dispatch, Option<Call<'_>>)> = calls
             .iter()
             .filter(|c| !c.is_async)
             .map(|&dispatch| {
@@ -701,9 +717,7 @@ impl Engine {
                     shared: tx.shared().clone(),
                     dispatch,
                 };
-                let handler = cell.handler.clone();
-                let future: Call = Box::pin(async move { handler.call(call).await });
-                (dispatch, Some(future))
+                (dispatch, Some(handler.call(call)))
             })
             .collect();
         let mut pending = running.len();
@@ -789,7 +803,9 @@ impl Engine {
                     }
                 }
                 Effect::Emit(kind, step) => {
-                    if self.inner.events.receiver_count() > 0 {
+                    if self.inner.subscribed.load(Ordering::Acquire)
+                        && self.inner.events.receiver_count() > 0
+                    {
                         let event = TransactionEvent {
                             key: cell.key.clone(),
                             kind,
