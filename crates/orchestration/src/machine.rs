@@ -1451,7 +1451,7 @@ impl Transaction {
         match self.index.as_mut() {
             Some(index) if indexed && is_forward_complete(side.state) => {
                 // Settled: it counts the same way in every later scan of the invoke side.
-                index.settle(&flow, step, &flags);
+                index.settle(flow, step, &flags);
             }
             _ => {
                 pass.completed += 1;
