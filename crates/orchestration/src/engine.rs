@@ -648,12 +648,16 @@ impl Engine {
 
     /// Advances a transaction until it finishes or waits. `announce` emits begin/resume.
     async fn drive(&self, cell: &Arc<Cell>, tx: &mut Transaction, announce: bool) -> Result<()> {
-        if announce && !tx.begin_or_resume(self.now()) {
+        // The clock is read when the drive starts and when a handler returns; a round is planned
+        // at the time its predecessor's last handler returned (a read per plan and per outcome
+        // was a tenth of a short run's time).
+        let mut now = self.now();
+        if announce && !tx.begin_or_resume(now) {
             return Ok(());
         }
         let mut effects = Vec::new();
         loop {
-            let round = tx.next_round(self.now());
+            let round = tx.next_round(now);
             self.apply(cell, tx, &mut effects).await?;
             let (calls, steps, continue_after) = match round {
                 Round::Finished => {
@@ -676,10 +680,12 @@ impl Engine {
                         dispatch: only,
                     })
                     .await;
-                tx.complete(only, outcome, &steps, self.now());
+                now = self.now();
+                tx.complete(only, outcome, &steps, now);
                 self.apply(cell, tx, &mut effects).await?;
             } else if sync_count > 1 {
-                self.run_concurrently(cell, tx, &calls, &steps, &mut effects)
+                now = self
+                    .run_concurrently(cell, tx, &calls, &steps, &mut effects)
                     .await?;
             }
             if calls.iter().any(|c| c.is_async) {
@@ -696,6 +702,7 @@ impl Engine {
     }
 
     /// Runs the sync calls of a round concurrently, recording each outcome as it arrives.
+    /// Returns the time the last one was recorded at.
     async fn run_concurrently(
         &self,
         cell: &Arc<Cell>,
@@ -703,7 +710,7 @@ impl Engine {
         calls: &[Dispatch],
         steps: &[StepIndex],
         effects: &mut Vec<Effect>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         // The handler's own boxed futures, borrowing the cell's handler: no second box and no
         // clone of the handler's `Arc` (shared by every transaction of the workflow) per call.
         type Call<'a> =
@@ -721,6 +728,7 @@ impl Engine {
             })
             .collect();
         let mut pending = running.len();
+        let mut now = self.now();
         while pending > 0 {
             // Polls every unfinished call (a round is narrow), returning the first that is done.
             let (dispatch, outcome) = std::future::poll_fn(|cx| {
@@ -736,10 +744,11 @@ impl Engine {
             })
             .await;
             pending -= 1;
-            tx.complete(dispatch, outcome, steps, self.now());
+            now = self.now();
+            tx.complete(dispatch, outcome, steps, now);
             self.apply(cell, tx, effects).await?;
         }
-        Ok(())
+        Ok(now)
     }
 
     fn spawn_async(
