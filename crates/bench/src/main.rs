@@ -1,10 +1,17 @@
-//! `gorgon-bench [--quick] [--store memory|sqlite|postgres|redis] [--batched] [shape ...]`: runs the workflow shapes of
-//! `shared/bench/FORMAT.md` (`seq10`, `seq100`, `fail10`, `par10`) through Gorgon's public SDK,
-//! serially and with 64 in flight, and prints one JSON line per (shape, mode, store), the same
-//! lines as `shared/bench/medusa/bench.mjs`.
+//! `gorgon-bench [--quick] [--store memory|sqlite|postgres|redis] [--batched] [--workflows N]
+//! [--mode serial|concurrent] [shape ...]`: runs the workflow shapes of `shared/bench/FORMAT.md`
+//! (`seq10`, `seq100`, `fail10`, `par10`) through Gorgon's public SDK, serially and with 64 in
+//! flight, and prints one JSON line per (shape, mode, store), the same lines as
+//! `shared/bench/medusa/bench.mjs`.
 //!
 //! Every step is a no-op that returns its input plus one and registers a no-op compensation, so
 //! the figures measure the engine and the SDK, not the steps.
+//!
+//! Runtime configuration, as a server binary using the SDK would have it: tokio's multi-thread
+//! runtime (one worker per core) and the system allocator. `--features mimalloc` makes mimalloc
+//! the global allocator instead, as many server binaries do (it returns memory freed on another
+//! worker without glibc's arena lock; on a 2-core machine it sped up the concurrent mode and
+//! `par10`, and slowed `seq10`/`fail10` serial).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +25,11 @@ use gorgon_workflows::{
     Workflow,
 };
 use serde_json::json;
+
+/// mimalloc instead of the system allocator (`--features mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Where checkpoints go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -128,6 +140,12 @@ struct Args {
     /// Workflows kept in flight in the concurrent mode.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Workflows per measurement, overriding the default (a warm-up of a tenth runs first).
+    #[arg(long)]
+    workflows: Option<usize>,
+    /// Only this mode (default: both).
+    #[arg(long, value_parser = ["serial", "concurrent"])]
+    mode: Option<String>,
     /// The shapes to run (default: all).
     shapes: Vec<String>,
 }
@@ -190,30 +208,63 @@ struct Measurement {
     latencies_us: Vec<u64>,
 }
 
-/// Runs `total` workflows with `concurrency` in flight, after `warmup` unmeasured ones.
-async fn measure<F, Fut>(
-    run: F,
+/// One workflow of `shape` through [`App::run`], its result checked.
+async fn run_shape(app: &App, shapes: &Shapes, shape: &str) -> anyhow::Result<()> {
+    match shape {
+        "seq10" => {
+            let out = app.run(&shapes.seq10, 0).await?;
+            anyhow::ensure!(out == 10, "seq10 returned {out}");
+        }
+        "seq100" => {
+            let out = app.run(&shapes.seq100, 0).await?;
+            anyhow::ensure!(out == 100, "seq100 returned {out}");
+        }
+        "fail10" => {
+            let Err(err) = app.run(&shapes.fail10, 0).await else {
+                bail!("fail10 succeeded");
+            };
+            anyhow::ensure!(
+                err.state() == Some(gorgon_workflows::TransactionState::Reverted),
+                "fail10 ended {:?}",
+                err.state()
+            );
+        }
+        _ => {
+            let out = app.run(&shapes.par10, 0).await?;
+            anyhow::ensure!(
+                out.len() == 10 && out.iter().all(|&v| v == 1),
+                "par10 returned {out:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `total` workflows of `shape` with `concurrency` in flight, after `warmup` unmeasured
+/// ones. Each in-flight slot is a task holding its own `App` handle, as a server's request
+/// handlers would (the handle is not cloned per run).
+async fn measure(
+    app: &App,
+    shapes: &Arc<Shapes>,
+    shape: &str,
     total: usize,
     concurrency: usize,
     warmup: usize,
-) -> anyhow::Result<Measurement>
-where
-    F: Fn() -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
+) -> anyhow::Result<Measurement> {
     for _ in 0..warmup {
-        run().await?;
+        run_shape(app, shapes, shape).await?;
     }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (run, next) = (run.clone(), next.clone());
+            let (app, shapes, shape, next) =
+                (app.clone(), shapes.clone(), shape.to_string(), next.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < total {
                     let t = Instant::now();
-                    run().await?;
+                    run_shape(&app, &shapes, &shape).await?;
                     latencies.push(t.elapsed().as_micros() as u64);
                 }
                 anyhow::Ok(latencies)
@@ -289,44 +340,15 @@ async fn main() -> anyhow::Result<()> {
         if args.store != StoreKind::Memory {
             total /= 10; // durable stores are slower; the rate is what is compared
         }
+        if let Some(workflows) = args.workflows {
+            total = workflows;
+        }
         let warmup = total / 10;
         for (mode, concurrency) in [("serial", 1), ("concurrent", args.concurrency)] {
-            let (app, shapes, shape_name) = (app.clone(), shapes.clone(), shape.clone());
-            let run = move || {
-                let (app, shapes, shape_name) = (app.clone(), shapes.clone(), shape_name.clone());
-                async move {
-                    match shape_name.as_str() {
-                        "seq10" => {
-                            let out = app.run(&shapes.seq10, 0).await?;
-                            anyhow::ensure!(out == 10, "seq10 returned {out}");
-                        }
-                        "seq100" => {
-                            let out = app.run(&shapes.seq100, 0).await?;
-                            anyhow::ensure!(out == 100, "seq100 returned {out}");
-                        }
-                        "fail10" => {
-                            let err = app
-                                .run(&shapes.fail10, 0)
-                                .await
-                                .expect_err("fail10 must fail");
-                            anyhow::ensure!(
-                                err.state() == Some(gorgon_workflows::TransactionState::Reverted),
-                                "fail10 ended {:?}",
-                                err.state()
-                            );
-                        }
-                        _ => {
-                            let out = app.run(&shapes.par10, 0).await?;
-                            anyhow::ensure!(
-                                out.len() == 10 && out.iter().all(|&v| v == 1),
-                                "par10 returned {out:?}"
-                            );
-                        }
-                    }
-                    Ok(())
-                }
-            };
-            let m = measure(run, total, concurrency, warmup)
+            if args.mode.as_ref().is_some_and(|m| m != mode) {
+                continue;
+            }
+            let m = measure(&app, &shapes, shape, total, concurrency, warmup)
                 .await
                 .with_context(|| format!("{shape} {mode}"))?;
             let store = if args.batched {

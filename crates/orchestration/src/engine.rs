@@ -174,6 +174,11 @@ impl StepCall {
     pub fn flow(&self) -> &Flow {
         &self.shared.flow
     }
+    /// What the handler keeps for this transaction's calls; see
+    /// [`TransactionShared::handler_data`].
+    pub fn handler_data(&self) -> &std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>> {
+        &self.shared.handler_data
+    }
 }
 
 /// The code behind a workflow's steps: called once per handler call with its [`StepCall`].
@@ -359,6 +364,7 @@ impl EngineOptions {
                 live: Mutex::new(Default::default()),
                 events,
                 relay, // relay
+                subscribed: AtomicBool::new(false),
                 timer_ids: AtomicU64::new(0),
             }),
         }
@@ -388,6 +394,9 @@ struct Inner {
     live: Mutex<foldhash::HashMap<TransactionKey, Arc<Cell>>>,
     events: broadcast::Sender<TransactionEvent>,
     relay: Option<RelayLink>, // relay
+    /// Whether anyone ever subscribed: until then an event has no receiver for sure, and the
+    /// channel's lock (which every core running a transaction would take per event) is skipped.
+    subscribed: AtomicBool,
     timer_ids: AtomicU64,
 }
 
@@ -541,6 +550,7 @@ impl Engine {
     /// Subscribes to the events of every transaction: this engine's, and with a relay those
     /// other engines publish to it (each event once; remote ones at most once, best effort).
     pub fn subscribe(&self) -> broadcast::Receiver<TransactionEvent> {
+        self.inner.subscribed.store(true, Ordering::Release);
         self.inner.events.subscribe()
     }
 
@@ -576,7 +586,9 @@ impl Engine {
     /// advanced is refused with [`Error::AlreadyStarted`].
     pub async fn run(&self, workflow: &str, options: RunOptions) -> Result<Execution> {
         let registered = self.registered(workflow)?;
-        let run_uuid = uuid::Uuid::now_v7();
+        // A v7 uuid without the crate's process-wide counter context (a mutex every run would
+        // take): ids stay time-ordered to the millisecond, random within it.
+        let run_uuid = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
         let (id, chosen) = match options.transaction_id {
             Some(id) => {
                 check_transaction_id(&id)?;
@@ -1032,14 +1044,18 @@ impl Engine {
 
     /// Advances a transaction until it finishes or waits. `announce` emits begin/resume.
     async fn drive(&self, cell: &Arc<Cell>, tx: &mut Transaction, announce: bool) -> Result<()> {
-        if announce && !tx.begin_or_resume(self.now()) {
+        // The clock is read when the drive starts and when a handler returns; a round is planned
+        // at the time its predecessor's last handler returned (a read per plan and per outcome
+        // was a tenth of a short run's time).
+        let mut now = self.now();
+        if announce && !tx.begin_or_resume(now) {
             return Ok(());
         }
         let mut effects = Vec::new();
         loop {
             // Applies what the last round's outcomes changed together with what this round
             // prepares: one append per step boundary.
-            let round = tx.next_round(self.now());
+            let round = tx.next_round(now);
             self.apply(cell, tx, &mut effects).await?;
             let (calls, steps, continue_after) = match round {
                 Round::Finished => {
@@ -1062,9 +1078,11 @@ impl Engine {
                         dispatch: only,
                     })
                     .await;
-                tx.complete(only, outcome, &steps, self.now());
+                now = self.now();
+                tx.complete(only, outcome, &steps, now);
             } else if sync_count > 1 {
-                self.run_concurrently(cell, tx, &calls, &steps, &mut effects)
+                now = self
+                    .run_concurrently(cell, tx, &calls, &steps, &mut effects)
                     .await?;
             }
             if calls.iter().any(|c| c.is_async) {
@@ -1081,6 +1099,7 @@ impl Engine {
     }
 
     /// Runs the sync calls of a round concurrently, recording each outcome as it arrives.
+    /// Returns the time the last one was recorded at.
     async fn run_concurrently(
         &self,
         cell: &Arc<Cell>,
@@ -1088,9 +1107,13 @@ impl Engine {
         calls: &[Dispatch],
         steps: &[StepIndex],
         effects: &mut Vec<Effect>,
-    ) -> Result<()> {
-        type Call = std::pin::Pin<Box<dyn std::future::Future<Output = StepOutcome> + Send>>;
-        let mut running: Vec<(Dispatch, Option<Call>)> = calls
+    ) -> Result<u64> {
+        // The handler's own boxed futures, borrowing the cell's handler: no second box and no
+        // clone of the handler's `Arc` (shared by every transaction of the workflow) per call.
+        type Call<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = StepOutcome> + Send + 'a>>;
+        let handler = &cell.handler;
+        let mut running: Vec<(Dispatch, Option<Call<'_>>)> = calls
             .iter()
             .filter(|c| !c.is_async)
             .map(|&dispatch| {
@@ -1098,12 +1121,11 @@ impl Engine {
                     shared: tx.shared().clone(),
                     dispatch,
                 };
-                let handler = cell.handler.clone();
-                let future: Call = Box::pin(async move { handler.call(call).await });
-                (dispatch, Some(future))
+                (dispatch, Some(handler.call(call)))
             })
             .collect();
         let mut pending = running.len();
+        let mut now = self.now();
         while pending > 0 {
             // Polls every unfinished call (a round is narrow), returning the first that is done.
             let (dispatch, outcome) = std::future::poll_fn(|cx| {
@@ -1119,13 +1141,14 @@ impl Engine {
             })
             .await;
             pending -= 1;
-            tx.complete(dispatch, outcome, steps, self.now());
+            now = self.now();
+            tx.complete(dispatch, outcome, steps, now);
             if pending > 0 {
                 // The last outcome is applied with the next round's records.
                 self.apply(cell, tx, effects).await?;
             }
         }
-        Ok(())
+        Ok(now)
     }
 
     fn spawn_async(
@@ -1293,7 +1316,10 @@ impl Engine {
                     }
                 }
                 Effect::Emit(kind, step) => {
-                    if self.inner.events.receiver_count() > 0 || self.inner.relay.is_some() {
+                    if (self.inner.subscribed.load(Ordering::Acquire)
+                        && self.inner.events.receiver_count() > 0)
+                        || self.inner.relay.is_some()
+                    {
                         let event = TransactionEvent {
                             key: cell.key.clone(),
                             kind,

@@ -19,7 +19,8 @@
 //!   complete(step, outcome, now) ── success / failure / skip / expiration ──► next_round …
 //! ```
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -126,21 +127,23 @@ impl StepOutcome {
 /// The responses saved so far, one slot per step and side; shared with running handlers.
 #[derive(Debug, Default)]
 pub struct Responses {
-    invoke: Vec<Mutex<Option<Data>>>,
-    compensate: Vec<Mutex<Option<Data>>>,
+    /// Per step: the invoke's response, then the compensation's (one allocation for both).
+    slots: Vec<[Mutex<Option<Data>>; 2]>,
 }
 
 impl Responses {
     fn new(len: usize) -> Self {
         Responses {
-            invoke: (0..len).map(|_| Mutex::new(None)).collect(),
-            compensate: (0..len).map(|_| Mutex::new(None)).collect(),
+            slots: (0..len)
+                .map(|_| [Mutex::new(None), Mutex::new(None)])
+                .collect(),
         }
     }
     fn slot(&self, step: StepIndex, side: HandlerType) -> &Mutex<Option<Data>> {
+        let [invoke, compensate] = &self.slots[step];
         match side {
-            HandlerType::Invoke => &self.invoke[step],
-            HandlerType::Compensate => &self.compensate[step],
+            HandlerType::Invoke => invoke,
+            HandlerType::Compensate => compensate,
         }
     }
     /// The saved response of a step's side.
@@ -153,7 +156,6 @@ impl Responses {
 }
 
 /// What stays fixed for a transaction's whole life, shared with every handler call.
-#[derive(Debug)]
 pub struct TransactionShared {
     /// The compiled flow.
     pub flow: Arc<Flow>,
@@ -167,6 +169,22 @@ pub struct TransactionShared {
     pub payload: Data,
     /// The responses saved so far.
     pub responses: Responses,
+    /// What the workflow's handler keeps for this transaction's calls (set once, by the
+    /// handler): reading it per call costs a load, where cloning state the handler shares with
+    /// every other transaction would make the cores contend for its reference count.
+    pub handler_data: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for TransactionShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionShared")
+            .field("workflow", &self.workflow)
+            .field("id", &self.id)
+            .field("run_id", &self.run_id)
+            .field("payload", &self.payload)
+            .field("responses", &self.responses)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A timer the machine asks the engine to arm; when it fires, the transaction is resumed.
@@ -407,16 +425,28 @@ struct InvokeIndex {
 }
 
 impl InvokeIndex {
-    fn build(tx: &Transaction) -> Self {
+    /// The index of `tx`, in the buffers of `reuse` when given.
+    fn build(tx: &Transaction, reuse: Option<InvokeIndex>) -> Self {
         let flow = tx.flow();
         let len = flow.steps().len();
-        let mut index = InvokeIndex {
-            visit: SortedPositions::default(),
-            forward_done: vec![false; len],
-            group_done: vec![0; len],
-            settled: vec![false; len],
-            settled_count: 0,
-            settled_flags: ScanFlags::default(),
+        let mut index = match reuse {
+            Some(mut index) => {
+                index.visit.0.clear();
+                refill(&mut index.forward_done, len, false);
+                refill(&mut index.group_done, len, 0);
+                refill(&mut index.settled, len, false);
+                index.settled_count = 0;
+                index.settled_flags = ScanFlags::default();
+                index
+            }
+            None => InvokeIndex {
+                visit: SortedPositions::default(),
+                forward_done: vec![false; len],
+                group_done: vec![0; len],
+                settled: vec![false; len],
+                settled_count: 0,
+                settled_flags: ScanFlags::default(),
+            },
         };
         for step in 1..len {
             if is_forward_complete(tx.steps[step].invoke.state) {
@@ -487,6 +517,60 @@ impl InvokeIndex {
     }
 }
 
+/// Clears `v` and fills it with `len` copies of `value`, keeping its allocation.
+fn refill<T: Clone>(v: &mut Vec<T>, len: usize, value: T) {
+    v.clear();
+    v.resize(len, value);
+}
+
+/// The buffers of a dropped transaction, kept for the next one created on the same thread:
+/// a short run (a few dozen records, effects and calls) then allocates almost nothing but its
+/// shared part.
+#[derive(Default)]
+struct Buffers {
+    steps: Vec<StepRun>,
+    dirty: Vec<bool>,
+    dirty_list: Vec<StepIndex>,
+    pending: Vec<Record>,
+    spare: Vec<Vec<Record>>,
+    spare_indices: Vec<Vec<StepIndex>>,
+    spare_calls: Vec<Vec<Dispatch>>,
+    effects: Vec<Effect>,
+    index: Option<InvokeIndex>,
+}
+
+impl Buffers {
+    /// How many sets a thread keeps (a worker runs about one transaction at a time; more are
+    /// alive at once only when many wait).
+    const POOLED: usize = 8;
+    /// Flows with more steps than this do not pool their buffers (they would hold memory).
+    const MAX_STEPS: usize = 1024;
+
+    thread_local! {
+        static POOL: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn take() -> Self {
+        Self::POOL
+            .try_with(|pool| pool.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn give_back(self) {
+        if self.steps.capacity() > Self::MAX_STEPS {
+            return;
+        }
+        let _ = Self::POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < Self::POOLED {
+                pool.push(self);
+            }
+        });
+    }
+}
+
 /// One transaction: the flow's steps with their states, and the machine that advances them.
 pub struct Transaction {
     shared: Arc<TransactionShared>,
@@ -502,7 +586,30 @@ pub struct Transaction {
     spare_calls: Vec<Vec<Dispatch>>,
     effects: Vec<Effect>,
     index: Option<InvokeIndex>,
+    /// The buffers of a dropped index, for the next one.
+    spare_index: Option<InvokeIndex>,
     timers: Vec<(Timer, u64)>,
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        let mut buffers = Buffers {
+            steps: std::mem::take(&mut self.steps),
+            dirty: std::mem::take(&mut self.dirty),
+            dirty_list: std::mem::take(&mut self.dirty_list),
+            pending: std::mem::take(&mut self.pending),
+            spare: std::mem::take(&mut self.spare),
+            spare_indices: std::mem::take(&mut self.spare_indices),
+            spare_calls: std::mem::take(&mut self.spare_calls),
+            effects: std::mem::take(&mut self.effects),
+            index: self.index.take().or_else(|| self.spare_index.take()),
+        };
+        // Nothing that holds data (responses in records and effects) outlives its transaction.
+        buffers.pending.clear();
+        buffers.effects.clear();
+        buffers.dirty_list.clear();
+        buffers.give_back();
+    }
 }
 
 impl std::fmt::Debug for Transaction {
@@ -520,6 +627,19 @@ impl Transaction {
     pub fn new(flow: Arc<Flow>, id: Arc<str>, run_id: Arc<str>, payload: Data) -> Self {
         let len = flow.steps().len();
         let workflow = flow.workflow_arc().clone();
+        let Buffers {
+            mut steps,
+            mut dirty,
+            dirty_list,
+            pending,
+            spare,
+            spare_indices,
+            spare_calls,
+            effects,
+            index: spare_index,
+        } = Buffers::take();
+        refill(&mut steps, len, StepRun::default());
+        refill(&mut dirty, len, false);
         Transaction {
             shared: Arc::new(TransactionShared {
                 responses: Responses::new(len),
@@ -528,6 +648,7 @@ impl Transaction {
                 id,
                 run_id,
                 payload,
+                handler_data: OnceLock::new(),
             }),
             fields: TransactionFields {
                 state: TransactionState::NotStarted,
@@ -540,18 +661,19 @@ impl Transaction {
                 has_waiting_steps: false,
                 has_reverted_steps: false,
             },
-            steps: vec![StepRun::default(); len],
+            steps,
             errors: Vec::new(),
-            dirty: vec![false; len],
-            dirty_list: Vec::new(),
+            dirty,
+            dirty_list,
             fields_dirty: false,
-            pending: Vec::new(),
-            spare: Vec::new(),
-            spare_indices: Vec::new(),
-            spare_calls: Vec::new(),
-            effects: Vec::new(),
+            pending,
+            spare,
+            spare_indices,
+            spare_calls,
+            effects,
             index: None,
             timers: Vec::new(),
+            spare_index,
         }
     }
 
@@ -1190,7 +1312,7 @@ impl Transaction {
         }
         self.set_tx_state(TransactionState::WaitingToCompensate);
         self.fields_mut().cancelled_at = Some(now);
-        self.index = None;
+        self.drop_index();
         self.checkpoint();
         Ok(())
     }
@@ -1280,7 +1402,10 @@ impl Transaction {
     }
 
     fn compute_current_state(&mut self, now: u64) -> (Scan, ScanFlags, usize, usize) {
-        let flow = Arc::clone(&self.shared.flow);
+        // The transaction's own `Arc` (not the flow's, which every running transaction of the
+        // workflow shares: cloning that one makes the cores fight over its count).
+        let shared = Arc::clone(&self.shared);
+        let flow = &shared.flow;
         let mut pass = Pass {
             current: self.take_indices(),
             next: self.take_indices(),
@@ -1290,13 +1415,25 @@ impl Transaction {
         if self.fields.state == TransactionState::Compensating {
             for &step in flow.compensate_order() {
                 if self.can_continue(step) {
+                    let run = &self.steps[step];
+                    if run.compensating
+                        && run.compensate.state == StepState::Reverted
+                        && run.compensate.status == StepStatus::Ok
+                    {
+                        // Compensated: what `visit` would conclude, without its checks (no
+                        // timeout applies to a compensation, nothing is left to call).
+                        pass.completed += 1;
+                        pass.flags.reverted = true;
+                        continue;
+                    }
                     self.visit(step, now, &mut pass, false);
                 }
             }
         } else {
             // Invoke side: only the open, unsettled steps are visited (see `InvokeIndex`).
             if self.index.is_none() {
-                self.index = Some(InvokeIndex::build(self));
+                let reuse = self.spare_index.take();
+                self.index = Some(InvokeIndex::build(self, reuse));
             }
             let mut cursor = 0;
             while let Some(position) = self
@@ -1342,7 +1479,10 @@ impl Transaction {
 
     /// One step of Medusa's `computeCurrentTransactionState` loop, for a step that can continue.
     fn visit(&mut self, step: StepIndex, now: u64, pass: &mut Pass, indexed: bool) {
-        let flow = Arc::clone(&self.shared.flow);
+        // The transaction's own `Arc` (not the flow's, which every running transaction of the
+        // workflow shares: cloning that one makes the cores fight over its count).
+        let shared = Arc::clone(&self.shared);
+        let flow = &shared.flow;
         if self.check_step_timeout(step, now) {
             return;
         }
@@ -1418,7 +1558,7 @@ impl Transaction {
         match self.index.as_mut() {
             Some(index) if indexed && is_forward_complete(side.state) => {
                 // Settled: it counts the same way in every later scan of the invoke side.
-                index.settle(&flow, step, &flags);
+                index.settle(flow, step, &flags);
             }
             _ => {
                 pass.completed += 1;
@@ -1427,8 +1567,15 @@ impl Transaction {
         }
     }
 
+    /// Forgets the invoke index (the scan it speeds up is over), keeping its buffers.
+    fn drop_index(&mut self) {
+        if let Some(index) = self.index.take() {
+            self.spare_index = Some(index);
+        }
+    }
+
     fn flag_steps_to_revert(&mut self) {
-        self.index = None;
+        self.drop_index();
         for step in 1..self.steps.len() {
             let side = *self.steps[step].side();
             if matches!(side.state, StepState::Done | StepState::Timeout)
@@ -1567,7 +1714,10 @@ impl Transaction {
     }
 
     fn skip_descendants(&mut self, step: StepIndex) {
-        let flow = Arc::clone(&self.shared.flow);
+        // The transaction's own `Arc` (not the flow's, which every running transaction of the
+        // workflow shares: cloning that one makes the cores fight over its count).
+        let shared = Arc::clone(&self.shared);
+        let flow = &shared.flow;
         let until = flow.step(step).options.skip_until();
         let mut queue: std::collections::VecDeque<StepIndex> =
             flow.step(step).next.iter().copied().collect();

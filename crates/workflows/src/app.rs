@@ -220,6 +220,12 @@ impl AppInner {
         }
     }
 
+    /// Whether the app has an event bus. Without one (the flag is never set) no lock is taken:
+    /// every run ends here, on every core.
+    fn has_event_bus(&self) -> bool {
+        self.bus_set.load(Ordering::Acquire) && self.event_bus.read().is_some()
+    }
+
     /// The event bus, when the app has one.
     pub(crate) fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
         self.event_bus.read().clone()
@@ -255,7 +261,7 @@ impl AppInner {
     /// A failing bus is logged, not returned: the run's outcome stands, and the staged events
     /// stay in the bus (Redis: until their TTL) for [`App::release_events`].
     pub(crate) async fn settle_events(&self, execution: &Execution, state: TransactionState) {
-        if state.is_finished() && self.event_bus.read().is_some() {
+        if state.is_finished() && self.has_event_bus() {
             // The watcher then skips this end (a late duplicate could publish what a cancel
             // right after it staged).
             self.settled
@@ -281,7 +287,7 @@ impl AppInner {
         payload: &Data,
         state: TransactionState,
     ) {
-        if !state.is_finished() || self.event_bus.read().is_none() {
+        if !state.is_finished() || !self.has_event_bus() {
             return;
         }
         if !self.workflows.read().contains_key(workflow) {
@@ -416,6 +422,8 @@ pub(crate) struct AppInner {
     event_bus: RwLock<Option<Arc<dyn EventBus>>>,
     /// Whether the task settling background-finished runs is running.
     watching: AtomicBool,
+    /// Whether a bus was ever set (it is replaced, never removed).
+    bus_set: AtomicBool,
     /// Run ends already settled by the call that caused them.
     settled: Mutex<SettledRuns>,
 }
@@ -481,6 +489,7 @@ impl App {
                 workflows: RwLock::new(HashMap::new()),
                 event_bus: RwLock::new(None),
                 watching: AtomicBool::new(false),
+                bus_set: AtomicBool::new(false),
                 settled: Mutex::new(SettledRuns::default()),
             }),
         }
@@ -492,6 +501,7 @@ impl App {
     /// workflows; calling it again replaces the bus (groups staged in the old one stay there).
     pub fn with_event_bus(self, bus: Arc<dyn EventBus>) -> Self {
         *self.inner.event_bus.write() = Some(bus);
+        self.inner.bus_set.store(true, Ordering::Release);
         self.inner.watch_finished_runs();
         self
     }
@@ -560,11 +570,11 @@ impl App {
         }
         self.inner.engine.register_arc(
             compiled.flow.clone(),
-            Arc::new(Runtime {
-                compiled: compiled.clone(),
-                services: self.inner.services.clone(),
-                app: Arc::downgrade(&self.inner),
-            }),
+            Arc::new(Runtime::new(
+                compiled.clone(),
+                self.inner.services.clone(),
+                Arc::downgrade(&self.inner),
+            )),
         )?;
         self.inner
             .workflows

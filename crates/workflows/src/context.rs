@@ -1,16 +1,16 @@
 //! [`StepContext`]: what a step knows about its run, and the run's shared [`WorkflowContext`].
 
+use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use gorgon_event_bus::{EventBus, EventGroup, EventGroupId, EventId, Message};
 use gorgon_orchestration::{Data, HandlerType, IdempotencyKey, StepCall};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppInner;
 use crate::error::Error;
 use crate::services::Services;
-use crate::workflow::Runtime;
+use crate::workflow::{Runtime, StepEnv};
 
 /// The context shared by every step of a run, saved with the run (it crosses checkpoints).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,14 +71,25 @@ impl Payload {
 /// The second argument of every step function: the run, the step, the shared context and the
 /// application's services.
 ///
-/// Cheap to clone (three reference counts); everything is read lazily from the running call.
+/// Cheap to clone (a reference count); everything is read lazily from the running call.
 #[derive(Clone)]
 pub struct StepContext {
     call: StepCall,
-    services: Arc<Services>,
-    /// The app, for its event bus (looked up when a step emits).
-    app: Weak<AppInner>,
+    /// The services and the app, when the transaction keeps another handler's (a workflow
+    /// registered again on another app while it ran); usually they are read from the
+    /// transaction's [`handler_data`](StepCall::handler_data).
+    own_env: Option<Arc<dyn Any + Send + Sync>>,
     invoke_failed: bool,
+}
+
+/// The environment of a context whose transaction has none (not reached: every context is made
+/// by a runtime that sets it).
+fn no_env() -> &'static StepEnv {
+    static NONE: OnceLock<StepEnv> = OnceLock::new();
+    NONE.get_or_init(|| StepEnv {
+        services: Arc::new(Services::new()),
+        app: Weak::new(),
+    })
 }
 
 impl std::fmt::Debug for StepContext {
@@ -94,12 +105,24 @@ impl std::fmt::Debug for StepContext {
 
 impl StepContext {
     pub(crate) fn new(call: StepCall, rt: &Runtime, invoke_failed: bool) -> Self {
+        // The first call of a transaction leaves the runtime's environment on it; later calls
+        // read it there instead of cloning the runtime's `Arc`s, which every transaction of the
+        // workflow shares.
+        let kept = call.handler_data().get_or_init(|| rt.env.clone());
+        let own_env = (!Arc::ptr_eq(kept, &rt.env)).then(|| rt.env.clone());
         StepContext {
             call,
-            services: rt.services.clone(),
-            app: rt.app.clone(),
+            own_env,
             invoke_failed,
         }
+    }
+
+    fn env(&self) -> &StepEnv {
+        self.own_env
+            .as_ref()
+            .or_else(|| self.call.handler_data().get())
+            .and_then(|env| env.downcast_ref::<StepEnv>())
+            .unwrap_or_else(|| no_env())
     }
     /// The workflow name.
     pub fn workflow(&self) -> &str {
@@ -149,7 +172,8 @@ impl StepContext {
     }
     /// The service of type `T` from the application's registry.
     pub fn service<T: ?Sized + Send + Sync + 'static>(&self) -> Result<Arc<T>, Error> {
-        self.services
+        self.env()
+            .services
             .get::<T>()
             .ok_or_else(|| Error::MissingService {
                 type_name: std::any::type_name::<T>(),
@@ -159,7 +183,7 @@ impl StepContext {
     }
     /// The whole service registry.
     pub fn services(&self) -> &Services {
-        &self.services
+        &self.env().services
     }
     /// The orchestrator's call, for what the SDK does not wrap.
     pub fn call(&self) -> &StepCall {
@@ -167,7 +191,7 @@ impl StepContext {
     }
 
     fn bus(&self) -> Option<Arc<dyn EventBus>> {
-        self.app.upgrade().and_then(|app| app.event_bus())
+        self.env().app.upgrade().and_then(|app| app.event_bus())
     }
 
     /// The run's event group id: the context's, else the run id.

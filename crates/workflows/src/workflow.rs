@@ -182,8 +182,31 @@ impl<In, Out> Workflow<In, Out> {
 /// gives the nodes what they run with.
 pub(crate) struct Runtime {
     pub(crate) compiled: Arc<Compiled>,
-    pub(crate) services: Arc<Services>,
     /// The app, for nested workflows (weak: the app owns the engine, which owns this).
+    pub(crate) app: Weak<AppInner>,
+    /// The services and the app, as the transactions of this workflow keep them for their step
+    /// contexts (an `Arc<StepEnv>`).
+    pub(crate) env: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        compiled: Arc<Compiled>,
+        services: Arc<Services>,
+        app: Weak<AppInner>,
+    ) -> Self {
+        let env = Arc::new(StepEnv {
+            services,
+            app: app.clone(),
+        });
+        Runtime { compiled, app, env }
+    }
+}
+
+/// What a step context reads from its app.
+pub(crate) struct StepEnv {
+    pub(crate) services: Arc<Services>,
+    /// The app, for its event bus (looked up when a step emits).
     pub(crate) app: Weak<AppInner>,
 }
 
