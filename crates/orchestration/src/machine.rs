@@ -289,7 +289,9 @@ pub struct TransactionFields {
 /// Something the engine must do for the machine.
 #[derive(Clone, Debug)]
 pub enum Effect {
-    /// Append these records to the store, in order, before anything that follows.
+    /// Append these records to the store, in order, before anything that follows. The records
+    /// of one drain of the effects are in one `Persist`, appended together before the other
+    /// effects (timers and events follow what is durable).
     Persist(Vec<Record>),
     /// Arm a timer to fire at this time (replacing one with the same key).
     Arm(Timer, u64),
@@ -864,6 +866,29 @@ impl Transaction {
     }
 
     fn checkpoint(&mut self) {
+        // Records not yet handed to the engine join its pending `Persist`: the engine appends
+        // them in one write before the effects that follow (see `Effect::Persist`), so merging
+        // here changes nothing but the number of buffers.
+        if let Some(Effect::Persist(records)) = self
+            .effects
+            .iter_mut()
+            .rev()
+            .find(|e| matches!(e, Effect::Persist(_)))
+        {
+            records.append(&mut self.pending);
+            if self.fields_dirty {
+                self.fields_dirty = false;
+                records.push(Record::Transaction(self.fields));
+            }
+            for step in self.dirty_list.drain(..) {
+                self.dirty[step] = false;
+                records.push(Record::Step {
+                    step,
+                    run: self.steps[step],
+                });
+            }
+            return;
+        }
         let spare = self.spare.pop().unwrap_or_default();
         let mut records = std::mem::replace(&mut self.pending, spare);
         if self.fields_dirty {
