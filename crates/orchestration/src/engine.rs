@@ -1294,11 +1294,19 @@ impl Engine {
                 let create = cell.writes.lock().create.take();
                 let store = &self.inner.store;
                 result = match create {
-                    Some((header, lease)) => store
-                        .create_and_append(&header, Some(&lease), &records)
-                        .await
-                        .map(drop),
-                    None => store.append(&cell.key, cell.epoch(), &records).await,
+                    Some((header, lease)) => {
+                        match store.create_and_append_now(&header, Some(&lease), &records) {
+                            Some(done) => done.map(drop),
+                            None => store
+                                .create_and_append(&header, Some(&lease), &records)
+                                .await
+                                .map(drop),
+                        }
+                    }
+                    None => match store.append_now(&cell.key, cell.epoch(), &records) {
+                        Some(done) => done,
+                        None => store.append(&cell.key, cell.epoch(), &records).await,
+                    },
                 };
                 tx.recycle(records);
             }

@@ -177,6 +177,29 @@ pub trait Store: Send + Sync + 'static {
     fn pipelined(&self) -> bool {
         false
     }
+    /// [`append`](Store::append) done on the spot, for in-process stores: the engine calls it
+    /// first and awaits `append` only when it returns `None` (the default), which spares a
+    /// boxed future per step boundary.
+    fn append_now(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        records: &[Record],
+    ) -> Option<Result<()>> {
+        let _ = (key, epoch, records);
+        None
+    }
+    /// [`create_and_append`](Store::create_and_append) done on the spot, for in-process stores
+    /// (see [`append_now`](Store::append_now)). Default: `None`.
+    fn create_and_append_now(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+        records: &[Record],
+    ) -> Option<Result<u64>> {
+        let _ = (header, lease, records);
+        None
+    }
     /// [`create`](Store::create) and a first [`append`](Store::append) at the new epoch, in one
     /// write where the store can (pipelined stores use it for generated transaction ids, which
     /// cannot be taken). Default: one after the other.
@@ -290,9 +313,8 @@ impl Default for MemoryStore {
     }
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
+impl MemoryStore {
+    fn create_sync(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
         let mut inner = self.inner.lock();
         let mut epoch = 1;
         if let Some(existing) = inner.transactions.get(&header.key) {
@@ -324,7 +346,8 @@ impl Store for MemoryStore {
         Ok(epoch)
     }
 
-    async fn append(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()> {
+    fn append_sync(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()> {
+        let mut evicted = Vec::new();
         let mut inner = self.inner.lock();
         let MemoryInner {
             transactions,
@@ -338,7 +361,8 @@ impl Store for MemoryStore {
         if entry.epoch != epoch {
             return Err(fenced(key, epoch));
         }
-        let was_finished = entry.state.is_finished();
+        let state_before = entry.state;
+        let was_finished = state_before.is_finished();
         for record in records {
             if let Record::Transaction(fields) = record {
                 entry.state = fields.state;
@@ -349,7 +373,9 @@ impl Store for MemoryStore {
             entry.owner = None;
             entry.wake_at = None;
         }
-        entry.updated_at = wall_clock_ms(); // listing
+        if entry.state != state_before {
+            entry.updated_at = wall_clock_ms(); // listing: at every state change
+        }
         if !was_finished && entry.state.is_finished() {
             finished.push_back((key.clone(), entry.header.run_id.clone()));
             while finished.len() > self.keep_finished {
@@ -359,11 +385,45 @@ impl Store for MemoryStore {
                     .get(&old)
                     .is_some_and(|e| e.header.run_id == run && e.state.is_finished())
                 {
-                    transactions.remove(&old);
+                    evicted.extend(transactions.remove(&old));
                 }
             }
         }
+        drop(inner);
+        drop(evicted); // freed outside the lock
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
+        self.create_sync(header, lease)
+    }
+
+    async fn append(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()> {
+        self.append_sync(key, epoch, records)
+    }
+
+    fn append_now(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        records: &[Record],
+    ) -> Option<Result<()>> {
+        Some(self.append_sync(key, epoch, records))
+    }
+
+    fn create_and_append_now(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+        records: &[Record],
+    ) -> Option<Result<u64>> {
+        Some(self.create_sync(header, lease).and_then(|epoch| {
+            self.append_sync(&header.key, epoch, records)
+                .map(|()| epoch)
+        }))
     }
 
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>> {
