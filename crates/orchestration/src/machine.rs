@@ -869,28 +869,21 @@ impl Transaction {
         // Records not yet handed to the engine join its pending `Persist`: the engine appends
         // them in one write before the effects that follow (see `Effect::Persist`), so merging
         // here changes nothing but the number of buffers.
-        if let Some(Effect::Persist(records)) = self
+        let existing = self
             .effects
-            .iter_mut()
-            .rev()
-            .find(|e| matches!(e, Effect::Persist(_)))
-        {
-            records.append(&mut self.pending);
-            if self.fields_dirty {
-                self.fields_dirty = false;
-                records.push(Record::Transaction(self.fields));
+            .iter()
+            .rposition(|e| matches!(e, Effect::Persist(_)));
+        let mut records = match existing.map(|i| &mut self.effects[i]) {
+            Some(Effect::Persist(records)) => {
+                let mut records = std::mem::take(records);
+                records.append(&mut self.pending);
+                records
             }
-            for step in self.dirty_list.drain(..) {
-                self.dirty[step] = false;
-                records.push(Record::Step {
-                    step,
-                    run: self.steps[step],
-                });
+            _ => {
+                let spare = self.spare.pop().unwrap_or_default();
+                std::mem::replace(&mut self.pending, spare)
             }
-            return;
-        }
-        let spare = self.spare.pop().unwrap_or_default();
-        let mut records = std::mem::replace(&mut self.pending, spare);
+        };
         if self.fields_dirty {
             self.fields_dirty = false;
             records.push(Record::Transaction(self.fields));
@@ -902,8 +895,10 @@ impl Transaction {
                 run: self.steps[step],
             });
         }
-        if !records.is_empty() {
-            self.effects.push(Effect::Persist(records));
+        match existing {
+            Some(i) => self.effects[i] = Effect::Persist(records),
+            None if !records.is_empty() => self.effects.push(Effect::Persist(records)),
+            None => self.recycle(records),
         }
     }
 
