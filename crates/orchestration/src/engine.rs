@@ -1126,25 +1126,33 @@ impl Engine {
             .collect();
         let mut pending = running.len();
         let mut now = self.now();
+        let mut ready: Vec<(Dispatch, StepOutcome)> = Vec::with_capacity(pending);
         while pending > 0 {
-            // Polls every unfinished call (a round is narrow), returning the first that is done.
-            let (dispatch, outcome) = std::future::poll_fn(|cx| {
+            // Polls every unfinished call (a round is narrow) and takes every one that is done:
+            // outcomes that arrive together are recorded in one append.
+            std::future::poll_fn(|cx| {
                 for (dispatch, slot) in running.iter_mut() {
                     if let Some(future) = slot
                         && let std::task::Poll::Ready(outcome) = future.as_mut().poll(cx)
                     {
                         *slot = None;
-                        return std::task::Poll::Ready((*dispatch, outcome));
+                        ready.push((*dispatch, outcome));
                     }
                 }
-                std::task::Poll::Pending
+                if ready.is_empty() {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
             })
             .await;
-            pending -= 1;
+            pending -= ready.len();
             now = self.now();
-            tx.complete(dispatch, outcome, steps, now);
+            for (dispatch, outcome) in ready.drain(..) {
+                tx.complete(dispatch, outcome, steps, now);
+            }
             if pending > 0 {
-                // The last outcome is applied with the next round's records.
+                // The last outcomes are applied with the next round's records.
                 self.apply(cell, tx, effects).await?;
             }
         }
