@@ -107,8 +107,8 @@ pub struct TransactionSummary {
     /// When it was created.
     pub created_at: u64,
     /// When the summary last changed, on the store's wall clock (Unix milliseconds): at least at
-    /// every state change (so for a finished transaction, when it finished); the SQL stores
-    /// also move it at every append. Retention ([`Store::purge_finished`]) compares this.
+    /// every state change (so for a finished transaction, when it finished); SQLite also moves
+    /// it at every append. Retention ([`Store::purge_finished`]) compares this.
     pub updated_at: u64,
 }
 
@@ -269,7 +269,7 @@ struct MemoryEntry {
     until: u64,
     epoch: u64,
     wake_at: Option<u64>,
-    updated_at: u64, // listing: wall-clock ms of the last create/append
+    updated_at: u64, // listing: wall-clock ms of the creation and of the last state change
 }
 
 impl MemoryEntry {

@@ -312,6 +312,9 @@ impl PostgresStore {
             .options([("search_path", options.schema.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
+            // A ping per acquire would be one more round trip per step; a broken connection
+            // fails its statement instead, which the engine reports like any store error.
+            .test_before_acquire(false)
             .acquire_timeout(std::time::Duration::from_millis(options.acquire_timeout_ms))
             .connect_with(connect)
             .await
@@ -418,7 +421,7 @@ WITH d AS (
     UPDATE transactions t
        SET next_seq = t.next_seq + d.n,
            state = COALESCE(NULLIF(d.state, ''), t.state),
-           updated_at = $5,
+           updated_at = CASE WHEN d.state <> '' AND d.state <> t.state THEN $5 ELSE t.updated_at END,
            owner = CASE WHEN d.state IN ('done', 'reverted', 'failed') THEN NULL ELSE t.owner END,
            wake_at = CASE WHEN d.state IN ('done', 'reverted', 'failed') THEN NULL ELSE t.wake_at END
       FROM d
