@@ -474,6 +474,27 @@ ON CONFLICT (workflow, transaction_id) DO NOTHING
 RETURNING workflow, transaction_id
 "#;
 
+/// Creates a transaction (a generated id) together with its first log rows, in one statement;
+/// returns 1, or 0 when the id is taken (then nothing is written).
+const CREATE_WITH_LOG_SQL: &str = r#"
+WITH ins AS (
+    INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
+                              updated_at, next_seq, owner, lease_until, epoch, wake_at)
+    VALUES ($1, $2, $3, COALESCE(NULLIF($9, ''), 'not_started'), $4::jsonb, $5, $6, $10,
+            CASE WHEN $9 IN ('done', 'reverted', 'failed') THEN NULL ELSE NULLIF($7, '') END,
+            $8, 1, NULL)
+    ON CONFLICT (workflow, transaction_id) DO NOTHING
+    RETURNING run_id
+), log AS (
+    INSERT INTO transaction_log (workflow, transaction_id, run_id, seq, kind, step, side, attempt, record)
+    SELECT $1, $2, ins.run_id, r.off, r.kind, NULLIF(r.step, -1)::int4, NULLIF(r.side, ''),
+           NULLIF(r.attempt, -1)::int4, r.record::json
+      FROM ins, unnest($11::int8[], $12::text[], $13::int8[], $14::text[], $15::int8[], $16::text[])
+           AS r(off, kind, step, side, attempt, record)
+)
+SELECT count(*) FROM ins
+"#;
+
 /// Writes a batch in one database transaction: first the transactions created with their
 /// first append, then every append.
 async fn write_batch_creating(
@@ -1059,16 +1080,48 @@ impl PostgresStore {
         let n = records.len() as u64;
         let written = match &self.inner.queue {
             None if create.is_some() => {
-                // The creation and the first append in one commit.
+                // The creation and the first append in one statement, one commit.
                 let append = encode(key, records)?;
-                let written = write_batch_creating(
-                    &self.inner.pool,
-                    &[(key, epoch, &append, create.as_ref())],
-                )
-                .await
-                .map_err(|e| store_error("create", key, e))?;
+                let new = create.as_ref().expect("a create");
+                let rows = &append.rows;
+                let inserted: i64 = sqlx::query_scalar(CREATE_WITH_LOG_SQL)
+                    .bind(key.workflow.as_ref())
+                    .bind(key.id.as_ref())
+                    .bind(&new.run_id)
+                    .bind(&new.payload)
+                    .bind(new.created_at)
+                    .bind(now_millis())
+                    .bind(new.owner.as_deref().unwrap_or(""))
+                    .bind(new.until)
+                    .bind(append.state.unwrap_or(""))
+                    .bind(rows.len() as i64)
+                    .bind((0..rows.len() as i64).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+                    .bind(
+                        rows.iter()
+                            .map(|r| r.step.unwrap_or(-1))
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(
+                        rows.iter()
+                            .map(|r| r.side.unwrap_or(""))
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(
+                        rows.iter()
+                            .map(|r| r.attempt.unwrap_or(-1))
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(rows.iter().map(|r| r.record.as_str()).collect::<Vec<_>>())
+                    .fetch_one(&self.inner.pool)
+                    .await
+                    .map_err(|e| store_error("create", key, e))?;
                 self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
-                written[0]
+                if inserted == 1 {
+                    Written::Yes
+                } else {
+                    Written::Taken
+                }
             }
             None => {
                 let append = encode(key, records)?;
