@@ -35,7 +35,9 @@ use crate::machine::{
 };
 use crate::relay::{EventRelay, RelayLink, RelayStats};
 use crate::state::{HandlerType, StepRun, TransactionState};
-use crate::store::{Claim, Lease, MemoryStore, Store, TransactionHeader, TransactionKey};
+use crate::store::{
+    Claim, Lease, MemoryStore, Store, StoredTransaction, TransactionHeader, TransactionKey,
+};
 
 mod executions; // executions listing, detail and retention (issue 4)
 pub use executions::{ExecutionDetail, PURGE_BATCH, StepDetail, StepErrorDetail};
@@ -469,6 +471,21 @@ impl Drop for ActivityGuard {
     }
 }
 
+/// A stored transaction folded back onto its flow.
+fn replay(
+    flow: Arc<Flow>,
+    key: &TransactionKey,
+    stored: &StoredTransaction,
+) -> Result<Transaction> {
+    Transaction::replay(
+        flow,
+        key.id.clone(),
+        stored.header.run_id.clone(),
+        stored.header.payload.clone(),
+        &stored.records,
+    )
+}
+
 /// Whether an async call's step still waits for that call's outcome.
 fn still_waiting(tx: &Transaction, dispatch: Dispatch) -> bool {
     let run = tx.step(dispatch.step);
@@ -805,13 +822,7 @@ impl Engine {
                     transaction: cell.key.id.to_string(),
                 }
             })?;
-            let mut fresh = Transaction::replay(
-                tx.shared().flow.clone(),
-                cell.key.id.clone(),
-                stored.header.run_id.clone(),
-                stored.header.payload.clone(),
-                &stored.records,
-            )?;
+            let mut fresh = replay(tx.shared().flow.clone(), &cell.key, &stored)?;
             if cell.async_running.load(Ordering::SeqCst) == 0 {
                 let reset = fresh.recover_in_flight();
                 if reset > 0 {
@@ -967,14 +978,11 @@ impl Engine {
             transaction: transaction.to_string(),
         };
         let stored = self.inner.store.load(&key).await?.ok_or_else(not_found)?;
-        let tx = Transaction::replay(
+        Ok(Execution::of(&replay(
             registered.flow.clone(),
-            key.id.clone(),
-            stored.header.run_id.clone(),
-            stored.header.payload.clone(),
-            &stored.records,
-        )?;
-        Ok(Execution::of(&tx))
+            &key,
+            &stored,
+        )?))
     }
 
     /// Whether nothing is running for a transaction: no handler, no armed timer, no advance in
@@ -1029,13 +1037,7 @@ impl Engine {
         let Some(stored) = self.inner.store.load(key).await? else {
             return Ok(None);
         };
-        let tx = Transaction::replay(
-            registered.flow.clone(),
-            key.id.clone(),
-            stored.header.run_id.clone(),
-            stored.header.payload.clone(),
-            &stored.records,
-        )?;
+        let tx = replay(registered.flow.clone(), key, &stored)?;
         // Epoch 0: a plain load; the first claim reloads it under the lease.
         let cell = Arc::new(Cell::new(key.clone(), tx, registered.handler.clone(), 0));
         let mut live = self.inner.live.lock();
