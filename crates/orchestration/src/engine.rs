@@ -284,6 +284,10 @@ impl Execution {
         let step = self.shared.flow.step_index(action)?;
         self.shared.responses.get(step, handler)
     }
+    /// The saved response of a step's side, by index.
+    pub fn response_at(&self, step: StepIndex, handler: HandlerType) -> Option<Data> {
+        self.shared.responses.get(step, handler)
+    }
     /// The run of a step, by action.
     pub fn step(&self, action: &str) -> Option<&StepRun> {
         self.shared.flow.step_index(action).map(|i| &self.steps[i])

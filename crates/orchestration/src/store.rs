@@ -330,7 +330,7 @@ impl MemoryStore {
             header.key.clone(),
             MemoryEntry {
                 header: header.clone(),
-                records: Vec::with_capacity(16),
+                records: Vec::with_capacity(64),
                 state: TransactionState::NotStarted,
                 owner: lease.map(|l| l.owner.clone()),
                 until: lease.map_or(0, |l| l.until),

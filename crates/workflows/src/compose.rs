@@ -48,9 +48,7 @@ impl Env<'_> {
         }
         match self.source {
             EnvSource::Call(call) => call.response_at(index, HandlerType::Invoke),
-            EnvSource::Execution(execution) => {
-                execution.response(&execution.flow().step(index).action, HandlerType::Invoke)
-            }
+            EnvSource::Execution(execution) => execution.response_at(index, HandlerType::Invoke),
         }
     }
     /// Whether every `when` decision in `guards` was taken (absent decisions count as not taken).
