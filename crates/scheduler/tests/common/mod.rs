@@ -363,7 +363,17 @@ pub async fn every_tick_once_across_a_handover(backend: &dyn Backend, crash: boo
         );
     }
     let fired = total(&nodes, SCHEDULE, |s| s.fired);
-    assert_eq!(fired, ticks.len() as u64, "fired counters vs runs");
+    let runs = ticks.len() as u64;
+    if crash {
+        // The crashed leader counts a tick as fired once its run has begun; a run it began in
+        // the instant before it died ran, but was never counted.
+        assert!(
+            fired == runs || fired + 1 == runs,
+            "fired counters {fired} vs runs {runs}"
+        );
+    } else {
+        assert_eq!(fired, runs, "fired counters vs runs");
+    }
     let states = states(&nodes[second], SCHEDULE, &ticks).await;
     assert!(states.iter().all(|state| *state == TransactionState::Done));
 }
