@@ -4,6 +4,7 @@
 //! step, the side and the attempt.
 
 use crate::state::TransactionState;
+use crate::store::{Lease, TransactionHeader};
 use crate::{Error as StoreError, Record, TransactionKey};
 
 /// One record, encoded for the log table.
@@ -155,4 +156,41 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// A transaction to create in the commit of its first append (a generated id), encoded for the
+/// summary row.
+#[derive(Debug)]
+pub struct NewTransaction {
+    /// The run id.
+    pub run_id: String,
+    /// The workflow input, as JSON text.
+    pub payload: String,
+    /// When it was created (clock ms, saturated to `i64::MAX`).
+    pub created_at: i64,
+    /// The creator's worker id, when it takes the lease.
+    pub owner: Option<String>,
+    /// When that lease lapses (clock ms, saturated to `i64::MAX`; 0 without a lease).
+    pub until: i64,
+}
+
+impl NewTransaction {
+    /// Encodes a header and the creator's lease.
+    pub fn encode(header: &TransactionHeader, lease: Option<&Lease>) -> Result<Self, StoreError> {
+        let payload = header.payload.to_json().map_err(|e| {
+            store_error(
+                "create",
+                &header.key,
+                format!("the payload is not JSON: {e}"),
+            )
+        })?;
+        let saturate = |at: u64| i64::try_from(at).unwrap_or(i64::MAX);
+        Ok(NewTransaction {
+            run_id: header.run_id.to_string(),
+            payload: payload.to_string(),
+            created_at: saturate(header.created_at),
+            owner: lease.map(|l| l.owner.to_string()),
+            until: lease.map_or(0, |l| saturate(l.until)),
+        })
+    }
 }

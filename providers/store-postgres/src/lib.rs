@@ -104,7 +104,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use gorgon_orchestration::log_rows::{
-    self as row, EncodedAppend, encode, encode_packed, now_millis,
+    self as row, EncodedAppend, NewTransaction, encode, encode_packed, now_millis,
 };
 use gorgon_orchestration::sql_listing::{self, Dialect, SqlParam};
 use gorgon_orchestration::{Purge, TransactionFilter, TransactionPage};
@@ -451,16 +451,6 @@ enum Written {
     Taken,
 }
 
-/// A transaction to create in the same commit as its first append.
-#[derive(Debug)]
-struct NewTransaction {
-    run_id: String,
-    payload: String,
-    created_at: i64,
-    owner: Option<String>,
-    until: i64,
-}
-
 /// Inserts the transactions created with their first append (generated ids), returning the
 /// keys inserted; a taken id is left alone.
 const CREATE_MANY_SQL: &str = r#"
@@ -791,19 +781,8 @@ impl Store for PostgresStore {
         lease: Option<&Lease>,
         records: &[Record],
     ) -> gorgon_orchestration::Result<u64> {
-        let key = &header.key;
-        let payload = header
-            .payload
-            .to_json()
-            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
-        let create = NewTransaction {
-            run_id: header.run_id.to_string(),
-            payload: payload.to_string(),
-            created_at: millis(header.created_at),
-            owner: lease.map(|l| l.owner.to_string()),
-            until: lease.map_or(0, |l| millis(l.until)),
-        };
-        self.write(key, 1, records, Some(create)).await?;
+        let create = NewTransaction::encode(header, lease)?;
+        self.write(&header.key, 1, records, Some(create)).await?;
         Ok(1)
     }
 
@@ -890,7 +869,7 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         let names: Vec<&str> = workflows.iter().map(|w| w.as_ref()).collect();
-        let rows = sqlx::query(CLAIM_DUE_SQL)
+        let claimed: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
             .bind(&names)
             .bind(millis(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -903,19 +882,15 @@ impl Store for PostgresStore {
                 transaction: String::new(),
                 reason: e.to_string(),
             })?;
-        rows.iter()
-            .map(|row| {
-                let get = |column: &str| -> Result<String, sqlx::Error> { row.try_get(column) };
-                let key = TransactionKey::new(
-                    get("workflow").unwrap_or_default(),
-                    get("transaction_id").unwrap_or_default(),
-                );
-                let epoch: i64 = row
-                    .try_get("epoch")
-                    .map_err(|e| store_error("claim_due", &key, e))?;
-                Ok((key, u64::try_from(epoch).unwrap_or(0)))
+        Ok(claimed
+            .into_iter()
+            .map(|(workflow, id, epoch)| {
+                (
+                    TransactionKey::new(workflow, id),
+                    u64::try_from(epoch).unwrap_or(0),
+                )
             })
-            .collect()
+            .collect())
     }
 
     async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {

@@ -117,7 +117,9 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use gorgon_orchestration::log_rows::{self as row, EncodedAppend, encode, now_millis};
+use gorgon_orchestration::log_rows::{
+    self as row, EncodedAppend, NewTransaction, encode, now_millis,
+};
 use gorgon_orchestration::sql_listing::{self, Dialect, SqlParam};
 use gorgon_orchestration::{Purge, TransactionFilter, TransactionPage};
 use sqlx::AssertSqlSafe;
@@ -273,16 +275,6 @@ enum Outcome {
     Fenced,
     /// Its transaction was to be created with it, but the id is taken; nothing was written.
     Taken,
-}
-
-/// A transaction to create in the commit of its first append.
-#[derive(Debug)]
-struct NewTransaction {
-    run_id: String,
-    payload: String,
-    created_at: i64,
-    owner: Option<String>,
-    until: i64,
 }
 
 /// Inserts a transaction created with its first append (a generated id); no row when taken.
@@ -494,7 +486,8 @@ async fn write_batch_creating(
             .bind(new.created_at)
             .bind(now_millis())
             .bind(new.owner.as_deref())
-            .bind(new.until)
+            // Saturated one below `i64::MAX`, as `until` does.
+            .bind(new.until.min(i64::MAX - 1))
             .fetch_optional(&mut *tx)
             .await?;
         taken[i] = epoch.is_none();
@@ -766,19 +759,8 @@ impl Store for SqliteStore {
             self.append(&header.key, epoch, records).await?;
             return Ok(epoch);
         }
-        let key = &header.key;
-        let payload = header
-            .payload
-            .to_json()
-            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
-        let create = NewTransaction {
-            run_id: header.run_id.to_string(),
-            payload: payload.to_string(),
-            created_at: int(header.created_at),
-            owner: lease.map(|l| l.owner.to_string()),
-            until: lease.map_or(0, |l| until(l.until)),
-        };
-        self.write(key, 1, records, Some(create)).await?;
+        let create = NewTransaction::encode(header, lease)?;
+        self.write(&header.key, 1, records, Some(create)).await?;
         Ok(1)
     }
 
