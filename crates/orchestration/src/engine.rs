@@ -1305,11 +1305,12 @@ impl Engine {
             if self.inner.pipelined {
                 result = self.write_behind(cell, records);
             } else {
+                let mut records = records;
                 let create = cell.writes.lock().create.take();
                 let store = &self.inner.store;
                 result = match create {
                     Some((header, lease)) => {
-                        match store.create_and_append_now(&header, Some(&lease), &records) {
+                        match store.create_and_append_now(&header, Some(&lease), &mut records) {
                             Some(done) => done.map(drop),
                             None => store
                                 .create_and_append(&header, Some(&lease), &records)
@@ -1317,7 +1318,7 @@ impl Engine {
                                 .map(drop),
                         }
                     }
-                    None => match store.append_now(&cell.key, cell.epoch(), &records) {
+                    None => match store.append_now(&cell.key, cell.epoch(), &mut records) {
                         Some(done) => done,
                         None => store.append(&cell.key, cell.epoch(), &records).await,
                     },

@@ -179,12 +179,13 @@ pub trait Store: Send + Sync + 'static {
     }
     /// [`append`](Store::append) done on the spot, for in-process stores: the engine calls it
     /// first and awaits `append` only when it returns `None` (the default), which spares a
-    /// boxed future per step boundary.
+    /// boxed future per step boundary. The store may move the records out of `records` (an
+    /// in-process log keeps them without a copy); the engine only reuses the emptied buffer.
     fn append_now(
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: &mut Vec<Record>,
     ) -> Option<Result<()>> {
         let _ = (key, epoch, records);
         None
@@ -195,7 +196,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         header: &TransactionHeader,
         lease: Option<&Lease>,
-        records: &[Record],
+        records: &mut Vec<Record>,
     ) -> Option<Result<u64>> {
         let _ = (header, lease, records);
         None
@@ -246,19 +247,24 @@ pub fn finishes(records: &[Record]) -> bool {
 
 /// The in-memory store: a log per transaction in a map, for development and tests.
 ///
-/// Finished transactions are kept up to `keep_finished` (the oldest are dropped first), so a
-/// long-running process does not grow without bound.
+/// The map is split into shards, each behind its own lock, so that transactions advanced on
+/// different threads do not wait for each other. Finished transactions are kept up to
+/// `keep_finished` (the oldest are dropped first), so a long-running process does not grow
+/// without bound.
 #[derive(Debug)]
 pub struct MemoryStore {
-    inner: Mutex<MemoryInner>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Finished transactions in the order they finished (their run ids), for eviction.
+    finished: Mutex<VecDeque<(TransactionKey, Arc<str>)>>,
     keep_finished: usize,
+    hasher: foldhash::fast::FixedState,
 }
 
-#[derive(Debug, Default)]
-struct MemoryInner {
-    transactions: foldhash::HashMap<TransactionKey, MemoryEntry>,
-    finished: VecDeque<(TransactionKey, Arc<str>)>,
-}
+/// One shard of the memory store's map.
+type Shard = foldhash::HashMap<TransactionKey, MemoryEntry>;
+
+/// How many shards the memory store's map has (a power of two).
+const MEMORY_SHARDS: usize = 32;
 
 #[derive(Debug)]
 struct MemoryEntry {
@@ -293,13 +299,17 @@ impl MemoryStore {
     /// A store keeping at most `keep_finished` finished transactions.
     pub fn keeping_finished(keep_finished: usize) -> Self {
         MemoryStore {
-            inner: Mutex::new(MemoryInner::default()),
+            shards: (0..MEMORY_SHARDS)
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
+            finished: Mutex::new(VecDeque::new()),
             keep_finished,
+            hasher: foldhash::fast::FixedState::default(),
         }
     }
     /// How many transactions the store holds.
     pub fn len(&self) -> usize {
-        self.inner.lock().transactions.len()
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
     /// Whether the store holds no transaction.
     pub fn is_empty(&self) -> bool {
@@ -314,10 +324,17 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    fn shard(&self, key: &TransactionKey) -> &Mutex<Shard> {
+        use std::hash::BuildHasher;
+        // The id alone: the workflow is the same for most keys and would only cost hashing.
+        let hash = self.hasher.hash_one(&*key.id);
+        &self.shards[(hash as usize) & (MEMORY_SHARDS - 1)]
+    }
+
     fn create_sync(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
-        let mut inner = self.inner.lock();
+        let mut shard = self.shard(&header.key).lock();
         let mut epoch = 1;
-        if let Some(existing) = inner.transactions.get(&header.key) {
+        if let Some(existing) = shard.get(&header.key) {
             if !existing.state.is_finished() {
                 return Err(Error::AlreadyStarted {
                     workflow: header.key.workflow.to_string(),
@@ -326,7 +343,7 @@ impl MemoryStore {
             }
             epoch = existing.epoch + 1;
         }
-        inner.transactions.insert(
+        let replaced = shard.insert(
             header.key.clone(),
             MemoryEntry {
                 header: header.clone(),
@@ -343,17 +360,20 @@ impl MemoryStore {
                 updated_at: wall_clock_ms(), // listing
             },
         );
+        drop(shard);
+        drop(replaced); // freed outside the lock
         Ok(epoch)
     }
 
-    fn append_sync(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()> {
-        let mut evicted = Vec::new();
-        let mut inner = self.inner.lock();
-        let MemoryInner {
-            transactions,
-            finished,
-        } = &mut *inner;
-        let entry = transactions.get_mut(key).ok_or_else(|| Error::Store {
+    /// Appends, moving the records out of `records`.
+    fn append_sync(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        records: &mut Vec<Record>,
+    ) -> Result<()> {
+        let mut shard = self.shard(key).lock();
+        let entry = shard.get_mut(key).ok_or_else(|| Error::Store {
             operation: "append",
             transaction: key.to_string(),
             reason: "the transaction was never created".into(),
@@ -362,36 +382,54 @@ impl MemoryStore {
             return Err(fenced(key, epoch));
         }
         let state_before = entry.state;
-        let was_finished = state_before.is_finished();
-        for record in records {
+        for record in records.iter() {
             if let Record::Transaction(fields) = record {
                 entry.state = fields.state;
             }
         }
-        entry.records.extend_from_slice(records);
+        entry.records.append(records);
         if entry.state.is_finished() {
             entry.owner = None;
             entry.wake_at = None;
         }
-        if entry.state != state_before {
-            entry.updated_at = wall_clock_ms(); // listing: at every state change
+        if entry.state == state_before {
+            return Ok(());
         }
-        if !was_finished && entry.state.is_finished() {
-            finished.push_back((key.clone(), entry.header.run_id.clone()));
+        entry.updated_at = wall_clock_ms(); // listing: at every state change
+        if state_before.is_finished() || !entry.state.is_finished() {
+            return Ok(());
+        }
+        let run = entry.header.run_id.clone();
+        drop(shard);
+        self.evict_beyond_quota(key, run);
+        Ok(())
+    }
+
+    /// Notes a transaction that finished and drops the oldest finished ones beyond the quota.
+    /// Takes no shard lock while it holds the queue's.
+    fn evict_beyond_quota(&self, key: &TransactionKey, run: Arc<str>) {
+        let mut overflow = Vec::new();
+        {
+            let mut finished = self.finished.lock();
+            finished.push_back((key.clone(), run));
             while finished.len() > self.keep_finished {
-                let (old, run) = finished.pop_front().expect("not empty");
-                // Only drop the run that finished, not a newer run of the same id.
-                if transactions
-                    .get(&old)
-                    .is_some_and(|e| e.header.run_id == run && e.state.is_finished())
-                {
-                    evicted.extend(transactions.remove(&old));
-                }
+                overflow.extend(finished.pop_front());
             }
         }
-        drop(inner);
-        drop(evicted); // freed outside the lock
-        Ok(())
+        for (old, run) in overflow {
+            let mut shard = self.shard(&old).lock();
+            // Only drop the run that finished, not a newer run of the same id.
+            let evicted = if shard
+                .get(&old)
+                .is_some_and(|e| e.header.run_id == run && e.state.is_finished())
+            {
+                shard.remove(&old)
+            } else {
+                None
+            };
+            drop(shard);
+            drop(evicted); // freed outside the lock
+        }
     }
 }
 
@@ -402,14 +440,14 @@ impl Store for MemoryStore {
     }
 
     async fn append(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()> {
-        self.append_sync(key, epoch, records)
+        self.append_sync(key, epoch, &mut records.to_vec())
     }
 
     fn append_now(
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: &mut Vec<Record>,
     ) -> Option<Result<()>> {
         Some(self.append_sync(key, epoch, records))
     }
@@ -418,7 +456,7 @@ impl Store for MemoryStore {
         &self,
         header: &TransactionHeader,
         lease: Option<&Lease>,
-        records: &[Record],
+        records: &mut Vec<Record>,
     ) -> Option<Result<u64>> {
         Some(self.create_sync(header, lease).and_then(|epoch| {
             self.append_sync(&header.key, epoch, records)
@@ -427,27 +465,21 @@ impl Store for MemoryStore {
     }
 
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>> {
-        let inner = self.inner.lock();
-        Ok(inner.transactions.get(key).map(|e| StoredTransaction {
+        let shard = self.shard(key).lock();
+        Ok(shard.get(key).map(|e| StoredTransaction {
             header: e.header.clone(),
             records: e.records.clone(),
         }))
     }
 
     async fn summary(&self, key: &TransactionKey) -> Result<Option<TransactionSummary>> {
-        let inner = self.inner.lock();
-        Ok(inner.transactions.get(key).map(|e| TransactionSummary {
-            key: key.clone(),
-            run_id: e.header.run_id.clone(),
-            state: e.state,
-            created_at: e.header.created_at,
-            updated_at: e.updated_at,
-        }))
+        let shard = self.shard(key).lock();
+        Ok(shard.get(key).map(|e| summary_of(key, e)))
     }
 
     async fn claim(&self, key: &TransactionKey, lease: &Lease, now: u64) -> Result<Claim> {
-        let mut inner = self.inner.lock();
-        let Some(entry) = inner.transactions.get_mut(key) else {
+        let mut shard = self.shard(key).lock();
+        let Some(entry) = shard.get_mut(key) else {
             return Ok(Claim::NotFound);
         };
         if let Some(owner) = &entry.owner
@@ -464,8 +496,8 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, key: &TransactionKey, epoch: u64, wake_at: Option<u64>) -> Result<()> {
-        let mut inner = self.inner.lock();
-        match inner.transactions.get_mut(key) {
+        let mut shard = self.shard(key).lock();
+        match shard.get_mut(key) {
             Some(entry) if entry.epoch == epoch => {
                 entry.owner = None;
                 entry.wake_at = wake_at.filter(|_| !entry.state.is_finished());
@@ -482,32 +514,35 @@ impl Store for MemoryStore {
         now: u64,
         limit: usize,
     ) -> Result<Vec<(TransactionKey, u64)>> {
-        let mut inner = self.inner.lock();
         let mut claimed = Vec::new();
-        for (key, entry) in inner.transactions.iter_mut() {
-            if claimed.len() >= limit {
-                break;
-            }
-            let due = match &entry.owner {
-                None => entry.wake_at.is_some_and(|at| at <= now),
-                Some(_) => entry.until < now,
-            };
-            if due && !entry.state.is_finished() && workflows.contains(&key.workflow) {
-                // A lapsed lease changes hands even when the claimer held it before.
-                entry.owner = None;
-                claimed.push((key.clone(), entry.take(lease)));
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for (key, entry) in shard.iter_mut() {
+                if claimed.len() >= limit {
+                    return Ok(claimed);
+                }
+                let due = match &entry.owner {
+                    None => entry.wake_at.is_some_and(|at| at <= now),
+                    Some(_) => entry.until < now,
+                };
+                if due && !entry.state.is_finished() && workflows.contains(&key.workflow) {
+                    // A lapsed lease changes hands even when the claimer held it before.
+                    entry.owner = None;
+                    claimed.push((key.clone(), entry.take(lease)));
+                }
             }
         }
         Ok(claimed)
     }
 
     async fn renew(&self, lease: &Lease) -> Result<usize> {
-        let mut inner = self.inner.lock();
         let mut renewed = 0;
-        for entry in inner.transactions.values_mut() {
-            if entry.owner.as_ref() == Some(&lease.owner) {
-                entry.until = lease.until;
-                renewed += 1;
+        for shard in self.shards.iter() {
+            for entry in shard.lock().values_mut() {
+                if entry.owner.as_ref() == Some(&lease.owner) {
+                    entry.until = lease.until;
+                    renewed += 1;
+                }
             }
         }
         Ok(renewed)
@@ -515,41 +550,54 @@ impl Store for MemoryStore {
     // ---- executions listing and retention (issue 4) ----
     async fn list(&self, filter: &TransactionFilter) -> Result<TransactionPage> {
         filter.check()?;
-        let inner = self.inner.lock();
-        let mut matching: Vec<TransactionSummary> = inner
-            .transactions
-            .iter()
-            .map(|(key, e)| TransactionSummary {
-                key: key.clone(),
-                run_id: e.header.run_id.clone(),
-                state: e.state,
-                created_at: e.header.created_at,
-                updated_at: e.updated_at,
-            })
-            .filter(|s| filter.matches(s))
-            .collect();
-        drop(inner);
+        let mut matching: Vec<TransactionSummary> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            matching.extend(
+                shard
+                    .iter()
+                    .map(|(key, e)| summary_of(key, e))
+                    .filter(|s| filter.matches(s)),
+            );
+        }
         matching.sort_unstable_by(|a, b| PageCursor::of(b).cmp(&PageCursor::of(a)));
         Ok(TransactionPage::from_sorted(matching, filter.limit))
     }
 
     async fn purge_finished(&self, purge: &Purge) -> Result<u64> {
-        let mut inner = self.inner.lock();
-        let doomed: Vec<TransactionKey> = inner
-            .transactions
-            .iter()
-            .filter(|(key, e)| {
-                e.state.is_finished()
-                    && e.updated_at < purge.older_than
-                    && purge.workflow.as_ref().is_none_or(|w| *w == key.workflow)
-            })
-            .map(|(key, _)| key.clone())
-            .take(purge.limit)
-            .collect();
-        for key in &doomed {
-            inner.transactions.remove(key);
+        let mut purged = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let doomed: Vec<TransactionKey> = shard
+                .iter()
+                .filter(|(key, e)| {
+                    e.state.is_finished()
+                        && e.updated_at < purge.older_than
+                        && purge.workflow.as_ref().is_none_or(|w| *w == key.workflow)
+                })
+                .map(|(key, _)| key.clone())
+                .take(purge.limit - purged)
+                .collect();
+            for key in &doomed {
+                shard.remove(key);
+            }
+            purged += doomed.len();
+            if purged >= purge.limit {
+                break;
+            }
         }
-        Ok(doomed.len() as u64)
+        Ok(purged as u64)
+    }
+}
+
+/// The listing summary of a memory store entry.
+fn summary_of(key: &TransactionKey, e: &MemoryEntry) -> TransactionSummary {
+    TransactionSummary {
+        key: key.clone(),
+        run_id: e.header.run_id.clone(),
+        state: e.state,
+        created_at: e.header.created_at,
+        updated_at: e.updated_at,
     }
 }
 
