@@ -761,19 +761,62 @@ impl Engine {
     /// Advances a transaction this engine has just claimed at `epoch`.
     async fn take_over(&self, key: &TransactionKey, epoch: u64) -> Result<Execution> {
         let registered = self.registered(&key.workflow)?;
-        let cell = self.existing_cell(key, &registered).await?.ok_or_else(|| {
-            Error::TransactionNotFound {
-                workflow: key.workflow.to_string(),
-                transaction: key.id.to_string(),
-            }
-        })?;
+        let live = self.inner.live.lock().get(key).cloned();
+        let (cell, loaded) = match live {
+            Some(cell) => (cell, false),
+            None => self.load_claimed(key, &registered, epoch).await?,
+        };
         let mut tx = cell.tx.lock().await;
-        let adopted = self.adopt(&cell, &mut tx, epoch).await;
+        let adopted = if loaded {
+            // Loaded after the claim, so current at `epoch`: only its timers are left to arm.
+            for (timer, at) in tx.timers().to_vec() {
+                self.arm(&cell, timer, at);
+            }
+            Ok(())
+        } else {
+            self.adopt(&cell, &mut tx, epoch).await
+        };
         let driven = match adopted {
             Ok(()) => self.drive(&cell, &mut tx, true).await,
             Err(error) => Err(error),
         };
         self.settle(&cell, &mut tx, driven).await
+    }
+
+    /// The cell of a transaction this engine claimed at `epoch` and does not have in memory,
+    /// from one load: handlers that were running when its last owner died are made ready to
+    /// run again. Returns whether the cell is that fresh load (`false`: another task put a
+    /// cell in memory meanwhile, which is returned instead and must be adopted).
+    async fn load_claimed(
+        &self,
+        key: &TransactionKey,
+        registered: &Arc<Registered>,
+        epoch: u64,
+    ) -> Result<(Arc<Cell>, bool)> {
+        let stored =
+            self.inner
+                .store
+                .load(key)
+                .await?
+                .ok_or_else(|| Error::TransactionNotFound {
+                    workflow: key.workflow.to_string(),
+                    transaction: key.id.to_string(),
+                })?;
+        let mut tx = replay(registered.flow.clone(), key, &stored)?;
+        let reset = tx.recover_in_flight();
+        if reset > 0 {
+            tracing::info!(transaction = %key, handlers = reset, epoch, "taking over: handlers in flight will run again");
+        }
+        let fresh = Arc::new(Cell::new(
+            key.clone(),
+            tx,
+            registered.handler.clone(),
+            epoch,
+        ));
+        let mut live = self.inner.live.lock();
+        let cell = live.entry(key.clone()).or_insert_with(|| fresh.clone());
+        let loaded = Arc::ptr_eq(cell, &fresh);
+        Ok((cell.clone(), loaded))
     }
 
     fn lease(&self) -> Lease {
@@ -972,8 +1015,10 @@ impl Engine {
         let key = TransactionKey::new(registered.flow.workflow_arc().clone(), transaction);
         let live = self.inner.live.lock().get(&key).cloned();
         if let Some(cell) = live {
+            // The copy this engine advances is the newest; any other (a plain load, or one
+            // whose lease another worker may have taken since) can be stale: read the store.
             let tx = cell.tx.lock().await;
-            if cell.held() || cell.epoch() == 0 {
+            if cell.held() {
                 return Ok(Execution::of(&tx));
             }
         }

@@ -235,3 +235,48 @@ async fn a_waiting_step_is_completed_through_another_worker() {
         TransactionState::Done
     );
 }
+
+#[tokio::test]
+async fn get_reads_the_store_for_a_transaction_another_worker_advanced() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let release = release.clone();
+        move |call: StepCall| {
+            let release = release.clone();
+            async move {
+                if call.action() == "b" {
+                    release.notified().await;
+                }
+                StepOutcome::ok(json!(call.action()))
+            }
+        }
+    };
+    let definition = r#"{"next":{"action":"a","next":{"action":"b"}}}"#;
+    let a = engine(&store, &clock, "worker-a");
+    a.register(flow("w", definition), handler.clone()).unwrap();
+    let b = engine(&store, &clock, "worker-b");
+    b.register(flow("w", definition), handler).unwrap();
+
+    let running = tokio::spawn({
+        let a = a.clone();
+        async move { a.run("w", with_id("t1")).await }
+    });
+    until(|| !a.is_quiet("w", "t1")).await;
+    // B's refused start leaves it a copy of the transaction as it was then, `b` invoking.
+    assert!(matches!(
+        b.run("w", with_id("t1")).await,
+        Err(Error::AlreadyStarted { .. })
+    ));
+    release.notify_one();
+    assert_eq!(
+        running.await.unwrap().unwrap().state,
+        TransactionState::Done
+    );
+    assert_eq!(
+        b.get("w", "t1").await.unwrap().state,
+        TransactionState::Done,
+        "B reports what A stored, not its own stale copy"
+    );
+}
