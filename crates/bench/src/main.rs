@@ -8,10 +8,11 @@
 //! the figures measure the engine and the SDK, not the steps.
 //!
 //! Runtime configuration, as a server binary using the SDK would have it: tokio's multi-thread
-//! runtime (one worker per core) and the system allocator. `--features mimalloc` makes mimalloc
-//! the global allocator instead, as many server binaries do (it returns memory freed on another
-//! worker without glibc's arena lock; on a 2-core machine it sped up the concurrent mode and
-//! `par10`, and slowed `seq10`/`fail10` serial).
+//! runtime (one worker per core) and mimalloc as the global allocator, as many Rust server
+//! binaries have (the default feature `mimalloc`). `--no-default-features` keeps the system
+//! allocator (glibc) instead: on this 2-core machine it made every shape slower, by 14% (`seq10`
+//! serial) to 30% (`par10` concurrent), although callgrind counts only 5.5% more instructions:
+//! glibc's arena locks and its consolidation of freed chunks cost more time than instructions.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +27,7 @@ use gorgon_workflows::{
 };
 use serde_json::json;
 
-/// mimalloc instead of the system allocator (`--features mimalloc`).
+/// mimalloc instead of the system allocator (the default feature `mimalloc`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
