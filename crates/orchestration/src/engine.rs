@@ -610,12 +610,21 @@ impl Engine {
         // A v7 uuid without the crate's process-wide counter context (a mutex every run would
         // take): ids stay time-ordered to the millisecond, random within it.
         let run_uuid = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
+        // The uuid is formatted once, straight into a buffer (no formatting machinery), and
+        // serves as both the run id and a generated transaction id's suffix.
+        let mut uuid_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let uuid_text: &str = run_uuid.hyphenated().encode_lower(&mut uuid_text);
         let (id, chosen) = match options.transaction_id {
             Some(id) => {
                 check_transaction_id(&id)?;
                 (id, true)
             }
-            None => (format!("auto-{run_uuid}"), false),
+            None => {
+                let mut id = String::with_capacity(5 + uuid_text.len());
+                id.push_str("auto-");
+                id.push_str(uuid_text);
+                (id, false)
+            }
         };
         let key = TransactionKey::new(registered.flow.workflow_arc().clone(), id);
         let existing = if chosen {
@@ -646,7 +655,7 @@ impl Engine {
             }
         }
         let payload = options.payload.unwrap_or_else(Data::null);
-        let run_id: Arc<str> = Arc::from(run_uuid.to_string());
+        let run_id: Arc<str> = Arc::from(uuid_text);
         let header = TransactionHeader {
             key: key.clone(),
             run_id: run_id.clone(),
@@ -674,7 +683,9 @@ impl Engine {
         if deferred {
             cell.writes.lock().create = Some((header, self.lease()));
         }
-        let mut tx = cell.tx.lock().await;
+        // Nobody else can see the cell yet: the lock is free (and `try_lock` spends none of the
+        // task's scheduling budget, which a forced yield would hand to another worker thread).
+        let mut tx = cell.tx.try_lock().expect("a new cell is unlocked");
         self.inner.live.lock().insert(key, cell.clone());
         let driven = self.drive(&cell, &mut tx, true).await;
         self.settle(&cell, &mut tx, driven).await
@@ -1346,7 +1357,7 @@ impl Engine {
             }
         }
         let mut result = Ok(());
-        if let Some(records) = records {
+        if let Some(records) = records.filter(|records| !records.is_empty()) {
             if self.inner.pipelined {
                 result = self.write_behind(cell, records);
             } else {

@@ -264,7 +264,7 @@ pub enum Record {
 }
 
 /// The transaction-level fields of a [`Record::Transaction`].
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransactionFields {
     /// The transaction state.
     pub state: TransactionState,
@@ -284,6 +284,21 @@ pub struct TransactionFields {
     pub has_waiting_steps: bool,
     /// Some step was reverted.
     pub has_reverted_steps: bool,
+}
+
+impl TransactionFields {
+    /// The fields of a transaction that has not started.
+    pub const NOT_STARTED: TransactionFields = TransactionFields {
+        state: TransactionState::NotStarted,
+        started_at: None,
+        timed_out_at: None,
+        cancelled_at: None,
+        has_failed_steps: false,
+        has_skipped_steps: false,
+        has_skipped_on_failure_steps: false,
+        has_waiting_steps: false,
+        has_reverted_steps: false,
+    };
 }
 
 /// Something the engine must do for the machine.
@@ -582,6 +597,8 @@ pub struct Transaction {
     dirty: Vec<bool>,
     dirty_list: Vec<StepIndex>,
     fields_dirty: bool,
+    /// The fields as the records handed out so far leave them (replay's view of the log).
+    recorded: TransactionFields,
     pending: Vec<Record>,
     spare: Vec<Vec<Record>>,
     spare_indices: Vec<Vec<StepIndex>>,
@@ -652,17 +669,8 @@ impl Transaction {
                 payload,
                 handler_data: OnceLock::new(),
             }),
-            fields: TransactionFields {
-                state: TransactionState::NotStarted,
-                started_at: None,
-                timed_out_at: None,
-                cancelled_at: None,
-                has_failed_steps: false,
-                has_skipped_steps: false,
-                has_skipped_on_failure_steps: false,
-                has_waiting_steps: false,
-                has_reverted_steps: false,
-            },
+            fields: TransactionFields::NOT_STARTED,
+            recorded: TransactionFields::NOT_STARTED,
             steps,
             errors: Vec::new(),
             dirty,
@@ -690,7 +698,10 @@ impl Transaction {
         let mut tx = Transaction::new(flow, id, run_id, payload);
         for record in records {
             match record {
-                Record::Transaction(fields) => tx.fields = *fields,
+                Record::Transaction(fields) => {
+                    tx.fields = *fields;
+                    tx.recorded = *fields;
+                }
                 Record::Step { step, run } => {
                     let run_slot =
                         tx.steps
@@ -760,15 +771,41 @@ impl Transaction {
     }
     /// Takes the effects queued so far.
     pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.close_batch();
         std::mem::take(&mut self.effects)
     }
     /// Appends the effects queued so far to `out`, keeping the allocation of both. Changes not
     /// yet in a [`Effect::Persist`] are put in one first, so nothing recorded is left behind.
     pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
+        self.close_batch();
+        out.append(&mut self.effects);
+    }
+
+    /// Ends the batch the engine is about to take: what is not yet in a `Persist` joins it,
+    /// and the transaction's fields go last, once, if the batch changed them. A batch is
+    /// appended whole and a `Transaction` record sets every field, so one record per batch is
+    /// enough, and none when the batch leaves them as they were (a step boundary clears
+    /// `has_waiting_steps` and the next round sets it again).
+    fn close_batch(&mut self) {
         if !self.pending.is_empty() || self.fields_dirty || !self.dirty_list.is_empty() {
             self.checkpoint();
         }
-        out.append(&mut self.effects);
+        if self.fields == self.recorded {
+            return;
+        }
+        self.recorded = self.fields;
+        let record = Record::Transaction(self.fields);
+        match self.effects.iter_mut().rev().find_map(|e| match e {
+            Effect::Persist(records) => Some(records),
+            _ => None,
+        }) {
+            Some(records) => records.push(record),
+            None => {
+                let mut records = self.spare.pop().unwrap_or_default();
+                records.push(record);
+                self.effects.push(Effect::Persist(records));
+            }
+        }
     }
 
     /// The timers armed now, with when each fires (from the log after a replay).
@@ -884,10 +921,8 @@ impl Transaction {
                 std::mem::replace(&mut self.pending, spare)
             }
         };
-        if self.fields_dirty {
-            self.fields_dirty = false;
-            records.push(Record::Transaction(self.fields));
-        }
+        // The transaction's fields are recorded when the batch is taken (`close_batch`).
+        self.fields_dirty = false;
         for step in self.dirty_list.drain(..) {
             self.dirty[step] = false;
             records.push(Record::Step {
