@@ -347,7 +347,9 @@ impl MemoryStore {
             header.key.clone(),
             MemoryEntry {
                 header: header.clone(),
-                records: Vec::with_capacity(64),
+                // A ten-step run logs 32 records: room for those up front, half the memory a
+                // finished run kept with room for 64.
+                records: Vec::with_capacity(32),
                 state: TransactionState::NotStarted,
                 owner: lease.map(|l| l.owner.clone()),
                 until: lease.map_or(0, |l| l.until),
