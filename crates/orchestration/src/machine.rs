@@ -596,7 +596,6 @@ pub struct Transaction {
     errors: Vec<TransactionError>,
     dirty: Vec<bool>,
     dirty_list: Vec<StepIndex>,
-    fields_dirty: bool,
     /// The fields as the records handed out so far leave them (replay's view of the log).
     recorded: TransactionFields,
     pending: Vec<Record>,
@@ -675,7 +674,6 @@ impl Transaction {
             errors: Vec::new(),
             dirty,
             dirty_list,
-            fields_dirty: false,
             pending,
             spare,
             spare_indices,
@@ -781,31 +779,32 @@ impl Transaction {
         out.append(&mut self.effects);
     }
 
-    /// Ends the batch the engine is about to take: what is not yet in a `Persist` joins it,
-    /// and the transaction's fields go last, once, if the batch changed them. A batch is
-    /// appended whole and a `Transaction` record sets every field, so one record per batch is
-    /// enough, and none when the batch leaves them as they were (a step boundary clears
-    /// `has_waiting_steps` and the next round sets it again).
+    /// Ends the batch the engine is about to take, as one `Persist` ahead of the batch's other
+    /// effects: the records queued (responses, errors, timers), each step changed since the
+    /// last batch once, and the transaction's fields last, once, if the batch changed them. A
+    /// batch is appended whole, and a `Step` or `Transaction` record carries every field, so
+    /// the last state of each is all a batch needs; a batch that leaves the fields as they
+    /// were has no `Transaction` record (a step boundary clears `has_waiting_steps` and the
+    /// next round sets it again).
     fn close_batch(&mut self) {
-        if !self.pending.is_empty() || self.fields_dirty || !self.dirty_list.is_empty() {
-            self.checkpoint();
-        }
-        if self.fields == self.recorded {
+        let fields_changed = self.fields != self.recorded;
+        if self.pending.is_empty() && self.dirty_list.is_empty() && !fields_changed {
             return;
         }
-        self.recorded = self.fields;
-        let record = Record::Transaction(self.fields);
-        match self.effects.iter_mut().rev().find_map(|e| match e {
-            Effect::Persist(records) => Some(records),
-            _ => None,
-        }) {
-            Some(records) => records.push(record),
-            None => {
-                let mut records = self.spare.pop().unwrap_or_default();
-                records.push(record);
-                self.effects.push(Effect::Persist(records));
-            }
+        let spare = self.spare.pop().unwrap_or_default();
+        let mut records = std::mem::replace(&mut self.pending, spare);
+        for step in self.dirty_list.drain(..) {
+            self.dirty[step] = false;
+            records.push(Record::Step {
+                step,
+                run: self.steps[step],
+            });
         }
+        if fields_changed {
+            self.recorded = self.fields;
+            records.push(Record::Transaction(self.fields));
+        }
+        self.effects.insert(0, Effect::Persist(records));
     }
 
     /// The timers armed now, with when each fires (from the log after a replay).
@@ -894,47 +893,11 @@ impl Transaction {
     }
 
     fn fields_mut(&mut self) -> &mut TransactionFields {
-        self.fields_dirty = true;
         &mut self.fields
     }
 
     fn set_tx_state(&mut self, state: TransactionState) {
         self.fields_mut().state = state;
-    }
-
-    fn checkpoint(&mut self) {
-        // Records not yet handed to the engine join its pending `Persist`: the engine appends
-        // them in one write before the effects that follow (see `Effect::Persist`), so merging
-        // here changes nothing but the number of buffers.
-        let existing = self
-            .effects
-            .iter()
-            .rposition(|e| matches!(e, Effect::Persist(_)));
-        let mut records = match existing.map(|i| &mut self.effects[i]) {
-            Some(Effect::Persist(records)) => {
-                let mut records = std::mem::take(records);
-                records.append(&mut self.pending);
-                records
-            }
-            _ => {
-                let spare = self.spare.pop().unwrap_or_default();
-                std::mem::replace(&mut self.pending, spare)
-            }
-        };
-        // The transaction's fields are recorded when the batch is taken (`close_batch`).
-        self.fields_dirty = false;
-        for step in self.dirty_list.drain(..) {
-            self.dirty[step] = false;
-            records.push(Record::Step {
-                step,
-                run: self.steps[step],
-            });
-        }
-        match existing {
-            Some(i) => self.effects[i] = Effect::Persist(records),
-            None if !records.is_empty() => self.effects.push(Effect::Persist(records)),
-            None => self.recycle(records),
-        }
     }
 
     fn emit(&mut self, kind: EventKind, step: Option<StepIndex>) {
@@ -1173,7 +1136,6 @@ impl Transaction {
             {
                 self.arm(Timer::TransactionTimeout, now + timeout);
             }
-            self.checkpoint();
             self.emit(EventKind::Begin, None);
         } else {
             self.emit(EventKind::Resume, None);
@@ -1226,8 +1188,6 @@ impl Transaction {
                     self.arm(Timer::StepTimeout(call.step), now + timeout);
                 }
             }
-            // The timers armed above are in this checkpoint, durable before any handler runs.
-            self.checkpoint();
             for call in &calls {
                 self.emit(EventKind::StepBegin, Some(call.step));
             }
@@ -1347,7 +1307,6 @@ impl Transaction {
             run.retry_rescheduled_at = Some(now);
         }
         self.fields_mut().has_waiting_steps = true;
-        self.checkpoint();
         self.schedule_retry(step, 0, now);
         Ok(())
     }
@@ -1368,7 +1327,6 @@ impl Transaction {
         self.set_tx_state(TransactionState::WaitingToCompensate);
         self.fields_mut().cancelled_at = Some(now);
         self.drop_index();
-        self.checkpoint();
         Ok(())
     }
 
@@ -1399,7 +1357,6 @@ impl Transaction {
         if self.flow().options().timeout_ms().is_some() && self.flow().has_async_steps() {
             self.disarm(Timer::TransactionTimeout);
         }
-        self.checkpoint();
         self.emit(EventKind::Finish, None);
     }
 
@@ -1755,7 +1712,6 @@ impl Transaction {
             self.run_mut(step).temporary_failed_at = Some(now);
             stop_execution = true;
         }
-        self.checkpoint();
         self.clear_step_timers(step);
         if !stop_execution {
             let kind = if self.steps[step].compensating {
@@ -1808,7 +1764,6 @@ impl Transaction {
         } else if !timed_out {
             let _ = self.change_state(step, StepState::Done);
         }
-        self.checkpoint();
         self.clear_step_timers(step);
         let kind = if self.steps[step].compensating {
             EventKind::CompensateStepSuccess
@@ -1828,7 +1783,6 @@ impl Transaction {
             self.change_status(step, StepStatus::Ok);
             let _ = self.change_state(step, StepState::Skipped);
         }
-        self.checkpoint();
         self.clear_step_timers(step);
         self.emit(EventKind::StepSkipped, Some(step));
     }
