@@ -257,11 +257,55 @@ pub struct MemoryStore {
     /// Finished transactions in the order they finished (their run ids), for eviction.
     finished: Mutex<VecDeque<(TransactionKey, Arc<str>)>>,
     keep_finished: usize,
-    hasher: foldhash::fast::FixedState,
+    hasher: KeyHasher,
 }
 
-/// One shard of the memory store's map.
-type Shard = foldhash::HashMap<TransactionKey, MemoryEntry>;
+/// One shard of the memory store's map: entries keyed by their header's key, found with a hash
+/// computed once per operation (it also picks the shard).
+#[derive(Debug, Default)]
+struct Shard(hashbrown::HashTable<MemoryEntry>);
+
+impl Shard {
+    fn get(&self, hash: u64, key: &TransactionKey) -> Option<&MemoryEntry> {
+        self.0.find(hash, |e| e.header.key == *key)
+    }
+    fn get_mut(&mut self, hash: u64, key: &TransactionKey) -> Option<&mut MemoryEntry> {
+        self.0.find_mut(hash, |e| e.header.key == *key)
+    }
+    /// Inserts `entry`, returning the one it replaced.
+    fn insert(&mut self, hash: u64, entry: MemoryEntry, hasher: &KeyHasher) -> Option<MemoryEntry> {
+        let found = self.0.entry(
+            hash,
+            |e| e.header.key == entry.header.key,
+            |e| hasher.hash(&e.header.key),
+        );
+        match found {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                Some(std::mem::replace(slot.get_mut(), entry))
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                None
+            }
+        }
+    }
+    fn remove(&mut self, hash: u64, key: &TransactionKey) -> Option<MemoryEntry> {
+        let found = self.0.find_entry(hash, |e| e.header.key == *key).ok()?;
+        Some(found.remove().0)
+    }
+}
+
+/// The memory store's hash of a key: the id alone (the workflow is the same for most keys and
+/// would only cost hashing; equality still compares both).
+#[derive(Debug, Default)]
+struct KeyHasher(foldhash::fast::FixedState);
+
+impl KeyHasher {
+    fn hash(&self, key: &TransactionKey) -> u64 {
+        use std::hash::BuildHasher;
+        self.0.hash_one(&*key.id)
+    }
+}
 
 /// How many shards the memory store's map has (a power of two).
 const MEMORY_SHARDS: usize = 32;
@@ -304,12 +348,12 @@ impl MemoryStore {
                 .collect(),
             finished: Mutex::new(VecDeque::new()),
             keep_finished,
-            hasher: foldhash::fast::FixedState::default(),
+            hasher: KeyHasher::default(),
         }
     }
     /// How many transactions the store holds.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().len()).sum()
+        self.shards.iter().map(|shard| shard.lock().0.len()).sum()
     }
     /// Whether the store holds no transaction.
     pub fn is_empty(&self) -> bool {
@@ -324,17 +368,19 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    fn shard(&self, key: &TransactionKey) -> &Mutex<Shard> {
-        use std::hash::BuildHasher;
-        // The id alone: the workflow is the same for most keys and would only cost hashing.
-        let hash = self.hasher.hash_one(&*key.id);
-        &self.shards[(hash as usize) & (MEMORY_SHARDS - 1)]
+    /// The key's hash and its shard. The shard is picked by bits of the hash that the shard's
+    /// table uses for neither its buckets (the low bits) nor its tags (the top seven).
+    fn shard(&self, key: &TransactionKey) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash(key);
+        let shard = &self.shards[((hash >> 32) as usize) & (MEMORY_SHARDS - 1)];
+        (hash, shard)
     }
 
     fn create_sync(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
-        let mut shard = self.shard(&header.key).lock();
+        let (hash, shard) = self.shard(&header.key);
+        let mut shard = shard.lock();
         let mut epoch = 1;
-        if let Some(existing) = shard.get(&header.key) {
+        if let Some(existing) = shard.get(hash, &header.key) {
             if !existing.state.is_finished() {
                 return Err(Error::AlreadyStarted {
                     workflow: header.key.workflow.to_string(),
@@ -344,7 +390,7 @@ impl MemoryStore {
             epoch = existing.epoch + 1;
         }
         let replaced = shard.insert(
-            header.key.clone(),
+            hash,
             MemoryEntry {
                 header: header.clone(),
                 // A ten-step run logs 32 records: room for those up front, half the memory a
@@ -361,6 +407,7 @@ impl MemoryStore {
                 },
                 updated_at: wall_clock_ms(), // listing
             },
+            &self.hasher,
         );
         drop(shard);
         drop(replaced); // freed outside the lock
@@ -374,8 +421,9 @@ impl MemoryStore {
         epoch: u64,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        let mut shard = self.shard(key).lock();
-        let entry = shard.get_mut(key).ok_or_else(|| Error::Store {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.lock();
+        let entry = shard.get_mut(hash, key).ok_or_else(|| Error::Store {
             operation: "append",
             transaction: key.to_string(),
             reason: "the transaction was never created".into(),
@@ -419,13 +467,14 @@ impl MemoryStore {
             }
         }
         for (old, run) in overflow {
-            let mut shard = self.shard(&old).lock();
+            let (hash, shard) = self.shard(&old);
+            let mut shard = shard.lock();
             // Only drop the run that finished, not a newer run of the same id.
             let evicted = if shard
-                .get(&old)
+                .get(hash, &old)
                 .is_some_and(|e| e.header.run_id == run && e.state.is_finished())
             {
-                shard.remove(&old)
+                shard.remove(hash, &old)
             } else {
                 None
             };
@@ -467,21 +516,24 @@ impl Store for MemoryStore {
     }
 
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>> {
-        let shard = self.shard(key).lock();
-        Ok(shard.get(key).map(|e| StoredTransaction {
+        let (hash, shard) = self.shard(key);
+        let shard = shard.lock();
+        Ok(shard.get(hash, key).map(|e| StoredTransaction {
             header: e.header.clone(),
             records: e.records.clone(),
         }))
     }
 
     async fn summary(&self, key: &TransactionKey) -> Result<Option<TransactionSummary>> {
-        let shard = self.shard(key).lock();
-        Ok(shard.get(key).map(|e| summary_of(key, e)))
+        let (hash, shard) = self.shard(key);
+        let shard = shard.lock();
+        Ok(shard.get(hash, key).map(summary_of))
     }
 
     async fn claim(&self, key: &TransactionKey, lease: &Lease, now: u64) -> Result<Claim> {
-        let mut shard = self.shard(key).lock();
-        let Some(entry) = shard.get_mut(key) else {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.lock();
+        let Some(entry) = shard.get_mut(hash, key) else {
             return Ok(Claim::NotFound);
         };
         if let Some(owner) = &entry.owner
@@ -498,8 +550,9 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, key: &TransactionKey, epoch: u64, wake_at: Option<u64>) -> Result<()> {
-        let mut shard = self.shard(key).lock();
-        match shard.get_mut(key) {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.lock();
+        match shard.get_mut(hash, key) {
             Some(entry) if entry.epoch == epoch => {
                 entry.owner = None;
                 entry.wake_at = wake_at.filter(|_| !entry.state.is_finished());
@@ -519,7 +572,7 @@ impl Store for MemoryStore {
         let mut claimed = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            for (key, entry) in shard.iter_mut() {
+            for entry in shard.0.iter_mut() {
                 if claimed.len() >= limit {
                     return Ok(claimed);
                 }
@@ -527,10 +580,14 @@ impl Store for MemoryStore {
                     None => entry.wake_at.is_some_and(|at| at <= now),
                     Some(_) => entry.until < now,
                 };
-                if due && !entry.state.is_finished() && workflows.contains(&key.workflow) {
+                if due
+                    && !entry.state.is_finished()
+                    && workflows.contains(&entry.header.key.workflow)
+                {
                     // A lapsed lease changes hands even when the claimer held it before.
                     entry.owner = None;
-                    claimed.push((key.clone(), entry.take(lease)));
+                    let epoch = entry.take(lease);
+                    claimed.push((entry.header.key.clone(), epoch));
                 }
             }
         }
@@ -540,7 +597,7 @@ impl Store for MemoryStore {
     async fn renew(&self, lease: &Lease) -> Result<usize> {
         let mut renewed = 0;
         for shard in self.shards.iter() {
-            for entry in shard.lock().values_mut() {
+            for entry in shard.lock().0.iter_mut() {
                 if entry.owner.as_ref() == Some(&lease.owner) {
                     entry.until = lease.until;
                     renewed += 1;
@@ -555,12 +612,7 @@ impl Store for MemoryStore {
         let mut matching: Vec<TransactionSummary> = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            matching.extend(
-                shard
-                    .iter()
-                    .map(|(key, e)| summary_of(key, e))
-                    .filter(|s| filter.matches(s)),
-            );
+            matching.extend(shard.0.iter().map(summary_of).filter(|s| filter.matches(s)));
         }
         matching.sort_unstable_by(|a, b| PageCursor::of(b).cmp(&PageCursor::of(a)));
         Ok(TransactionPage::from_sorted(matching, filter.limit))
@@ -571,17 +623,21 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let doomed: Vec<TransactionKey> = shard
+                .0
                 .iter()
-                .filter(|(key, e)| {
+                .filter(|e| {
                     e.state.is_finished()
                         && e.updated_at < purge.older_than
-                        && purge.workflow.as_ref().is_none_or(|w| *w == key.workflow)
+                        && purge
+                            .workflow
+                            .as_ref()
+                            .is_none_or(|w| *w == e.header.key.workflow)
                 })
-                .map(|(key, _)| key.clone())
+                .map(|e| e.header.key.clone())
                 .take(purge.limit - purged)
                 .collect();
             for key in &doomed {
-                shard.remove(key);
+                shard.remove(self.hasher.hash(key), key);
             }
             purged += doomed.len();
             if purged >= purge.limit {
@@ -593,9 +649,9 @@ impl Store for MemoryStore {
 }
 
 /// The listing summary of a memory store entry.
-fn summary_of(key: &TransactionKey, e: &MemoryEntry) -> TransactionSummary {
+fn summary_of(e: &MemoryEntry) -> TransactionSummary {
     TransactionSummary {
-        key: key.clone(),
+        key: e.header.key.clone(),
         run_id: e.header.run_id.clone(),
         state: e.state,
         created_at: e.header.created_at,
