@@ -414,6 +414,10 @@ pub struct Flow {
     compensate_order: Vec<StepIndex>,
     has_async_steps: bool,
     store: bool,
+    /// The workflow timeout and each step's, in milliseconds, converted once (the state
+    /// machine asks at every step event).
+    timeout_ms: Option<u64>,
+    step_timeouts_ms: Vec<Option<u64>>,
 }
 
 impl Flow {
@@ -536,7 +540,11 @@ impl Flow {
             || options.idempotent()
             || options.retention_ms().is_some();
 
+        let timeout_ms = options.timeout_ms();
+        let step_timeouts_ms = steps.iter().map(|s| s.options.timeout_ms()).collect();
         Ok(Flow {
+            timeout_ms,
+            step_timeouts_ms,
             workflow: workflow.into(),
             definition,
             options,
@@ -605,6 +613,14 @@ impl Flow {
     /// Whether checkpoints are kept durably (Medusa's derived `store` option).
     pub fn store(&self) -> bool {
         self.store
+    }
+    /// The workflow timeout in milliseconds (`WorkflowOptions::timeout_ms`, converted once).
+    pub fn timeout_ms(&self) -> Option<u64> {
+        self.timeout_ms
+    }
+    /// A step's timeout in milliseconds (`StepOptions::timeout_ms`, converted once).
+    pub fn step_timeout_ms(&self, step: StepIndex) -> Option<u64> {
+        self.step_timeouts_ms[step]
     }
 }
 

@@ -1004,8 +1004,11 @@ impl Transaction {
         if self.steps[step].has_scheduled_retry {
             self.disarm(Timer::Retry(step));
         }
-        let options = &self.shared.flow.step(step).options;
-        if options.timeout_ms().is_some() && options.is_async() && !self.steps[step].compensating {
+        let flow = &self.shared.flow;
+        if flow.step_timeout_ms(step).is_some()
+            && flow.step(step).options.is_async()
+            && !self.steps[step].compensating
+        {
             self.disarm(Timer::StepTimeout(step));
         }
     }
@@ -1105,14 +1108,14 @@ impl Transaction {
 
     fn step_expired(&self, step: StepIndex, now: u64) -> bool {
         let run = &self.steps[step];
-        match (self.flow().step(step).options.timeout_ms(), run.started_at) {
+        match (self.flow().step_timeout_ms(step), run.started_at) {
             (Some(timeout), Some(started)) => !run.compensating && now > started + timeout,
             _ => false,
         }
     }
 
     fn transaction_expired(&self, now: u64) -> bool {
-        match (self.flow().options().timeout_ms(), self.fields.started_at) {
+        match (self.flow().timeout_ms(), self.fields.started_at) {
             (Some(timeout), Some(started)) => {
                 self.fields.state != TransactionState::Compensating && now > started + timeout
             }
@@ -1131,7 +1134,7 @@ impl Transaction {
         if self.fields.state == TransactionState::NotStarted {
             self.set_tx_state(TransactionState::Invoking);
             self.fields_mut().started_at = Some(now);
-            if let Some(timeout) = self.flow().options().timeout_ms()
+            if let Some(timeout) = self.flow().timeout_ms()
                 && self.flow().has_async_steps()
             {
                 self.arm(Timer::TransactionTimeout, now + timeout);
@@ -1180,7 +1183,7 @@ impl Transaction {
             }
             for call in &calls {
                 let run = &self.steps[call.step];
-                if let Some(timeout) = self.flow().step(call.step).options.timeout_ms()
+                if let Some(timeout) = self.flow().step_timeout_ms(call.step)
                     && run.timed_out_at.is_none()
                     && run.attempts == 1
                     && self.flow().step(call.step).options.is_async()
@@ -1354,7 +1357,7 @@ impl Transaction {
     }
 
     fn finalize(&mut self) {
-        if self.flow().options().timeout_ms().is_some() && self.flow().has_async_steps() {
+        if self.flow().timeout_ms().is_some() && self.flow().has_async_steps() {
             self.disarm(Timer::TransactionTimeout);
         }
         self.emit(EventKind::Finish, None);
@@ -1603,9 +1606,10 @@ impl Transaction {
     }
 
     fn check_step_timeout(&mut self, step: StepIndex, now: u64) -> bool {
-        if self.steps[step].timed_out_at.is_none()
+        // The cheapest test first (no timeout: not expired); all three are pure.
+        if self.step_expired(step, now)
+            && self.steps[step].timed_out_at.is_none()
             && self.can_cancel(step)
-            && self.step_expired(step, now)
         {
             self.run_mut(step).timed_out_at = Some(now);
             self.set_step_timeout(step, StepError::step_timeout(), false, now);
