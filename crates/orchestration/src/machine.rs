@@ -776,7 +776,12 @@ impl Transaction {
     /// yet in a [`Effect::Persist`] are put in one first, so nothing recorded is left behind.
     pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
         self.close_batch();
-        out.append(&mut self.effects);
+        if out.is_empty() {
+            // The engine hands an empty buffer: trading the two saves copying the effects.
+            std::mem::swap(out, &mut self.effects);
+        } else {
+            out.append(&mut self.effects);
+        }
     }
 
     /// Ends the batch the engine is about to take, as one `Persist` ahead of the batch's other
