@@ -824,7 +824,7 @@ impl Transaction {
     }
 
     /// Notes that a timer fired, so that it is no longer armed (the change is recorded with
-    /// the next checkpoint).
+    /// the next batch of effects).
     pub fn timer_fired(&mut self, timer: Timer) {
         if self.set_timer(timer, None) {
             self.pending.push(Record::Timer { timer, at: None });
