@@ -629,9 +629,8 @@ impl App {
         workflow: &Workflow<In, Out>,
         input: In,
     ) -> Result<Out, RunError> {
-        self.start(workflow, input, RunOptions::default())
-            .await?
-            .result()
+        let execution = self.execute(workflow, input, RunOptions::default()).await?;
+        result_of(&execution, &workflow.compiled, &workflow.result)
     }
 
     /// Starts (or, for an unfinished transaction id, resumes) a run and returns its snapshot once
