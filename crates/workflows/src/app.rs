@@ -629,7 +629,19 @@ impl App {
         workflow: &Workflow<In, Out>,
         input: In,
     ) -> Result<Out, RunError> {
-        let execution = self.execute(workflow, input, RunOptions::default()).await?;
+        let mut execution = self.execute(workflow, input, RunOptions::default()).await?;
+        if matches!(
+            execution.state,
+            TransactionState::Reverted | TransactionState::Failed
+        ) {
+            // The execution is ours: its errors move into the error instead of being cloned.
+            return Err(RunError::Failed {
+                workflow: workflow.compiled.name.to_string(),
+                transaction_id: execution.transaction_id().to_string(),
+                state: execution.state,
+                errors: std::mem::take(&mut execution.errors),
+            });
+        }
         result_of(&execution, &workflow.compiled, &workflow.result)
     }
 
