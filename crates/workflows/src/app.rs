@@ -536,7 +536,10 @@ impl App {
         workflow: &Workflow<In, Out>,
         execution: Execution,
     ) -> Run<Out> {
-        self.inner.settle_events(&execution, execution.state).await;
+        // Without a bus there is nothing to settle: no settling future is even built.
+        if self.inner.has_event_bus() {
+            self.inner.settle_events(&execution, execution.state).await;
+        }
         Self::snapshot(workflow, execution)
     }
 
@@ -685,7 +688,10 @@ impl App {
                 },
             )
             .await?;
-        self.inner.settle_events(&execution, execution.state).await;
+        // Without a bus there is nothing to settle: no settling future is even built.
+        if self.inner.has_event_bus() {
+            self.inner.settle_events(&execution, execution.state).await;
+        }
         Ok(execution)
     }
 
