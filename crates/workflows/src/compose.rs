@@ -355,18 +355,22 @@ impl<I: Send + 'static, O: Value, C: Value> Node for StepNode<I, O, C> {
         };
         let (input, failed) = match call.response_at(call.step(), HandlerType::Invoke) {
             None => (None, true),
-            Some(data) => match Saved::<O, C>::read(&data) {
-                Ok(saved) => {
-                    let failed = saved.output.is_none();
-                    (saved.compensation_input(), failed)
-                }
-                Err(e) => {
-                    return ready(resolution_failure(Error::Decode {
-                        workflow: call.workflow().to_string(),
-                        source_name: call.action().to_string(),
-                        reason: e.to_string(),
-                    }));
-                }
+            // In memory the response keeps its type: only the compensation input is cloned.
+            Some(data) => match data.downcast_ref::<Saved<O, C>>() {
+                Some(saved) => (saved.compensation_input_cloned(), saved.output.is_none()),
+                None => match Saved::<O, C>::read(&data) {
+                    Ok(saved) => {
+                        let failed = saved.output.is_none();
+                        (saved.compensation_input(), failed)
+                    }
+                    Err(e) => {
+                        return ready(resolution_failure(Error::Decode {
+                            workflow: call.workflow().to_string(),
+                            source_name: call.action().to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                },
             },
         };
         compensate(input, StepContext::new(call, rt, failed))

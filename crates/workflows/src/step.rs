@@ -164,6 +164,14 @@ impl<O: Value, C: Value> Saved<O, C> {
             self.compensation
         }
     }
+    /// The compensation input of a borrowed response (only the part it is made of is cloned).
+    pub(crate) fn compensation_input_cloned(&self) -> Option<C> {
+        if self.compensation_is_output {
+            self.output.clone().and_then(cast::<O, C>)
+        } else {
+            self.compensation.clone()
+        }
+    }
     pub(crate) fn success(output: O) -> Data {
         Data::new(Saved::<O, C> {
             output: Some(output),
@@ -530,5 +538,32 @@ mod tests {
     fn cast_moves_only_between_equal_types() {
         assert_eq!(cast::<u32, u32>(3), Some(3));
         assert_eq!(cast::<u32, u64>(3), None);
+    }
+
+    #[test]
+    fn a_borrowed_response_gives_the_same_compensation_input() {
+        let responses = [
+            Saved::<u32, u32> {
+                output: Some(7),
+                compensation: None,
+                compensation_is_output: true,
+            },
+            Saved {
+                output: Some(7),
+                compensation: Some(3),
+                compensation_is_output: false,
+            },
+            Saved {
+                output: None,
+                compensation: None,
+                compensation_is_output: false,
+            },
+        ];
+        for saved in responses {
+            assert_eq!(
+                saved.compensation_input_cloned(),
+                saved.compensation_input()
+            );
+        }
     }
 }
