@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use gorgon_orchestration::flow::SkipOnPermanentFailure;
 use gorgon_orchestration::{Data, StepError, StepOptions, StepOutcome};
@@ -303,10 +304,8 @@ where
         F: Fn(I, StepContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = StepResult<O, C>> + Send + 'static,
     {
-        let invoke: Arc<InvokeFn<I>> = Arc::new(move |input, ctx| {
-            let fut = invoke(input, ctx);
-            Box::pin(async move { outcome(fut.await) })
-        });
+        let invoke: Arc<InvokeFn<I>> =
+            Arc::new(move |input, ctx| Box::pin(invoke(input, ctx).map(outcome)));
         Step {
             name: name.into(),
             options: StepOptions::default(),
