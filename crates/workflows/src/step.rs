@@ -280,6 +280,13 @@ pub(crate) fn outcome<O: Value, C: Value>(result: StepResult<O, C>) -> StepOutco
     }
 }
 
+fn compensation_outcome(result: Result<(), StepFailure>) -> StepOutcome {
+    match result {
+        Ok(()) => StepOutcome::Success(None),
+        Err(failure) => failure_outcome(failure),
+    }
+}
+
 pub(crate) fn failure_outcome(failure: StepFailure) -> StepOutcome {
     StepOutcome::Failure {
         error: failure.error,
@@ -324,13 +331,7 @@ where
         Fut: Future<Output = Result<(), StepFailure>> + Send + 'static,
     {
         self.compensate = Some(Arc::new(move |input, ctx| {
-            let fut = compensate(input, ctx);
-            Box::pin(async move {
-                match fut.await {
-                    Ok(()) => StepOutcome::Success(None),
-                    Err(failure) => failure_outcome(failure),
-                }
-            })
+            Box::pin(compensate(input, ctx).map(compensation_outcome))
         }));
         self
     }
