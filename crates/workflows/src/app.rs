@@ -1,7 +1,7 @@
 //! [`App`]: the engine, the service registry and the registered workflows; running them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use gorgon_event_bus::{EventBus, EventGroupId};
@@ -18,6 +18,9 @@ use crate::error::{Error, RunError, StepFailure};
 use crate::services::Services;
 use crate::step::Value;
 use crate::workflow::{Compiled, Runtime, Workflow};
+
+/// The ids of apps, from 1 (0 stands for none in [`Compiled::checked_on`]).
+static APP_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// The context of runs started without one (its event group id is the run id).
 fn default_context() -> Arc<WorkflowContext> {
@@ -416,6 +419,8 @@ pub struct App {
 }
 
 pub(crate) struct AppInner {
+    /// Unique per app (never 0), for [`Compiled::checked_on`].
+    id: u64,
     pub(crate) engine: Engine,
     services: Arc<Services>,
     workflows: RwLock<HashMap<Arc<str>, Arc<Compiled>>>,
@@ -484,6 +489,7 @@ impl App {
     pub fn with_engine(engine: Engine, services: Services) -> Self {
         App {
             inner: Arc::new(AppInner {
+                id: APP_IDS.fetch_add(1, Ordering::Relaxed),
                 engine,
                 services: Arc::new(services),
                 workflows: RwLock::new(HashMap::new()),
@@ -530,7 +536,10 @@ impl App {
         workflow: &Workflow<In, Out>,
         execution: Execution,
     ) -> Run<Out> {
-        self.inner.settle_events(&execution, execution.state).await;
+        // Without a bus there is nothing to settle: no settling future is even built.
+        if self.inner.has_event_bus() {
+            self.inner.settle_events(&execution, execution.state).await;
+        }
         Self::snapshot(workflow, execution)
     }
 
@@ -584,13 +593,22 @@ impl App {
     }
 
     /// The workflow must be registered, with this flow (not, say, a version without its hooks).
+    ///
+    /// A workflow that passed once passes for good (a registered name keeps its flow: there is
+    /// no unregistering, and registering another flow under it fails), so the app that last
+    /// passed it is remembered on the workflow and the next check on that app is one load.
     fn check_registered<In, Out>(&self, workflow: &Workflow<In, Out>) -> Result<(), Error> {
+        let compiled = &workflow.compiled;
+        if compiled.checked_on.load(Ordering::Relaxed) == self.inner.id {
+            return Ok(());
+        }
         let workflows = self.inner.workflows.read();
         match workflows.get(workflow.name()) {
             Some(registered)
-                if Arc::ptr_eq(registered, &workflow.compiled)
-                    || registered.flow.definition() == workflow.compiled.flow.definition() =>
+                if Arc::ptr_eq(registered, compiled)
+                    || registered.flow.definition() == compiled.flow.definition() =>
             {
+                compiled.checked_on.store(self.inner.id, Ordering::Relaxed);
                 Ok(())
             }
             _ => Err(Error::NotRegistered {
@@ -614,9 +632,20 @@ impl App {
         workflow: &Workflow<In, Out>,
         input: In,
     ) -> Result<Out, RunError> {
-        self.start(workflow, input, RunOptions::default())
-            .await?
-            .result()
+        let mut execution = self.execute(workflow, input, RunOptions::default()).await?;
+        if matches!(
+            execution.state,
+            TransactionState::Reverted | TransactionState::Failed
+        ) {
+            // The execution is ours: its errors move into the error instead of being cloned.
+            return Err(RunError::Failed {
+                workflow: workflow.compiled.name.to_string(),
+                transaction_id: execution.transaction_id().to_string(),
+                state: execution.state,
+                errors: std::mem::take(&mut execution.errors),
+            });
+        }
+        result_of(&execution, &workflow.compiled, &workflow.result)
     }
 
     /// Starts (or, for an unfinished transaction id, resumes) a run and returns its snapshot once
@@ -627,6 +656,17 @@ impl App {
         input: In,
         options: RunOptions,
     ) -> Result<Run<Out>, Error> {
+        let execution = self.execute(workflow, input, options).await?;
+        Ok(Self::snapshot(workflow, execution))
+    }
+
+    /// [`start`](Self::start) up to the settled execution, without the snapshot's handles.
+    async fn execute<In: Value, Out>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        input: In,
+        options: RunOptions,
+    ) -> Result<Execution, Error> {
         self.check_registered(workflow)?;
         let context = match options.context {
             Some(context) => Arc::new(context),
@@ -648,7 +688,11 @@ impl App {
                 },
             )
             .await?;
-        Ok(self.settled(workflow, execution).await)
+        // Without a bus there is nothing to settle: no settling future is even built.
+        if self.inner.has_event_bus() {
+            self.inner.settle_events(&execution, execution.state).await;
+        }
+        Ok(execution)
     }
 
     /// Resumes an unfinished run (a retry after `auto_retry(false)`, a run loaded from a store).

@@ -52,7 +52,14 @@ impl Env<'_> {
         }
     }
     /// Whether every `when` decision in `guards` was taken (absent decisions count as not taken).
+    #[inline]
     fn guards_pass(&self, guards: &[usize]) -> Result<bool, Error> {
+        if guards.is_empty() {
+            return Ok(true);
+        }
+        self.decisions_taken(guards)
+    }
+    fn decisions_taken(&self, guards: &[usize]) -> Result<bool, Error> {
         for &guard in guards {
             let taken = match self.response(guard) {
                 None => false,
@@ -71,6 +78,36 @@ impl Env<'_> {
         }
         Ok(true)
     }
+}
+
+/// The workflow input of a run whose payload or input came from a store (JSON).
+#[cold]
+#[inline(never)]
+fn decode_input<In: Value>(env: &Env<'_>) -> Result<In, Error> {
+    Payload::with(env.payload(), env.workflow, |p| {
+        p.input.decode::<In>().map_err(|e| Error::Decode {
+            workflow: env.workflow.to_string(),
+            source_name: "input".to_string(),
+            reason: e.to_string(),
+        })
+    })?
+}
+
+/// A step's output from its saved response when that came from a store (JSON).
+#[cold]
+#[inline(never)]
+fn decode_output<O: Value, C: Value>(
+    data: &Data,
+    workflow: &str,
+    name: &str,
+) -> Result<Option<O>, Error> {
+    Saved::<O, C>::read(data)
+        .map(|saved| saved.output)
+        .map_err(|e| Error::Decode {
+            workflow: workflow.to_string(),
+            source_name: name.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Reads a value from a run: `Ok(None)` when it is absent (its step was skipped).
@@ -318,18 +355,22 @@ impl<I: Send + 'static, O: Value, C: Value> Node for StepNode<I, O, C> {
         };
         let (input, failed) = match call.response_at(call.step(), HandlerType::Invoke) {
             None => (None, true),
-            Some(data) => match Saved::<O, C>::read(&data) {
-                Ok(saved) => {
-                    let failed = saved.output.is_none();
-                    (saved.compensation_input(), failed)
-                }
-                Err(e) => {
-                    return ready(resolution_failure(Error::Decode {
-                        workflow: call.workflow().to_string(),
-                        source_name: call.action().to_string(),
-                        reason: e.to_string(),
-                    }));
-                }
+            // In memory the response keeps its type: only the compensation input is cloned.
+            Some(data) => match data.downcast_ref::<Saved<O, C>>() {
+                Some(saved) => (saved.compensation_input_cloned(), saved.output.is_none()),
+                None => match Saved::<O, C>::read(&data) {
+                    Ok(saved) => {
+                        let failed = saved.output.is_none();
+                        (saved.compensation_input(), failed)
+                    }
+                    Err(e) => {
+                        return ready(resolution_failure(Error::Decode {
+                            workflow: call.workflow().to_string(),
+                            source_name: call.action().to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                },
             },
         };
         compensate(input, StepContext::new(call, rt, failed))
@@ -533,14 +574,12 @@ impl Builder {
 
     pub(crate) fn input<In: Value>(&mut self) -> Handle<In> {
         let resolver: Resolver<In> = Arc::new(|env: &Env<'_>| {
-            Payload::with(env.payload(), env.workflow, |p| {
-                p.input.decode::<In>().map_err(|e| Error::Decode {
-                    workflow: env.workflow.to_string(),
-                    source_name: "input".to_string(),
-                    reason: e.to_string(),
-                })
-            })?
-            .map(Some)
+            // In memory the payload and the input keep their types: two downcasts and a clone.
+            let typed = env.payload().downcast_ref::<Payload>();
+            match typed.and_then(|p| p.input.downcast_ref::<In>()) {
+                Some(input) => Ok(Some(input.clone())),
+                None => decode_input(env).map(Some),
+            }
         });
         self.slot(resolver, None)
     }
@@ -640,13 +679,7 @@ impl Builder {
             None => Ok(None),
             Some(data) => match data.downcast_ref::<Saved<O, C>>() {
                 Some(saved) => Ok(saved.output.clone()),
-                None => Saved::<O, C>::read(&data)
-                    .map(|saved| saved.output)
-                    .map_err(|e| Error::Decode {
-                        workflow: workflow.to_string(),
-                        source_name: name.to_string(),
-                        reason: e.to_string(),
-                    }),
+                None => decode_output::<O, C>(&data, &workflow, &name),
             },
         });
         self.slot(resolver, Some(stage))

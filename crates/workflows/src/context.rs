@@ -104,6 +104,7 @@ impl std::fmt::Debug for StepContext {
 }
 
 impl StepContext {
+    #[inline]
     pub(crate) fn new(call: StepCall, rt: &Runtime, invoke_failed: bool) -> Self {
         // The first call of a transaction leaves the runtime's environment on it; later calls
         // read it there instead of cloning the runtime's `Arc`s, which every transaction of the

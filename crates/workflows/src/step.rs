@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use gorgon_orchestration::flow::SkipOnPermanentFailure;
 use gorgon_orchestration::{Data, StepError, StepOptions, StepOutcome};
@@ -164,6 +165,14 @@ impl<O: Value, C: Value> Saved<O, C> {
             self.compensation
         }
     }
+    /// The compensation input of a borrowed response (only the part it is made of is cloned).
+    pub(crate) fn compensation_input_cloned(&self) -> Option<C> {
+        if self.compensation_is_output {
+            self.output.clone().and_then(cast::<O, C>)
+        } else {
+            self.compensation.clone()
+        }
+    }
     pub(crate) fn success(output: O) -> Data {
         Data::new(Saved::<O, C> {
             output: Some(output),
@@ -271,6 +280,13 @@ pub(crate) fn outcome<O: Value, C: Value>(result: StepResult<O, C>) -> StepOutco
     }
 }
 
+fn compensation_outcome(result: Result<(), StepFailure>) -> StepOutcome {
+    match result {
+        Ok(()) => StepOutcome::Success(None),
+        Err(failure) => failure_outcome(failure),
+    }
+}
+
 pub(crate) fn failure_outcome(failure: StepFailure) -> StepOutcome {
     StepOutcome::Failure {
         error: failure.error,
@@ -295,10 +311,8 @@ where
         F: Fn(I, StepContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = StepResult<O, C>> + Send + 'static,
     {
-        let invoke: Arc<InvokeFn<I>> = Arc::new(move |input, ctx| {
-            let fut = invoke(input, ctx);
-            Box::pin(async move { outcome(fut.await) })
-        });
+        let invoke: Arc<InvokeFn<I>> =
+            Arc::new(move |input, ctx| Box::pin(invoke(input, ctx).map(outcome)));
         Step {
             name: name.into(),
             options: StepOptions::default(),
@@ -317,13 +331,7 @@ where
         Fut: Future<Output = Result<(), StepFailure>> + Send + 'static,
     {
         self.compensate = Some(Arc::new(move |input, ctx| {
-            let fut = compensate(input, ctx);
-            Box::pin(async move {
-                match fut.await {
-                    Ok(()) => StepOutcome::Success(None),
-                    Err(failure) => failure_outcome(failure),
-                }
-            })
+            Box::pin(compensate(input, ctx).map(compensation_outcome))
         }));
         self
     }
@@ -530,5 +538,32 @@ mod tests {
     fn cast_moves_only_between_equal_types() {
         assert_eq!(cast::<u32, u32>(3), Some(3));
         assert_eq!(cast::<u32, u64>(3), None);
+    }
+
+    #[test]
+    fn a_borrowed_response_gives_the_same_compensation_input() {
+        let responses = [
+            Saved::<u32, u32> {
+                output: Some(7),
+                compensation: None,
+                compensation_is_output: true,
+            },
+            Saved {
+                output: Some(7),
+                compensation: Some(3),
+                compensation_is_output: false,
+            },
+            Saved {
+                output: None,
+                compensation: None,
+                compensation_is_output: false,
+            },
+        ];
+        for saved in responses {
+            assert_eq!(
+                saved.compensation_input_cloned(),
+                saved.compensation_input()
+            );
+        }
     }
 }

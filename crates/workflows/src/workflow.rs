@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 
 use gorgon_orchestration::flow::Next;
@@ -33,6 +34,8 @@ pub(crate) struct Compiled {
     pub(crate) by_index: Vec<usize>,
     /// The workflows run by nested-workflow and fan-out steps, registered with this one.
     pub(crate) children: Vec<Arc<Compiled>>,
+    /// The id of the app that last found this workflow registered (0: none).
+    pub(crate) checked_on: AtomicU64,
 }
 
 impl Compiled {
@@ -91,6 +94,7 @@ impl Compiled {
             map,
             by_index,
             children,
+            checked_on: AtomicU64::new(0),
         })
     }
 }
