@@ -249,15 +249,25 @@ pub fn finishes(records: &[Record]) -> bool {
 ///
 /// The map is split into shards, each behind its own lock, so that transactions advanced on
 /// different threads do not wait for each other. Finished transactions are kept up to
-/// `keep_finished` (the oldest are dropped first), so a long-running process does not grow
-/// without bound.
+/// `keep_finished` of them and [`DEFAULT_KEEP_RECORDS`](Self::DEFAULT_KEEP_RECORDS) records in
+/// their logs together (the oldest are dropped first, the newest is always kept), so a
+/// long-running process does not grow without bound, however long its workflows.
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    /// Finished transactions in the order they finished (their run ids), for eviction.
-    finished: Mutex<VecDeque<(TransactionKey, Arc<str>)>>,
+    /// Finished transactions in the order they finished, for eviction.
+    finished: Mutex<Finished>,
     keep_finished: usize,
+    keep_records: usize,
     hasher: KeyHasher,
+}
+
+/// The finished transactions a memory store keeps, oldest first: key, run id and how many
+/// records its log holds, and those records' total.
+#[derive(Debug, Default)]
+struct Finished {
+    runs: VecDeque<(TransactionKey, Arc<str>, usize)>,
+    records: usize,
 }
 
 /// One shard of the memory store's map: entries keyed by their header's key, found with a hash
@@ -336,20 +346,33 @@ impl MemoryEntry {
 }
 
 impl MemoryStore {
+    /// How many log records the finished transactions kept may hold together by default:
+    /// about 100 MB of records (10,000 ten-step runs log 320,000; 100-step runs are kept by
+    /// the 3,300 newest).
+    pub const DEFAULT_KEEP_RECORDS: usize = 1_000_000;
+
     /// A store keeping at most 10,000 finished transactions.
     pub fn new() -> Self {
         Self::keeping_finished(10_000)
     }
-    /// A store keeping at most `keep_finished` finished transactions.
+    /// A store keeping at most `keep_finished` finished transactions (and at most
+    /// [`DEFAULT_KEEP_RECORDS`](Self::DEFAULT_KEEP_RECORDS) records of theirs).
     pub fn keeping_finished(keep_finished: usize) -> Self {
         MemoryStore {
             shards: (0..MEMORY_SHARDS)
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
-            finished: Mutex::new(VecDeque::new()),
+            finished: Mutex::new(Finished::default()),
             keep_finished,
+            keep_records: Self::DEFAULT_KEEP_RECORDS,
             hasher: KeyHasher::default(),
         }
+    }
+    /// The same store keeping finished transactions only while their logs hold at most
+    /// `records` records together (the newest finished one is always kept).
+    pub fn keeping_records(mut self, records: usize) -> Self {
+        self.keep_records = records;
+        self
     }
     /// How many transactions the store holds.
     pub fn len(&self) -> usize {
@@ -449,24 +472,37 @@ impl MemoryStore {
         if state_before.is_finished() || !entry.state.is_finished() {
             return Ok(());
         }
+        // A finished log grows no more: the room its doublings left is given back (a 100-step
+        // run's 302 records sat in room for 512).
+        if entry.records.capacity() > entry.records.len() + entry.records.len() / 4 {
+            entry.records.shrink_to_fit();
+        }
         let run = entry.header.run_id.clone();
+        let logged = entry.records.len();
         drop(shard);
-        self.evict_beyond_quota(key, run);
+        self.evict_beyond_quota(key, run, logged);
         Ok(())
     }
 
     /// Notes a transaction that finished and drops the oldest finished ones beyond the quota.
     /// Takes no shard lock while it holds the queue's.
-    fn evict_beyond_quota(&self, key: &TransactionKey, run: Arc<str>) {
+    fn evict_beyond_quota(&self, key: &TransactionKey, run: Arc<str>, logged: usize) {
         let mut overflow = Vec::new();
         {
             let mut finished = self.finished.lock();
-            finished.push_back((key.clone(), run));
-            while finished.len() > self.keep_finished {
-                overflow.extend(finished.pop_front());
+            finished.runs.push_back((key.clone(), run, logged));
+            finished.records += logged;
+            while finished.runs.len() > self.keep_finished
+                || (finished.records > self.keep_records && finished.runs.len() > 1)
+            {
+                let Some(oldest) = finished.runs.pop_front() else {
+                    break;
+                };
+                finished.records -= oldest.2;
+                overflow.push(oldest);
             }
         }
-        for (old, run) in overflow {
+        for (old, run, _) in overflow {
             let (hash, shard) = self.shard(&old);
             let mut shard = shard.lock();
             // Only drop the run that finished, not a newer run of the same id.
