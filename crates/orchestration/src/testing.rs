@@ -58,13 +58,7 @@ fn fields(state: TransactionState) -> Record {
     Record::Transaction(TransactionFields {
         state,
         started_at: Some(1),
-        timed_out_at: None,
-        cancelled_at: None,
-        has_failed_steps: false,
-        has_skipped_steps: false,
-        has_skipped_on_failure_steps: false,
-        has_waiting_steps: false,
-        has_reverted_steps: false,
+        ..TransactionFields::NOT_STARTED
     })
 }
 

@@ -2,7 +2,26 @@
 
 use std::sync::Arc;
 
-use gorgon_orchestration::{MemoryStore, Store};
+use gorgon_orchestration::{
+    Engine, EngineOptions, Flow, FlowDefinition, MemoryStore, StepCall, StepOutcome, Store,
+};
+
+/// An engine on `store` with the workflow `bounded`: one step that succeeds.
+fn one_step_engine(store: Arc<MemoryStore>) -> Engine {
+    let engine: Engine = EngineOptions {
+        store,
+        ..EngineOptions::default()
+    }
+    .build();
+    let flow = FlowDefinition::from_json(r#"{"next":{"action":"a"}}"#).unwrap();
+    engine
+        .register(
+            Flow::compile("bounded", flow, Default::default()).unwrap(),
+            |_c: StepCall| async { StepOutcome::Success(None) },
+        )
+        .unwrap();
+    engine
+}
 
 #[tokio::test]
 async fn memory_store_passes_the_store_suite() {
@@ -14,22 +33,9 @@ async fn memory_store_passes_the_store_suite() {
 
 #[tokio::test]
 async fn memory_store_drops_the_oldest_finished_transactions_beyond_its_bound() {
-    use gorgon_orchestration::{
-        Engine, EngineOptions, Flow, FlowDefinition, RunOptions, StepCall, StepOutcome,
-    };
+    use gorgon_orchestration::RunOptions;
     let store = Arc::new(MemoryStore::keeping_finished(3));
-    let engine: Engine = EngineOptions {
-        store: store.clone(),
-        ..EngineOptions::default()
-    }
-    .build();
-    let flow = FlowDefinition::from_json(r#"{"next":{"action":"a"}}"#).unwrap();
-    engine
-        .register(
-            Flow::compile("bounded", flow, Default::default()).unwrap(),
-            |_c: StepCall| async { StepOutcome::Success(None) },
-        )
-        .unwrap();
+    let engine = one_step_engine(store.clone());
     for _ in 0..10 {
         engine.run("bounded", RunOptions::default()).await.unwrap();
     }
@@ -38,24 +44,10 @@ async fn memory_store_drops_the_oldest_finished_transactions_beyond_its_bound() 
 
 #[tokio::test]
 async fn memory_store_bounds_the_records_its_finished_transactions_keep() {
-    use gorgon_orchestration::{
-        Engine, EngineOptions, Flow, FlowDefinition, RunOptions, StepCall, StepOutcome,
-        TransactionKey,
-    };
+    use gorgon_orchestration::{RunOptions, TransactionKey};
     // Room for 10 records keeps as many of the newest runs as fit whole.
     let store = Arc::new(MemoryStore::keeping_finished(100).keeping_records(10));
-    let engine: Engine = EngineOptions {
-        store: store.clone(),
-        ..EngineOptions::default()
-    }
-    .build();
-    let flow = FlowDefinition::from_json(r#"{"next":{"action":"a"}}"#).unwrap();
-    engine
-        .register(
-            Flow::compile("bounded", flow, Default::default()).unwrap(),
-            |_c: StepCall| async { StepOutcome::Success(None) },
-        )
-        .unwrap();
+    let engine = one_step_engine(store.clone());
     for i in 0..10 {
         let run = RunOptions {
             transaction_id: Some(format!("run-{i}")),
@@ -75,18 +67,7 @@ async fn memory_store_bounds_the_records_its_finished_transactions_keep() {
     assert!(logged(0).await.is_none(), "the oldest run is dropped");
     // However large, the newest finished run is kept.
     let tiny = Arc::new(MemoryStore::keeping_finished(100).keeping_records(1));
-    let engine: Engine = EngineOptions {
-        store: tiny.clone(),
-        ..EngineOptions::default()
-    }
-    .build();
-    let flow = FlowDefinition::from_json(r#"{"next":{"action":"a"}}"#).unwrap();
-    engine
-        .register(
-            Flow::compile("bounded", flow, Default::default()).unwrap(),
-            |_c: StepCall| async { StepOutcome::Success(None) },
-        )
-        .unwrap();
+    let engine = one_step_engine(tiny.clone());
     engine.run("bounded", RunOptions::default()).await.unwrap();
     engine.run("bounded", RunOptions::default()).await.unwrap();
     assert_eq!(tiny.len(), 1);
