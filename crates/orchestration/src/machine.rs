@@ -393,29 +393,47 @@ fn is_forward_complete(state: StepState) -> bool {
     )
 }
 
-/// A small sorted set of positions (the frontier of a flow is narrow: a sorted `Vec` beats a
-/// tree and allocates once).
+/// A set of positions in a flow's invoke order, one bit each: inserting and removing cost a
+/// word, and finding the next position from a cursor scans a word per 64 positions (a sorted
+/// `Vec` shifted its tail on every removal, and the frontier's steps leave it in order).
 #[derive(Debug, Default)]
-struct SortedPositions(Vec<usize>);
+struct PositionSet(Vec<u64>);
 
-impl SortedPositions {
+impl PositionSet {
+    /// Empties the set, with room for positions below `len`.
+    fn reset(&mut self, len: usize) {
+        self.0.clear();
+        self.0.resize(len.div_ceil(64), 0);
+    }
     fn insert(&mut self, position: usize) {
-        if let Err(at) = self.0.binary_search(&position) {
-            self.0.insert(at, position);
+        let word = position / 64;
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (position % 64);
+    }
+    fn remove(&mut self, position: usize) {
+        if let Some(word) = self.0.get_mut(position / 64) {
+            *word &= !(1 << (position % 64));
         }
     }
-    fn remove(&mut self, position: &usize) {
-        if let Ok(at) = self.0.binary_search(position) {
-            self.0.remove(at);
-        }
-    }
-    #[cfg(debug_assertions)]
-    fn contains(&self, position: &usize) -> bool {
-        self.0.binary_search(position).is_ok()
+    #[cfg(any(debug_assertions, test))]
+    fn contains(&self, position: usize) -> bool {
+        self.0
+            .get(position / 64)
+            .is_some_and(|word| word & (1 << (position % 64)) != 0)
     }
     /// The first position at or after `cursor`.
     fn first_from(&self, cursor: usize) -> Option<usize> {
-        self.0.get(self.0.partition_point(|&p| p < cursor)).copied()
+        let mut word = cursor / 64;
+        let mut bits = self.0.get(word)? & (u64::MAX << (cursor % 64));
+        loop {
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            word += 1;
+            bits = *self.0.get(word)?;
+        }
     }
 }
 
@@ -430,7 +448,7 @@ impl SortedPositions {
 #[derive(Debug)]
 struct InvokeIndex {
     /// Positions in the invoke order of the open, unsettled steps, sorted.
-    visit: SortedPositions,
+    visit: PositionSet,
     /// Per step: its invoke side reached a forward-complete state (counted in its group).
     forward_done: Vec<bool>,
     /// Per step: how many of its children are forward-complete.
@@ -448,7 +466,7 @@ impl InvokeIndex {
         let len = flow.steps().len();
         let mut index = match reuse {
             Some(mut index) => {
-                index.visit.0.clear();
+                index.visit.reset(flow.invoke_order().len());
                 refill(&mut index.forward_done, len, false);
                 refill(&mut index.group_done, len, 0);
                 refill(&mut index.settled, len, false);
@@ -457,7 +475,11 @@ impl InvokeIndex {
                 index
             }
             None => InvokeIndex {
-                visit: SortedPositions::default(),
+                visit: {
+                    let mut visit = PositionSet::default();
+                    visit.reset(flow.invoke_order().len());
+                    visit
+                },
                 forward_done: vec![false; len],
                 group_done: vec![0; len],
                 settled: vec![false; len],
@@ -480,7 +502,7 @@ impl InvokeIndex {
     }
 
     fn settle(&mut self, flow: &Flow, step: StepIndex, flags: &ScanFlags) {
-        self.visit.remove(&flow.invoke_position(step));
+        self.visit.remove(flow.invoke_position(step));
         self.settled[step] = true;
         self.settled_count += 1;
         self.settled_flags.merge(flags);
@@ -515,7 +537,7 @@ impl InvokeIndex {
         let flow = tx.flow();
         for (position, &step) in flow.invoke_order().iter().enumerate() {
             let open = tx.can_continue(step);
-            let indexed = self.visit.contains(&position) || self.settled[step];
+            let indexed = self.visit.contains(position) || self.settled[step];
             debug_assert_eq!(
                 open,
                 indexed,
@@ -1838,5 +1860,33 @@ pub fn side_of(run: &StepRun, handler: HandlerType) -> SideState {
     match handler {
         HandlerType::Invoke => run.invoke,
         HandlerType::Compensate => run.compensate,
+    }
+}
+
+#[cfg(test)]
+mod position_set_tests {
+    use super::PositionSet;
+
+    #[test]
+    fn a_position_set_finds_the_next_position_across_words() {
+        let mut set = PositionSet::default();
+        set.reset(130);
+        for position in [0, 63, 64, 129] {
+            set.insert(position);
+        }
+        assert_eq!(set.first_from(0), Some(0));
+        assert_eq!(set.first_from(1), Some(63));
+        assert_eq!(set.first_from(64), Some(64));
+        assert_eq!(set.first_from(65), Some(129));
+        assert_eq!(set.first_from(130), None);
+        set.remove(63);
+        set.remove(64);
+        assert!(!set.contains(63));
+        assert_eq!(set.first_from(1), Some(129));
+        // Beyond the room it was reset with, it grows.
+        set.insert(200);
+        assert_eq!(set.first_from(130), Some(200));
+        set.reset(10);
+        assert_eq!(set.first_from(0), None);
     }
 }
