@@ -18,7 +18,6 @@ store is still faulting in the pages of the 10,000 finished runs it keeps).
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys

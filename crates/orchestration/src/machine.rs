@@ -447,7 +447,7 @@ impl PositionSet {
 /// check the index against a full scan after every use.
 #[derive(Debug)]
 struct InvokeIndex {
-    /// Positions in the invoke order of the open, unsettled steps, sorted.
+    /// Positions in the invoke order of the open, unsettled steps.
     visit: PositionSet,
     /// Per step: its invoke side reached a forward-complete state (counted in its group).
     forward_done: Vec<bool>,
@@ -466,7 +466,6 @@ impl InvokeIndex {
         let len = flow.steps().len();
         let mut index = match reuse {
             Some(mut index) => {
-                index.visit.reset(flow.invoke_order().len());
                 refill(&mut index.forward_done, len, false);
                 refill(&mut index.group_done, len, 0);
                 refill(&mut index.settled, len, false);
@@ -475,11 +474,7 @@ impl InvokeIndex {
                 index
             }
             None => InvokeIndex {
-                visit: {
-                    let mut visit = PositionSet::default();
-                    visit.reset(flow.invoke_order().len());
-                    visit
-                },
+                visit: PositionSet::default(),
                 forward_done: vec![false; len],
                 group_done: vec![0; len],
                 settled: vec![false; len],
@@ -487,6 +482,7 @@ impl InvokeIndex {
                 settled_flags: ScanFlags::default(),
             },
         };
+        index.visit.reset(flow.invoke_order().len());
         for step in 1..len {
             if is_forward_complete(tx.steps[step].invoke.state) {
                 index.forward_done[step] = true;
