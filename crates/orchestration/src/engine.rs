@@ -20,6 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -363,6 +364,7 @@ impl EngineOptions {
         Engine {
             inner: Arc::new(Inner {
                 pipelined: self.store.pipelined(),
+                volatile: self.store.volatile(),
                 store: self.store,
                 clock: self.clock,
                 worker: self.worker,
@@ -394,6 +396,8 @@ impl fmt::Debug for Engine {
 struct Inner {
     store: Arc<dyn Store>,
     pipelined: bool,
+    /// The store's records live no longer than the process (`Store::volatile`).
+    volatile: bool,
     clock: Arc<dyn Clock>,
     worker: WorkerOptions,
     workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
@@ -491,6 +495,13 @@ fn replay(
 }
 
 /// Whether an async call's step still waits for that call's outcome.
+/// Polls a future once: its output, or `Pending` with the task's waker registered.
+fn poll_once<F: std::future::Future + ?Sized>(
+    mut future: std::pin::Pin<&mut F>,
+) -> impl std::future::Future<Output = Poll<F::Output>> + '_ {
+    std::future::poll_fn(move |cx| Poll::Ready(future.as_mut().poll(cx)))
+}
+
 fn still_waiting(tx: &Transaction, dispatch: Dispatch) -> bool {
     let run = tx.step(dispatch.step);
     run.handler_type() == dispatch.handler
@@ -1116,9 +1127,14 @@ impl Engine {
         let mut effects = Vec::new();
         loop {
             // Applies what the last round's outcomes changed together with what this round
-            // prepares: one append per step boundary.
+            // prepares: one append per step boundary. With a volatile store the records may
+            // instead wait in the transaction for the append that ends a stretch run without
+            // waiting (see `Store::volatile`).
             let round = tx.next_round(now);
-            self.apply(cell, tx, &mut effects).await?;
+            let mut deferred = !matches!(round, Round::Finished) && self.defer(tx);
+            if !deferred {
+                self.apply(cell, tx, &mut effects).await?;
+            }
             let (calls, steps, continue_after) = match round {
                 Round::Finished => {
                     self.retire(cell);
@@ -1133,21 +1149,32 @@ impl Engine {
             let sync_count = calls.iter().filter(|c| !c.is_async).count();
             if sync_count == 1 {
                 let only = *calls.iter().find(|c| !c.is_async).expect("one sync call");
-                let outcome = cell
-                    .handler
-                    .call(StepCall {
-                        shared: tx.shared().clone(),
-                        dispatch: only,
-                    })
-                    .await;
+                let mut call = cell.handler.call(StepCall {
+                    shared: tx.shared().clone(),
+                    dispatch: only,
+                });
+                let outcome = match poll_once(call.as_mut()).await {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => {
+                        // The handler waits: what is deferred is written before time passes.
+                        if std::mem::take(&mut deferred) {
+                            self.apply(cell, tx, &mut effects).await?;
+                        }
+                        call.await
+                    }
+                };
                 now = self.now();
                 tx.complete(only, outcome, &steps, now);
             } else if sync_count > 1 {
                 now = self
-                    .run_concurrently(cell, tx, &calls, &steps, &mut effects)
+                    .run_concurrently(cell, tx, &calls, &steps, &mut effects, &mut deferred)
                     .await?;
             }
             if calls.iter().any(|c| c.is_async) {
+                // A handler about to run elsewhere: the stretch ends here.
+                if std::mem::take(&mut deferred) {
+                    self.apply(cell, tx, &mut effects).await?;
+                }
                 let round_steps: Arc<[StepIndex]> = steps.as_slice().into();
                 for &dispatch in calls.iter().filter(|c| c.is_async) {
                     self.spawn_async(cell, tx, dispatch, round_steps.clone());
@@ -1160,8 +1187,21 @@ impl Engine {
         }
     }
 
+    /// Whether this step boundary's records may wait for a later append: the store is volatile,
+    /// nobody listens for events, and the batch arms no timer (see [`Store::volatile`]).
+    fn defer(&self, tx: &mut Transaction) -> bool {
+        self.inner.volatile && !self.events_wanted() && tx.defer_batch()
+    }
+
+    /// Whether an event would reach anyone: a subscriber or the relay.
+    fn events_wanted(&self) -> bool {
+        (self.inner.subscribed.load(Ordering::Acquire) && self.inner.events.receiver_count() > 0)
+            || self.inner.relay.is_some()
+    }
+
     /// Runs the sync calls of a round concurrently, recording each outcome as it arrives.
-    /// Returns the time the last one was recorded at.
+    /// Returns the time the last one was recorded at. `deferred` records are appended before
+    /// the first wait (and then the flag cleared).
     async fn run_concurrently(
         &self,
         cell: &Arc<Cell>,
@@ -1169,6 +1209,7 @@ impl Engine {
         calls: &[Dispatch],
         steps: &[StepIndex],
         effects: &mut Vec<Effect>,
+        deferred: &mut bool,
     ) -> Result<u64> {
         // The handler's own boxed futures, borrowing the cell's handler: no second box and no
         // clone of the handler's `Arc` (shared by every transaction of the workflow) per call.
@@ -1192,28 +1233,36 @@ impl Engine {
         while pending > 0 {
             // Polls every unfinished call (a round is narrow) and takes every one that is done:
             // outcomes that arrive together are recorded in one append.
+            let waits = *deferred;
             std::future::poll_fn(|cx| {
                 for (dispatch, slot) in running.iter_mut() {
                     if let Some(future) = slot
-                        && let std::task::Poll::Ready(outcome) = future.as_mut().poll(cx)
+                        && let Poll::Ready(outcome) = future.as_mut().poll(cx)
                     {
                         *slot = None;
                         ready.push((*dispatch, outcome));
                     }
                 }
-                if ready.is_empty() {
-                    std::task::Poll::Pending
+                // With records deferred, nothing ready means the stretch ends: they are
+                // written before waiting (the calls are polled again then).
+                if ready.is_empty() && !waits {
+                    Poll::Pending
                 } else {
-                    std::task::Poll::Ready(())
+                    Poll::Ready(())
                 }
             })
             .await;
+            if ready.is_empty() {
+                *deferred = false;
+                self.apply(cell, tx, effects).await?;
+                continue;
+            }
             pending -= ready.len();
             now = self.now();
             for (dispatch, outcome) in ready.drain(..) {
                 tx.complete(dispatch, outcome, steps, now);
             }
-            if pending > 0 {
+            if pending > 0 && !*deferred {
                 // The last outcomes are applied with the next round's records.
                 self.apply(cell, tx, effects).await?;
             }
@@ -1395,10 +1444,7 @@ impl Engine {
                     }
                 }
                 Effect::Emit(kind, step) => {
-                    if (self.inner.subscribed.load(Ordering::Acquire)
-                        && self.inner.events.receiver_count() > 0)
-                        || self.inner.relay.is_some()
-                    {
+                    if self.events_wanted() {
                         let event = TransactionEvent {
                             key: cell.key.clone(),
                             kind,

@@ -802,6 +802,23 @@ impl Transaction {
         }
     }
 
+    /// Leaves the batch open for the next one, dropping its events, when it queues nothing but
+    /// records and events (no timer to arm or disarm): what the engine does for a volatile
+    /// store when nobody listens for events (see [`Store::volatile`](crate::Store::volatile)).
+    /// Returns whether it did; the next drain then holds both batches' records, each changed
+    /// step once.
+    pub fn defer_batch(&mut self) -> bool {
+        if !self
+            .effects
+            .iter()
+            .all(|effect| matches!(effect, Effect::Emit(..)))
+        {
+            return false;
+        }
+        self.effects.clear();
+        true
+    }
+
     /// Ends the batch the engine is about to take, as one `Persist` ahead of the batch's other
     /// effects: the records queued (responses, errors, timers), each step changed since the
     /// last batch once, and the transaction's fields last, once, if the batch changed them. A

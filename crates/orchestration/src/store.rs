@@ -177,6 +177,15 @@ pub trait Store: Send + Sync + 'static {
     fn pipelined(&self) -> bool {
         false
     }
+    /// Whether the records live no longer than the process (the in-memory store). No crash can
+    /// then find a checkpoint, so the engine leaves out those nothing could see: the step
+    /// boundaries of a stretch the transaction ran through without waiting (every handler
+    /// returned on its first poll, no timer to arm, nobody listening for events) go into one
+    /// append at the end of the stretch, each step's last state once. Default: `false`, an
+    /// append at every step boundary.
+    fn volatile(&self) -> bool {
+        false
+    }
     /// [`append`](Store::append) done on the spot, for in-process stores: the engine calls it
     /// first and awaits `append` only when it returns `None` (the default), which spares a
     /// boxed future per step boundary. The store may move the records out of `records` (an
@@ -522,6 +531,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn volatile(&self) -> bool {
+        true
+    }
+
     async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
         self.create_sync(header, lease)
     }

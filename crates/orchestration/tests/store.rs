@@ -72,3 +72,152 @@ async fn memory_store_bounds_the_records_its_finished_transactions_keep() {
     engine.run("bounded", RunOptions::default()).await.unwrap();
     assert_eq!(tiny.len(), 1);
 }
+
+/// An engine on `store` with the workflow `chain`: steps `a`, `b` and `c` in sequence, whose
+/// handler is `handler`.
+fn chain_engine<H, F>(store: Arc<MemoryStore>, handler: H) -> Engine
+where
+    H: Fn(StepCall) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = StepOutcome> + Send + 'static,
+{
+    let engine: Engine = EngineOptions {
+        store,
+        ..EngineOptions::default()
+    }
+    .build();
+    let flow = FlowDefinition::from_json(
+        r#"{"next":{"action":"a","next":{"action":"b","next":{"action":"c"}}}}"#,
+    )
+    .unwrap();
+    engine
+        .register(
+            Flow::compile("chain", flow, Default::default()).unwrap(),
+            handler,
+        )
+        .unwrap();
+    engine
+}
+
+/// How many `Step` records the stored log of `chain/id` holds for each of its three steps.
+async fn step_records(store: &MemoryStore, id: &str) -> Vec<usize> {
+    use gorgon_orchestration::{Record, TransactionKey};
+    let stored = store
+        .load(&TransactionKey::new("chain", id))
+        .await
+        .unwrap()
+        .expect("the run is stored");
+    (1..=3)
+        .map(|index| {
+            stored
+                .records
+                .iter()
+                .filter(|r| matches!(r, Record::Step { step, .. } if *step == index))
+                .count()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_volatile_store_gets_one_append_for_a_run_that_never_waits() {
+    use gorgon_orchestration::{RunOptions, StepState, TransactionState};
+    let store = Arc::new(MemoryStore::new());
+    let engine = chain_engine(store.clone(), |_c: StepCall| async {
+        StepOutcome::Success(None)
+    });
+    let run = RunOptions {
+        transaction_id: Some("quick".into()),
+        ..RunOptions::default()
+    };
+    assert_eq!(
+        engine.run("chain", run).await.unwrap().state,
+        TransactionState::Done
+    );
+    // Each step's last state once, not one record per step boundary (invoking, then done).
+    assert_eq!(step_records(&store, "quick").await, [1, 1, 1]);
+    // The log alone rebuilds the finished run.
+    let stored = engine.get("chain", "quick").await.unwrap();
+    assert_eq!(stored.state, TransactionState::Done);
+    assert!(
+        stored.steps[1..]
+            .iter()
+            .all(|s| s.invoke.state == StepState::Done)
+    );
+}
+
+#[tokio::test]
+async fn a_handler_that_waits_finds_the_run_so_far_in_a_volatile_store() {
+    use gorgon_orchestration::{Record, RunOptions, StepState, TransactionKey, TransactionState};
+    let store = Arc::new(MemoryStore::new());
+    let (started_tx, started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let engine = {
+        let release = release.clone();
+        chain_engine(store.clone(), move |c: StepCall| {
+            let (started_tx, release) = (started_tx.clone(), release.clone());
+            async move {
+                if c.action() == "b" {
+                    let _ = started_tx.send(());
+                    release.notified().await;
+                }
+                StepOutcome::Success(None)
+            }
+        })
+    };
+    let running = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let run = RunOptions {
+                transaction_id: Some("slow".into()),
+                ..RunOptions::default()
+            };
+            engine.run("chain", run).await
+        }
+    });
+    let mut started = started;
+    started.recv().await.expect("b was called");
+    // While `b` waits, the store shows `a` done and `b` invoking.
+    let stored = store
+        .load(&TransactionKey::new("chain", "slow"))
+        .await
+        .unwrap()
+        .expect("stored before the handler waited");
+    let last = |index: usize| {
+        stored.records.iter().rev().find_map(|r| match r {
+            Record::Step { step, run } if *step == index => Some(run.invoke.state),
+            _ => None,
+        })
+    };
+    assert_eq!(last(1), Some(StepState::Done));
+    assert_eq!(last(2), Some(StepState::Invoking));
+    assert_eq!(last(3), None);
+    release.notify_one();
+    let done = running.await.unwrap().unwrap();
+    assert_eq!(done.state, TransactionState::Done);
+    // `c` ran without waiting: its boundaries went into the last append as one record.
+    assert_eq!(step_records(&store, "slow").await, [1, 2, 1]);
+}
+
+#[tokio::test]
+async fn with_a_subscriber_a_volatile_store_gets_every_step_boundary() {
+    use gorgon_orchestration::RunOptions;
+    let store = Arc::new(MemoryStore::new());
+    let engine = chain_engine(store.clone(), |_c: StepCall| async {
+        StepOutcome::Success(None)
+    });
+    let mut events = engine.subscribe();
+    let run = RunOptions {
+        transaction_id: Some("watched".into()),
+        ..RunOptions::default()
+    };
+    engine.run("chain", run).await.unwrap();
+    // Invoking, then done: the boundaries the events were sent after.
+    assert_eq!(step_records(&store, "watched").await, [2, 2, 2]);
+    let mut received = 0;
+    while events.try_recv().is_ok() {
+        received += 1;
+    }
+    assert!(
+        received >= 7,
+        "begin, three step begins and successes, finish: {received}"
+    );
+}
