@@ -1484,7 +1484,7 @@ impl Transaction {
                     continue;
                 }
                 if self.can_continue(step) {
-                    self.visit(step, now, &mut pass, false);
+                    self.visit(flow, step, now, &mut pass, false);
                 }
             }
         } else {
@@ -1500,7 +1500,7 @@ impl Transaction {
                 .and_then(|index| index.visit.first_from(cursor))
             {
                 cursor = position + 1;
-                self.visit(flow.invoke_order()[position], now, &mut pass, true);
+                self.visit(flow, flow.invoke_order()[position], now, &mut pass, true);
             }
             if let Some(index) = &self.index {
                 pass.completed += index.settled_count;
@@ -1536,11 +1536,9 @@ impl Transaction {
     }
 
     /// One step of Medusa's `computeCurrentTransactionState` loop, for a step that can continue.
-    fn visit(&mut self, step: StepIndex, now: u64, pass: &mut Pass, indexed: bool) {
-        // The transaction's own `Arc` (not the flow's, which every running transaction of the
-        // workflow shares: cloning that one makes the cores fight over its count).
-        let shared = Arc::clone(&self.shared);
-        let flow = &shared.flow;
+    /// `flow` is the transaction's (borrowed through the scan's hold on the shared part, so that
+    /// a visit takes no reference count of its own).
+    fn visit(&mut self, flow: &Flow, step: StepIndex, now: u64, pass: &mut Pass, indexed: bool) {
         if self.check_step_timeout(step, now) {
             return;
         }
