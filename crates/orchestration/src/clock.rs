@@ -28,7 +28,8 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            // In u64 (`as_millis` works in u128).
+            .map(|d| d.as_secs() * 1000 + u64::from(d.subsec_millis()))
             .unwrap_or(0)
     }
     fn sleep_until(&self, at_ms: u64) -> Sleep {

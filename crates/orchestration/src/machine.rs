@@ -621,6 +621,8 @@ pub struct Transaction {
     spare_indices: Vec<Vec<StepIndex>>,
     spare_calls: Vec<Vec<Dispatch>>,
     effects: Vec<Effect>,
+    /// Whether `effects` holds a timer to arm or disarm (anything but events).
+    timer_effects: bool,
     index: Option<InvokeIndex>,
     /// The buffers of a dropped index, for the next one.
     spare_index: Option<InvokeIndex>,
@@ -697,6 +699,7 @@ impl Transaction {
             spare_indices,
             spare_calls,
             effects,
+            timer_effects: false,
             index: None,
             timers: Vec::new(),
             spare_index,
@@ -788,12 +791,14 @@ impl Transaction {
     /// Takes the effects queued so far.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         self.close_batch();
+        self.timer_effects = false;
         std::mem::take(&mut self.effects)
     }
     /// Appends the effects queued so far to `out`, keeping the allocation of both. Changes not
     /// yet in a [`Effect::Persist`] are put in one first, so nothing recorded is left behind.
     pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
         self.close_batch();
+        self.timer_effects = false;
         if out.is_empty() {
             // The engine hands an empty buffer: trading the two saves copying the effects.
             std::mem::swap(out, &mut self.effects);
@@ -808,11 +813,13 @@ impl Transaction {
     /// Returns whether it did; the next drain then holds both batches' records, each changed
     /// step once.
     pub fn defer_batch(&mut self) -> bool {
-        if !self
-            .effects
-            .iter()
-            .all(|effect| matches!(effect, Effect::Emit(..)))
-        {
+        debug_assert_eq!(
+            self.timer_effects,
+            self.effects
+                .iter()
+                .any(|effect| !matches!(effect, Effect::Emit(..)))
+        );
+        if self.timer_effects {
             return false;
         }
         self.effects.clear();
@@ -965,6 +972,7 @@ impl Transaction {
             at: Some(at),
         });
         self.effects.push(Effect::Arm(timer, at));
+        self.timer_effects = true;
     }
 
     fn disarm(&mut self, timer: Timer) {
@@ -972,6 +980,7 @@ impl Transaction {
             self.pending.push(Record::Timer { timer, at: None });
         }
         self.effects.push(Effect::Disarm(timer));
+        self.timer_effects = true;
     }
 
     fn change_state(&mut self, step: StepIndex, to: StepState) -> Result<()> {

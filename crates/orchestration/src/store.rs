@@ -425,8 +425,8 @@ impl MemoryStore {
             hash,
             MemoryEntry {
                 header: header.clone(),
-                // A ten-step run logs 32 records: room for those up front, half the memory a
-                // finished run kept with room for 64.
+                // A ten-step run logs 21 to 32 records: room for those up front (handed to
+                // the engine when the first append moves the engine's buffer in).
                 records: Vec::with_capacity(32),
                 state: TransactionState::NotStarted,
                 owner: lease.map(|l| l.owner.clone()),
@@ -469,7 +469,13 @@ impl MemoryStore {
                 entry.state = fields.state;
             }
         }
-        entry.records.append(records);
+        if entry.records.is_empty() {
+            // The first append takes the engine's buffer whole, and hands back the room made
+            // at creation: no record is copied.
+            std::mem::swap(&mut entry.records, records);
+        } else {
+            entry.records.append(records);
+        }
         if entry.state.is_finished() {
             entry.owner = None;
             entry.wake_at = None;
@@ -482,8 +488,10 @@ impl MemoryStore {
             return Ok(());
         }
         // A finished log grows no more: the room its doublings left is given back (a 100-step
-        // run's 302 records sat in room for 512).
-        if entry.records.capacity() > entry.records.len() + entry.records.len() / 4 {
+        // run's 302 records sat in room for 512), unless it is small (a ten-step run's 21
+        // records in the 32 made at creation: shrinking would copy them for 11 records' room).
+        let len = entry.records.len();
+        if entry.records.capacity() > len + (len / 4).max(16) {
             entry.records.shrink_to_fit();
         }
         let run = entry.header.run_id.clone();
