@@ -1431,6 +1431,8 @@ impl Engine {
                 tx.recycle(records);
             }
         }
+        // Asked once per batch (with a subscriber, the count of receivers takes the channel's lock).
+        let events_wanted = self.events_wanted();
         for effect in buffer.drain(..) {
             if result.is_err() {
                 continue; // drop what follows a failed write; the caller sees the error
@@ -1444,7 +1446,7 @@ impl Engine {
                     }
                 }
                 Effect::Emit(kind, step) => {
-                    if self.events_wanted() {
+                    if events_wanted {
                         let event = TransactionEvent {
                             key: cell.key.clone(),
                             kind,
