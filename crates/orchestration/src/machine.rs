@@ -417,7 +417,6 @@ impl PositionSet {
             *word &= !(1 << (position % 64));
         }
     }
-    #[cfg(any(debug_assertions, test))]
     fn contains(&self, position: usize) -> bool {
         self.0
             .get(position / 64)
@@ -502,6 +501,15 @@ impl InvokeIndex {
         self.settled[step] = true;
         self.settled_count += 1;
         self.settled_flags.merge(flags);
+    }
+
+    /// Settles an open step whose invoke side just ended `done` with status `ok`: the next scan's
+    /// visit would conclude nothing else (no timeout can cancel it, nothing is left to call, and
+    /// `done` raises no flag), so it is settled now instead of visited once more.
+    fn settle_done(&mut self, flow: &Flow, step: StepIndex) {
+        if self.visit.contains(flow.invoke_position(step)) {
+            self.settle(flow, step, &ScanFlags::default());
+        }
     }
 
     /// Counts a step whose invoke side became forward-complete (called on every such state
@@ -998,6 +1006,9 @@ impl Transaction {
             && let Some(index) = self.index.as_mut()
         {
             index.note_forward(&self.shared.flow, &self.steps, step);
+            if to == StepState::Done && self.steps[step].invoke.status == StepStatus::Ok {
+                index.settle_done(&self.shared.flow, step);
+            }
         }
         Ok(())
     }
