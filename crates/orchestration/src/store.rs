@@ -275,8 +275,20 @@ pub struct MemoryStore {
 /// records its log holds, and those records' total.
 #[derive(Debug, Default)]
 struct Finished {
-    runs: VecDeque<(TransactionKey, Arc<str>, usize)>,
+    runs: VecDeque<FinishedRun>,
     records: usize,
+}
+
+/// A finished transaction the memory store keeps.
+#[derive(Debug)]
+struct FinishedRun {
+    key: TransactionKey,
+    /// The key's hash (its shard and its place there).
+    hash: u64,
+    /// The run that finished (a newer run of the same id is not dropped with it).
+    run: Arc<str>,
+    /// How many records its log holds.
+    logged: usize,
 }
 
 /// One shard of the memory store's map: entries keyed by their header's key, found with a hash
@@ -309,8 +321,17 @@ impl Shard {
         }
     }
     fn remove(&mut self, hash: u64, key: &TransactionKey) -> Option<MemoryEntry> {
+        self.remove_if(hash, key, |_| true)
+    }
+    /// Removes the entry of `key` when `keep_not` says so of it (one lookup).
+    fn remove_if(
+        &mut self,
+        hash: u64,
+        key: &TransactionKey,
+        keep_not: impl FnOnce(&MemoryEntry) -> bool,
+    ) -> Option<MemoryEntry> {
         let found = self.0.find_entry(hash, |e| e.header.key == *key).ok()?;
-        Some(found.remove().0)
+        keep_not(found.get()).then(|| found.remove().0)
     }
 }
 
@@ -404,8 +425,12 @@ impl MemoryStore {
     /// table uses for neither its buckets (the low bits) nor its tags (the top seven).
     fn shard(&self, key: &TransactionKey) -> (u64, &Mutex<Shard>) {
         let hash = self.hasher.hash(key);
-        let shard = &self.shards[((hash >> 32) as usize) & (MEMORY_SHARDS - 1)];
-        (hash, shard)
+        (hash, self.shard_of(hash))
+    }
+
+    /// The shard of a key whose hash is known.
+    fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
+        &self.shards[((hash >> 32) as usize) & (MEMORY_SHARDS - 1)]
     }
 
     fn create_sync(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
@@ -497,40 +522,42 @@ impl MemoryStore {
         let run = entry.header.run_id.clone();
         let logged = entry.records.len();
         drop(shard);
-        self.evict_beyond_quota(key, run, logged);
+        self.evict_beyond_quota(key, hash, run, logged);
         Ok(())
     }
 
     /// Notes a transaction that finished and drops the oldest finished ones beyond the quota.
     /// Takes no shard lock while it holds the queue's.
-    fn evict_beyond_quota(&self, key: &TransactionKey, run: Arc<str>, logged: usize) {
-        let mut overflow = Vec::new();
-        {
-            let mut finished = self.finished.lock();
-            finished.runs.push_back((key.clone(), run, logged));
-            finished.records += logged;
-            while finished.runs.len() > self.keep_finished
-                || (finished.records > self.keep_records && finished.runs.len() > 1)
-            {
-                let Some(oldest) = finished.runs.pop_front() else {
-                    break;
-                };
-                finished.records -= oldest.2;
-                overflow.push(oldest);
-            }
-        }
-        for (old, run, _) in overflow {
-            let (hash, shard) = self.shard(&old);
-            let mut shard = shard.lock();
-            // Only drop the run that finished, not a newer run of the same id.
-            let evicted = if shard
-                .get(hash, &old)
-                .is_some_and(|e| e.header.run_id == run && e.state.is_finished())
-            {
-                shard.remove(hash, &old)
-            } else {
-                None
+    fn evict_beyond_quota(&self, key: &TransactionKey, hash: u64, run: Arc<str>, logged: usize) {
+        let mut newest = Some(FinishedRun {
+            key: key.clone(),
+            hash,
+            run,
+            logged,
+        });
+        loop {
+            // One run is dropped per turn, outside the queue's lock (usually one in all).
+            let oldest = {
+                let mut finished = self.finished.lock();
+                if let Some(newest) = newest.take() {
+                    finished.records += newest.logged;
+                    finished.runs.push_back(newest);
+                }
+                let over = finished.runs.len() > self.keep_finished
+                    || (finished.records > self.keep_records && finished.runs.len() > 1);
+                match over.then(|| finished.runs.pop_front()).flatten() {
+                    Some(oldest) => {
+                        finished.records -= oldest.logged;
+                        oldest
+                    }
+                    None => return,
+                }
             };
+            let mut shard = self.shard_of(oldest.hash).lock();
+            // Only drop the run that finished, not a newer run of the same id.
+            let evicted = shard.remove_if(oldest.hash, &oldest.key, |e| {
+                e.header.run_id == oldest.run && e.state.is_finished()
+            });
             drop(shard);
             drop(evicted); // freed outside the lock
         }
