@@ -1216,17 +1216,15 @@ impl Engine {
         type Call<'a> =
             std::pin::Pin<Box<dyn std::future::Future<Output = StepOutcome> + Send + 'a>>;
         let handler = &cell.handler;
-        let mut running: Vec<(Dispatch, Option<Call<'_>>)> = calls
-            .iter()
-            .filter(|c| !c.is_async)
-            .map(|&dispatch| {
-                let call = StepCall {
-                    shared: tx.shared().clone(),
-                    dispatch,
-                };
-                (dispatch, Some(handler.call(call)))
-            })
-            .collect();
+        // Sized up front (a filtered iterator would grow the Vec from four, twice for ten).
+        let mut running: Vec<(Dispatch, Option<Call<'_>>)> = Vec::with_capacity(calls.len());
+        running.extend(calls.iter().filter(|c| !c.is_async).map(|&dispatch| {
+            let call = StepCall {
+                shared: tx.shared().clone(),
+                dispatch,
+            };
+            (dispatch, Some(handler.call(call)))
+        }));
         let mut pending = running.len();
         let mut now = self.now();
         let mut ready: Vec<(Dispatch, StepOutcome)> = Vec::with_capacity(pending);
@@ -1462,6 +1460,7 @@ impl Engine {
                 }
             }
         }
+        tx.recycle_effects(buffer);
         result
     }
 

@@ -815,6 +815,16 @@ impl Transaction {
         }
     }
 
+    /// Takes back the engine's emptied effects buffer when it has more room than the one the
+    /// transaction holds (the buffers traded in [`drain_effects_into`](Self::drain_effects_into)
+    /// then keep their room across batches and, pooled, across transactions).
+    pub fn recycle_effects(&mut self, buffer: &mut Vec<Effect>) {
+        debug_assert!(buffer.is_empty());
+        if self.effects.is_empty() && self.effects.capacity() < buffer.capacity() {
+            std::mem::swap(&mut self.effects, buffer);
+        }
+    }
+
     /// Leaves the batch open for the next one, dropping its events, when it queues nothing but
     /// records and events (no timer to arm or disarm): what the engine does for a volatile
     /// store when nobody listens for events (see [`Store::volatile`](crate::Store::volatile)).
