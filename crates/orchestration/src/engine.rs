@@ -625,16 +625,18 @@ impl Engine {
         // serves as both the run id and a generated transaction id's suffix.
         let mut uuid_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let uuid_text: &str = run_uuid.hyphenated().encode_lower(&mut uuid_text);
-        let (id, chosen) = match options.transaction_id {
+        let (id, chosen): (Arc<str>, bool) = match options.transaction_id {
             Some(id) => {
                 check_transaction_id(&id)?;
-                (id, true)
+                (id.into(), true)
             }
             None => {
-                let mut id = String::with_capacity(5 + uuid_text.len());
-                id.push_str("auto-");
-                id.push_str(uuid_text);
-                (id, false)
+                // Assembled on the stack: the shared string is the only allocation.
+                let mut id = [0u8; 5 + uuid::fmt::Hyphenated::LENGTH];
+                id[..5].copy_from_slice(b"auto-");
+                id[5..].copy_from_slice(uuid_text.as_bytes());
+                let id = std::str::from_utf8(&id).expect("ascii");
+                (Arc::from(id), false)
             }
         };
         let key = TransactionKey::new(registered.flow.workflow_arc().clone(), id);
