@@ -173,6 +173,15 @@ impl StepCall {
     pub fn response_at(&self, step: StepIndex, handler: HandlerType) -> Option<Data> {
         self.shared.responses.get(step, handler)
     }
+    /// Reads the saved response of a step's side in place; see [`Responses::with`].
+    pub fn with_response_at<R>(
+        &self,
+        step: StepIndex,
+        handler: HandlerType,
+        read: impl FnOnce(Option<&Data>) -> R,
+    ) -> R {
+        self.shared.responses.with(step, handler, read)
+    }
     /// The flow being run.
     pub fn flow(&self) -> &Flow {
         &self.shared.flow
@@ -288,6 +297,15 @@ impl Execution {
     /// The saved response of a step's side, by index.
     pub fn response_at(&self, step: StepIndex, handler: HandlerType) -> Option<Data> {
         self.shared.responses.get(step, handler)
+    }
+    /// Reads the saved response of a step's side in place; see [`Responses::with`].
+    pub fn with_response_at<R>(
+        &self,
+        step: StepIndex,
+        handler: HandlerType,
+        read: impl FnOnce(Option<&Data>) -> R,
+    ) -> R {
+        self.shared.responses.with(step, handler, read)
     }
     /// The run of a step, by action.
     pub fn step(&self, action: &str) -> Option<&StepRun> {
@@ -1228,7 +1246,11 @@ impl Engine {
             (dispatch, Some(handler.call(call)))
         }));
         let mut pending = running.len();
-        let mut now = self.now();
+        if pending == 0 {
+            return Ok(self.now());
+        }
+        // Read when outcomes arrive (the loop runs at least once).
+        let mut now = 0;
         let mut ready: Vec<(Dispatch, StepOutcome)> = Vec::with_capacity(pending);
         while pending > 0 {
             // Polls every unfinished call (a round is narrow) and takes every one that is done:

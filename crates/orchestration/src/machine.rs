@@ -150,6 +150,16 @@ impl Responses {
     pub fn get(&self, step: StepIndex, side: HandlerType) -> Option<Data> {
         self.slot(step, side).lock().clone()
     }
+    /// Reads the saved response of a step's side in place (no reference count taken). `read`
+    /// runs under the slot's lock: it must not read the same slot.
+    pub fn with<R>(
+        &self,
+        step: StepIndex,
+        side: HandlerType,
+        read: impl FnOnce(Option<&Data>) -> R,
+    ) -> R {
+        read(self.slot(step, side).lock().as_ref())
+    }
     fn set(&self, step: StepIndex, side: HandlerType, data: Option<Data>) {
         *self.slot(step, side).lock() = data;
     }

@@ -51,6 +51,20 @@ impl Env<'_> {
             EnvSource::Execution(execution) => execution.response_at(index, HandlerType::Invoke),
         }
     }
+    /// Reads a node's saved response in place (no reference count taken); `read` gets `None`
+    /// when there is none.
+    pub(crate) fn with_response<R>(&self, node: usize, read: impl FnOnce(Option<&Data>) -> R) -> R {
+        let index = self.compiled.map[node];
+        if index == ABSENT {
+            return read(None);
+        }
+        match self.source {
+            EnvSource::Call(call) => call.with_response_at(index, HandlerType::Invoke, read),
+            EnvSource::Execution(execution) => {
+                execution.with_response_at(index, HandlerType::Invoke, read)
+            }
+        }
+    }
     /// Whether every `when` decision in `guards` was taken (absent decisions count as not taken).
     #[inline]
     fn guards_pass(&self, guards: &[usize]) -> Result<bool, Error> {
@@ -675,12 +689,14 @@ impl Builder {
         let name = def.name.clone();
         let index = self.add_node(def, stage);
         let workflow = self.workflow.clone();
-        let resolver: Resolver<O> = Arc::new(move |env: &Env<'_>| match env.response(index) {
-            None => Ok(None),
-            Some(data) => match data.downcast_ref::<Saved<O, C>>() {
-                Some(saved) => Ok(saved.output.clone()),
-                None => decode_output::<O, C>(&data, &workflow, &name),
-            },
+        let resolver: Resolver<O> = Arc::new(move |env: &Env<'_>| {
+            env.with_response(index, |data| match data {
+                None => Ok(None),
+                Some(data) => match data.downcast_ref::<Saved<O, C>>() {
+                    Some(saved) => Ok(saved.output.clone()),
+                    None => decode_output::<O, C>(data, &workflow, &name),
+                },
+            })
         });
         self.slot(resolver, Some(stage))
     }
