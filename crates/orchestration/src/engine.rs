@@ -173,7 +173,7 @@ impl StepCall {
     pub fn response_at(&self, step: StepIndex, handler: HandlerType) -> Option<Data> {
         self.shared.responses.get(step, handler)
     }
-    /// Reads the saved response of a step's side in place; see [`Responses::with`].
+    /// Reads the saved response of a step's side in place; see [`Responses::with`](crate::machine::Responses::with).
     pub fn with_response_at<R>(
         &self,
         step: StepIndex,
@@ -298,7 +298,7 @@ impl Execution {
     pub fn response_at(&self, step: StepIndex, handler: HandlerType) -> Option<Data> {
         self.shared.responses.get(step, handler)
     }
-    /// Reads the saved response of a step's side in place; see [`Responses::with`].
+    /// Reads the saved response of a step's side in place; see [`Responses::with`](crate::machine::Responses::with).
     pub fn with_response_at<R>(
         &self,
         step: StepIndex,
