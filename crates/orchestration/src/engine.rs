@@ -1399,8 +1399,11 @@ impl Engine {
 
     fn retire(&self, cell: &Arc<Cell>) {
         let mut live = self.inner.live.lock();
-        if live.get(&cell.key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
-            live.remove(&cell.key);
+        // Usually the entry is this cell: one lookup removes it; another cell is put back.
+        if let Some(other) = live.remove(&cell.key)
+            && !Arc::ptr_eq(&other, cell)
+        {
+            live.insert(cell.key.clone(), other);
         }
     }
 
