@@ -412,6 +412,7 @@ pub struct Flow {
     invoke_order: Vec<StepIndex>,
     invoke_position: Vec<usize>,
     compensate_order: Vec<StepIndex>,
+    compensate_position: Vec<usize>,
     has_async_steps: bool,
     store: bool,
     /// The workflow timeout and each step's, in milliseconds, converted once (the state
@@ -526,6 +527,10 @@ impl Flow {
         }
         let mut compensate_order = invoke_order.clone();
         compensate_order.sort_by_key(|&i| std::cmp::Reverse(steps[i].depth));
+        let mut compensate_position = vec![0; steps.len()];
+        for (position, &step) in compensate_order.iter().enumerate() {
+            compensate_position[step] = position;
+        }
 
         let has_async_steps = steps.iter().any(|s| s.options.is_async());
         let forces_store = steps.iter().any(|s| {
@@ -553,6 +558,7 @@ impl Flow {
             invoke_order,
             invoke_position,
             compensate_order,
+            compensate_position,
             has_async_steps,
             store,
         })
@@ -605,6 +611,10 @@ impl Flow {
     /// Steps by descending depth: the compensation scan order.
     pub fn compensate_order(&self) -> &[StepIndex] {
         &self.compensate_order
+    }
+    /// The position of a step in [`compensate_order`](Self::compensate_order).
+    pub fn compensate_position(&self, step: StepIndex) -> usize {
+        self.compensate_position[step]
     }
     /// Whether any step is async.
     pub fn has_async_steps(&self) -> bool {

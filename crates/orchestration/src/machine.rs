@@ -570,6 +570,120 @@ impl InvokeIndex {
     }
 }
 
+/// Whether a compensate state lets the parent's compensation go on (`can_move_backward`).
+fn is_backward_complete(state: StepState) -> bool {
+    matches!(
+        state,
+        StepState::Done
+            | StepState::Reverted
+            | StepState::Failed
+            | StepState::Dormant
+            | StepState::Skipped
+    )
+}
+
+/// Makes a scan of the compensation cost its frontier, as [`InvokeIndex`] does for the invoke
+/// side.
+///
+/// While compensating, Medusa's scan counts a compensated step (reverted, `ok`) without a visit
+/// and visits any other step only once its children are done with their compensation. Once the
+/// steps are flagged for compensation (the index is built after that), a child that is done with
+/// its compensation stays done: a step opens once, when its last child is done, and a compensated
+/// step is settled once. So only open, unsettled steps are visited, in the compensation order.
+/// Debug builds check the index against a full scan after every use.
+#[derive(Debug, Default)]
+struct CompensateIndex {
+    /// Positions in the compensation order of the open, unsettled steps.
+    visit: PositionSet,
+    /// Per step: how many of its children are done with their compensation.
+    children_done: Vec<usize>,
+    /// Per step: its compensate side is done, counted in its parent's `children_done`.
+    counted: Vec<bool>,
+    /// Per step: compensated, removed from `visit` and counted in `settled_count`.
+    settled: Vec<bool>,
+    settled_count: usize,
+}
+
+impl CompensateIndex {
+    /// The index of `tx`, in the buffers of `reuse` when given.
+    fn build(tx: &Transaction, reuse: Option<CompensateIndex>) -> Self {
+        let flow = tx.flow();
+        let len = flow.steps().len();
+        let mut index = reuse.unwrap_or_default();
+        refill(&mut index.children_done, len, 0);
+        refill(&mut index.counted, len, false);
+        refill(&mut index.settled, len, false);
+        index.settled_count = 0;
+        index.visit.reset(flow.compensate_order().len());
+        for step in 1..len {
+            if is_backward_complete(tx.steps[step].compensate.state) {
+                index.counted[step] = true;
+                index.children_done[flow.step(step).parent.unwrap_or(0)] += 1;
+            }
+        }
+        for (position, &step) in flow.compensate_order().iter().enumerate() {
+            if Self::compensated(&tx.steps[step]) {
+                index.settled[step] = true;
+                index.settled_count += 1;
+            } else if tx.can_move_backward(step) {
+                index.visit.insert(position);
+            }
+        }
+        index
+    }
+
+    /// What the scan counts without a visit.
+    fn compensated(run: &StepRun) -> bool {
+        run.compensating
+            && run.compensate.state == StepState::Reverted
+            && run.compensate.status == StepStatus::Ok
+    }
+
+    /// Follows a change of a step's compensate side: counts it in its parent's group once it is
+    /// done (opening the parent when the whole group is), and settles it once compensated.
+    fn note(&mut self, flow: &Flow, steps: &[StepRun], step: StepIndex) {
+        let run = &steps[step];
+        if !self.counted[step] && is_backward_complete(run.compensate.state) {
+            self.counted[step] = true;
+            let parent = flow.step(step).parent.unwrap_or(0);
+            self.children_done[parent] += 1;
+            if parent != 0
+                && !self.settled[parent]
+                && self.children_done[parent] == flow.step(parent).next.len()
+            {
+                self.visit.insert(flow.compensate_position(parent));
+            }
+        }
+        if !self.settled[step] && Self::compensated(run) {
+            self.settled[step] = true;
+            self.settled_count += 1;
+            self.visit.remove(flow.compensate_position(step));
+        }
+    }
+
+    /// Debug builds: the index agrees with what a full scan would count and visit.
+    #[cfg(debug_assertions)]
+    fn check(&self, tx: &Transaction) {
+        let flow = tx.flow();
+        for (position, &step) in flow.compensate_order().iter().enumerate() {
+            let compensated = Self::compensated(&tx.steps[step]);
+            debug_assert_eq!(
+                compensated,
+                self.settled[step],
+                "step {} compensated={compensated}",
+                flow.step(step).action
+            );
+            let open = !compensated && tx.can_move_backward(step);
+            debug_assert_eq!(
+                open,
+                self.visit.contains(position),
+                "step {} open={open}",
+                flow.step(step).action
+            );
+        }
+    }
+}
+
 /// Clears `v` and fills it with `len` copies of `value`, keeping its allocation.
 fn refill<T: Clone>(v: &mut Vec<T>, len: usize, value: T) {
     v.clear();
@@ -590,6 +704,7 @@ struct Buffers {
     spare_calls: Vec<Vec<Dispatch>>,
     effects: Vec<Effect>,
     index: Option<InvokeIndex>,
+    compensate_index: Option<CompensateIndex>,
 }
 
 impl Buffers {
@@ -644,6 +759,10 @@ pub struct Transaction {
     index: Option<InvokeIndex>,
     /// The buffers of a dropped index, for the next one.
     spare_index: Option<InvokeIndex>,
+    /// The compensation scan's index, built at its first scan.
+    compensate_index: Option<CompensateIndex>,
+    /// The buffers of a dropped compensation index, for the next one.
+    spare_compensate_index: Option<CompensateIndex>,
     timers: Vec<(Timer, u64)>,
 }
 
@@ -659,6 +778,10 @@ impl Drop for Transaction {
             spare_calls: std::mem::take(&mut self.spare_calls),
             effects: std::mem::take(&mut self.effects),
             index: self.index.take().or_else(|| self.spare_index.take()),
+            compensate_index: self
+                .compensate_index
+                .take()
+                .or_else(|| self.spare_compensate_index.take()),
         };
         // Nothing that holds data (responses in records and effects) outlives its transaction.
         buffers.pending.clear();
@@ -693,6 +816,7 @@ impl Transaction {
             spare_calls,
             effects,
             index: spare_index,
+            compensate_index: spare_compensate_index,
         } = Buffers::take();
         refill(&mut steps, len, StepRun::default());
         refill(&mut dirty, len, false);
@@ -719,6 +843,8 @@ impl Transaction {
             effects,
             timer_effects: false,
             index: None,
+            compensate_index: None,
+            spare_compensate_index,
             timers: Vec::new(),
             spare_index,
         }
@@ -926,6 +1052,7 @@ impl Transaction {
         }
         if reset > 0 {
             self.index = None;
+            self.drop_compensate_index();
         }
         reset
     }
@@ -1029,6 +1156,10 @@ impl Transaction {
             if to == StepState::Done && self.steps[step].invoke.status == StepStatus::Ok {
                 index.settle_done(&self.shared.flow, step);
             }
+        } else if self.steps[step].compensating
+            && let Some(index) = self.compensate_index.as_mut()
+        {
+            index.note(&self.shared.flow, &self.steps, step);
         }
         Ok(())
     }
@@ -1457,6 +1588,9 @@ impl Transaction {
                 run.compensate.state = StepState::Compensating;
                 if no_compensation {
                     run.compensate.state = StepState::Reverted;
+                    if let Some(index) = self.compensate_index.as_mut() {
+                        index.note(&self.shared.flow, &self.steps, step);
+                    }
                     return false;
                 }
             } else if tx_state == TransactionState::Invoking {
@@ -1508,24 +1642,34 @@ impl Transaction {
             flags: ScanFlags::default(),
         };
         if self.fields.state == TransactionState::Compensating {
-            for &step in flow.compensate_order() {
-                let run = &self.steps[step];
-                if run.compensating
-                    && run.compensate.state == StepState::Reverted
-                    && run.compensate.status == StepStatus::Ok
-                {
-                    // Compensated: what `visit` would conclude, without its checks (no timeout
-                    // applies to a compensation, nothing is left to call). A step compensates
-                    // only once its children are done with theirs, and they stay done, so the
-                    // `can_continue` test always passes here and is skipped.
-                    debug_assert!(self.can_continue(step));
-                    pass.completed += 1;
-                    pass.flags.reverted = true;
-                    continue;
-                }
-                if self.can_continue(step) {
-                    self.visit(flow, step, now, &mut pass, false);
-                }
+            // Only the open, uncompensated steps are visited (see `CompensateIndex`). A
+            // compensated one counts as `visit` would conclude, without its checks (no timeout
+            // applies to a compensation, nothing is left to call); a step compensates only once
+            // its children are done with theirs, and they stay done, so `can_continue` holds.
+            if self.compensate_index.is_none() {
+                let reuse = self.spare_compensate_index.take();
+                self.compensate_index = Some(CompensateIndex::build(self, reuse));
+            }
+            let mut cursor = 0;
+            while let Some(position) = self
+                .compensate_index
+                .as_ref()
+                .and_then(|index| index.visit.first_from(cursor))
+            {
+                cursor = position + 1;
+                self.visit(
+                    flow,
+                    flow.compensate_order()[position],
+                    now,
+                    &mut pass,
+                    false,
+                );
+            }
+            if let Some(index) = &self.compensate_index {
+                pass.completed += index.settled_count;
+                pass.flags.reverted |= index.settled_count > 0;
+                #[cfg(debug_assertions)]
+                index.check(self);
             }
         } else {
             // Invoke side: only the open, unsettled steps are visited (see `InvokeIndex`).
@@ -1670,8 +1814,16 @@ impl Transaction {
         }
     }
 
+    /// Forgets the compensation index (the steps' flags changed), keeping its buffers.
+    fn drop_compensate_index(&mut self) {
+        if let Some(index) = self.compensate_index.take() {
+            self.spare_compensate_index = Some(index);
+        }
+    }
+
     fn flag_steps_to_revert(&mut self) {
         self.drop_index();
+        self.drop_compensate_index();
         for step in 1..self.steps.len() {
             let side = *self.steps[step].side();
             if matches!(side.state, StepState::Done | StepState::Timeout)
