@@ -31,8 +31,8 @@ use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, KEY_SEPARATOR, StepIndex};
 use crate::machine::{
-    Dispatch, Effect, EventKind, Record, Round, StepError, StepOutcome, Timer, Transaction,
-    TransactionError, TransactionShared,
+    Dispatch, Effect, EventKind, Record, Responses, Round, StepError, StepOutcome, Timer,
+    Transaction, TransactionError, TransactionShared,
 };
 use crate::relay::{EventRelay, RelayLink, RelayStats};
 use crate::state::{HandlerType, StepRun, TransactionState};
@@ -173,14 +173,9 @@ impl StepCall {
     pub fn response_at(&self, step: StepIndex, handler: HandlerType) -> Option<Data> {
         self.shared.responses.get(step, handler)
     }
-    /// Reads the saved response of a step's side in place; see [`Responses::with`](crate::machine::Responses::with).
-    pub fn with_response_at<R>(
-        &self,
-        step: StepIndex,
-        handler: HandlerType,
-        read: impl FnOnce(Option<&Data>) -> R,
-    ) -> R {
-        self.shared.responses.with(step, handler, read)
+    /// The saved responses (read one in place with [`Responses::with`]).
+    pub fn responses(&self) -> &Responses {
+        &self.shared.responses
     }
     /// The flow being run.
     pub fn flow(&self) -> &Flow {
@@ -298,14 +293,9 @@ impl Execution {
     pub fn response_at(&self, step: StepIndex, handler: HandlerType) -> Option<Data> {
         self.shared.responses.get(step, handler)
     }
-    /// Reads the saved response of a step's side in place; see [`Responses::with`](crate::machine::Responses::with).
-    pub fn with_response_at<R>(
-        &self,
-        step: StepIndex,
-        handler: HandlerType,
-        read: impl FnOnce(Option<&Data>) -> R,
-    ) -> R {
-        self.shared.responses.with(step, handler, read)
+    /// The saved responses (read one in place with [`Responses::with`]).
+    pub fn responses(&self) -> &Responses {
+        &self.shared.responses
     }
     /// The run of a step, by action.
     pub fn step(&self, action: &str) -> Option<&StepRun> {

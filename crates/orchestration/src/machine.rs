@@ -1650,21 +1650,7 @@ impl Transaction {
                 let reuse = self.spare_compensate_index.take();
                 self.compensate_index = Some(CompensateIndex::build(self, reuse));
             }
-            let mut cursor = 0;
-            while let Some(position) = self
-                .compensate_index
-                .as_ref()
-                .and_then(|index| index.visit.first_from(cursor))
-            {
-                cursor = position + 1;
-                self.visit(
-                    flow,
-                    flow.compensate_order()[position],
-                    now,
-                    &mut pass,
-                    false,
-                );
-            }
+            self.visit_indexed::<true>(flow, now, &mut pass);
             if let Some(index) = &self.compensate_index {
                 pass.completed += index.settled_count;
                 pass.flags.reverted |= index.settled_count > 0;
@@ -1677,15 +1663,7 @@ impl Transaction {
                 let reuse = self.spare_index.take();
                 self.index = Some(InvokeIndex::build(self, reuse));
             }
-            let mut cursor = 0;
-            while let Some(position) = self
-                .index
-                .as_ref()
-                .and_then(|index| index.visit.first_from(cursor))
-            {
-                cursor = position + 1;
-                self.visit(flow, flow.invoke_order()[position], now, &mut pass, true);
-            }
+            self.visit_indexed::<false>(flow, now, &mut pass);
             if let Some(index) = &self.index {
                 pass.completed += index.settled_count;
                 pass.flags.merge(&index.settled_flags);
@@ -1717,6 +1695,29 @@ impl Transaction {
             completed,
             total,
         )
+    }
+
+    /// Visits, in scan order, the steps the index of the side being scanned holds (the
+    /// compensation's or the invoke side's); a visit may change the set as it goes.
+    fn visit_indexed<const COMPENSATING: bool>(&mut self, flow: &Flow, now: u64, pass: &mut Pass) {
+        let order = if COMPENSATING {
+            flow.compensate_order()
+        } else {
+            flow.invoke_order()
+        };
+        let mut cursor = 0;
+        loop {
+            let set = if COMPENSATING {
+                self.compensate_index.as_ref().map(|index| &index.visit)
+            } else {
+                self.index.as_ref().map(|index| &index.visit)
+            };
+            let Some(position) = set.and_then(|set| set.first_from(cursor)) else {
+                return;
+            };
+            cursor = position + 1;
+            self.visit(flow, order[position], now, pass, !COMPENSATING);
+        }
     }
 
     /// One step of Medusa's `computeCurrentTransactionState` loop, for a step that can continue.

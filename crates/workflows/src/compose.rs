@@ -59,9 +59,9 @@ impl Env<'_> {
             return read(None);
         }
         match self.source {
-            EnvSource::Call(call) => call.with_response_at(index, HandlerType::Invoke, read),
+            EnvSource::Call(call) => call.responses().with(index, HandlerType::Invoke, read),
             EnvSource::Execution(execution) => {
-                execution.with_response_at(index, HandlerType::Invoke, read)
+                execution.responses().with(index, HandlerType::Invoke, read)
             }
         }
     }
