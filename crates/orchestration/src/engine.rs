@@ -1199,11 +1199,13 @@ impl Engine {
 
     /// Whether this step boundary's records may wait for a later append: the store is volatile,
     /// nobody listens for events, and the batch arms no timer (see [`Store::volatile`]).
+    #[inline]
     fn defer(&self, tx: &mut Transaction) -> bool {
         self.inner.volatile && !self.events_wanted() && tx.defer_batch()
     }
 
     /// Whether an event would reach anyone: a subscriber or the relay.
+    #[inline]
     fn events_wanted(&self) -> bool {
         (self.inner.subscribed.load(Ordering::Acquire) && self.inner.events.receiver_count() > 0)
             || self.inner.relay.is_some()

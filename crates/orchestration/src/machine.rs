@@ -966,6 +966,7 @@ impl Transaction {
     /// store when nobody listens for events (see [`Store::volatile`](crate::Store::volatile)).
     /// Returns whether it did; the next drain then holds both batches' records, each changed
     /// step once.
+    #[inline]
     pub fn defer_batch(&mut self) -> bool {
         debug_assert_eq!(
             self.timer_effects,
