@@ -502,7 +502,6 @@ fn replay(
     )
 }
 
-/// Whether an async call's step still waits for that call's outcome.
 /// Polls a future once: its output, or `Pending` with the task's waker registered.
 fn poll_once<F: std::future::Future + ?Sized>(
     mut future: std::pin::Pin<&mut F>,
@@ -510,6 +509,7 @@ fn poll_once<F: std::future::Future + ?Sized>(
     std::future::poll_fn(move |cx| Poll::Ready(future.as_mut().poll(cx)))
 }
 
+/// Whether an async call's step still waits for that call's outcome.
 fn still_waiting(tx: &Transaction, dispatch: Dispatch) -> bool {
     let run = tx.step(dispatch.step);
     run.handler_type() == dispatch.handler
@@ -1167,9 +1167,8 @@ impl Engine {
                     Poll::Ready(outcome) => outcome,
                     Poll::Pending => {
                         // The handler waits: what is deferred is written before time passes.
-                        if std::mem::take(&mut deferred) {
-                            self.apply(cell, tx, &mut effects).await?;
-                        }
+                        self.end_stretch(cell, tx, &mut effects, &mut deferred)
+                            .await?;
                         call.await
                     }
                 };
@@ -1182,9 +1181,8 @@ impl Engine {
             }
             if calls.iter().any(|c| c.is_async) {
                 // A handler about to run elsewhere: the stretch ends here.
-                if std::mem::take(&mut deferred) {
-                    self.apply(cell, tx, &mut effects).await?;
-                }
+                self.end_stretch(cell, tx, &mut effects, &mut deferred)
+                    .await?;
                 let round_steps: Arc<[StepIndex]> = steps.as_slice().into();
                 for &dispatch in calls.iter().filter(|c| c.is_async) {
                     self.spawn_async(cell, tx, dispatch, round_steps.clone());
@@ -1202,6 +1200,20 @@ impl Engine {
     #[inline]
     fn defer(&self, tx: &mut Transaction) -> bool {
         self.inner.volatile && !self.events_wanted() && tx.defer_batch()
+    }
+
+    /// Ends a stretch run without waiting: appends what is `deferred` (and clears the flag).
+    async fn end_stretch(
+        &self,
+        cell: &Arc<Cell>,
+        tx: &mut Transaction,
+        effects: &mut Vec<Effect>,
+        deferred: &mut bool,
+    ) -> Result<()> {
+        if std::mem::take(deferred) {
+            self.apply(cell, tx, effects).await?;
+        }
+        Ok(())
     }
 
     /// Whether an event would reach anyone: a subscriber or the relay.
@@ -1267,8 +1279,7 @@ impl Engine {
             })
             .await;
             if ready.is_empty() {
-                *deferred = false;
-                self.apply(cell, tx, effects).await?;
+                self.end_stretch(cell, tx, effects, deferred).await?;
                 continue;
             }
             pending -= ready.len();

@@ -148,7 +148,7 @@ impl Responses {
     }
     /// The saved response of a step's side.
     pub fn get(&self, step: StepIndex, side: HandlerType) -> Option<Data> {
-        self.slot(step, side).lock().clone()
+        self.with(step, side, |data| data.cloned())
     }
     /// Reads the saved response of a step's side in place (no reference count taken). `read`
     /// runs under the slot's lock: it must not read the same slot.
@@ -403,7 +403,7 @@ fn is_forward_complete(state: StepState) -> bool {
     )
 }
 
-/// A set of positions in a flow's invoke order, one bit each: inserting and removing cost a
+/// A set of positions in one of a flow's scan orders, one bit each: inserting and removing cost a
 /// word, and finding the next position from a cursor scans a word per 64 positions (a sorted
 /// `Vec` shifted its tail on every removal, and the frontier's steps leave it in order).
 #[derive(Debug, Default)]
@@ -454,7 +454,7 @@ impl PositionSet {
 /// settled ones are summed once. A step opens when its parent's whole group of siblings reaches
 /// a forward-complete state (or at once, under the root or a `noWait` parent). Debug builds
 /// check the index against a full scan after every use.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct InvokeIndex {
     /// Positions in the invoke order of the open, unsettled steps.
     visit: PositionSet,
@@ -473,24 +473,12 @@ impl InvokeIndex {
     fn build(tx: &Transaction, reuse: Option<InvokeIndex>) -> Self {
         let flow = tx.flow();
         let len = flow.steps().len();
-        let mut index = match reuse {
-            Some(mut index) => {
-                refill(&mut index.forward_done, len, false);
-                refill(&mut index.group_done, len, 0);
-                refill(&mut index.settled, len, false);
-                index.settled_count = 0;
-                index.settled_flags = ScanFlags::default();
-                index
-            }
-            None => InvokeIndex {
-                visit: PositionSet::default(),
-                forward_done: vec![false; len],
-                group_done: vec![0; len],
-                settled: vec![false; len],
-                settled_count: 0,
-                settled_flags: ScanFlags::default(),
-            },
-        };
+        let mut index = reuse.unwrap_or_default();
+        refill(&mut index.forward_done, len, false);
+        refill(&mut index.group_done, len, 0);
+        refill(&mut index.settled, len, false);
+        index.settled_count = 0;
+        index.settled_flags = ScanFlags::default();
         index.visit.reset(flow.invoke_order().len());
         for step in 1..len {
             if is_forward_complete(tx.steps[step].invoke.state) {
@@ -1052,7 +1040,7 @@ impl Transaction {
             reset += 1;
         }
         if reset > 0 {
-            self.index = None;
+            self.drop_index();
             self.drop_compensate_index();
         }
         reset

@@ -323,15 +323,15 @@ impl Shard {
     fn remove(&mut self, hash: u64, key: &TransactionKey) -> Option<MemoryEntry> {
         self.remove_if(hash, key, |_| true)
     }
-    /// Removes the entry of `key` when `keep_not` says so of it (one lookup).
+    /// Removes the entry of `key` when `should_go` holds of it (one lookup).
     fn remove_if(
         &mut self,
         hash: u64,
         key: &TransactionKey,
-        keep_not: impl FnOnce(&MemoryEntry) -> bool,
+        should_go: impl FnOnce(&MemoryEntry) -> bool,
     ) -> Option<MemoryEntry> {
         let found = self.0.find_entry(hash, |e| e.header.key == *key).ok()?;
-        keep_not(found.get()).then(|| found.remove().0)
+        should_go(found.get()).then(|| found.remove().0)
     }
 }
 

@@ -42,14 +42,7 @@ impl Env<'_> {
         }
     }
     pub(crate) fn response(&self, node: usize) -> Option<Data> {
-        let index = self.compiled.map[node];
-        if index == ABSENT {
-            return None;
-        }
-        match self.source {
-            EnvSource::Call(call) => call.response_at(index, HandlerType::Invoke),
-            EnvSource::Execution(execution) => execution.response_at(index, HandlerType::Invoke),
-        }
+        self.with_response(node, |data| data.cloned())
     }
     /// Reads a node's saved response in place (no reference count taken); `read` gets `None`
     /// when there is none.
