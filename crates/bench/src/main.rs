@@ -71,7 +71,7 @@ async fn open_store(kind: StoreKind, batched: bool) -> anyhow::Result<BenchStore
         Instant::now().elapsed().as_nanos()
     );
     let mut bench = BenchStore {
-        store: Arc::new(MemoryStore::keeping_finished(10_000)),
+        store: Arc::new(MemoryStore::new()),
         postgres: None,
         redis: None,
         _sqlite_dir: None,
@@ -243,7 +243,9 @@ async fn run_shape(app: &App, shapes: &Shapes, shape: &str) -> anyhow::Result<()
 
 /// Runs `total` workflows of `shape` with `concurrency` in flight, after `warmup` unmeasured
 /// ones. Each in-flight slot is a task holding its own `App` handle, as a server's request
-/// handlers would (the handle is not cloned per run).
+/// handlers would (the handle is not cloned per run). The warm-up runs in those tasks too,
+/// shared out between them, so that it warms the worker threads (and their allocator's
+/// caches) that are measured; the clock starts once every task has warmed up.
 async fn measure(
     app: &App,
     shapes: &Arc<Shapes>,
@@ -252,17 +254,31 @@ async fn measure(
     concurrency: usize,
     warmup: usize,
 ) -> anyhow::Result<Measurement> {
-    for _ in 0..warmup {
-        run_shape(app, shapes, shape).await?;
-    }
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let warmed = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (app, shapes, shape, next) =
-                (app.clone(), shapes.clone(), shape.to_string(), next.clone());
+        .map(|slot| {
+            let (app, shapes, shape, next, warmed) = (
+                app.clone(),
+                shapes.clone(),
+                shape.to_string(),
+                next.clone(),
+                warmed.clone(),
+            );
+            let warmup = warmup / concurrency + usize::from(slot < warmup % concurrency);
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
+                let warmed_up = async {
+                    for _ in 0..warmup {
+                        run_shape(&app, &shapes, &shape).await?;
+                    }
+                    anyhow::Ok(())
+                }
+                .await;
+                // Every task reaches the barrier, a failed warm-up too (then it stops).
+                warmed.wait().await;
+                warmed_up?;
+                // Room up front: growing it would copy it while the clock runs.
+                let mut latencies = Vec::with_capacity(total);
                 while next.fetch_add(1, Ordering::Relaxed) < total {
                     let t = Instant::now();
                     run_shape(&app, &shapes, &shape).await?;
@@ -272,6 +288,8 @@ async fn measure(
             })
         })
         .collect();
+    warmed.wait().await;
+    let started = Instant::now();
     let mut latencies_us = Vec::with_capacity(total);
     for worker in workers {
         latencies_us.extend(worker.await??);

@@ -43,6 +43,42 @@ async fn memory_store_drops_the_oldest_finished_transactions_beyond_its_bound() 
 }
 
 #[tokio::test]
+async fn memory_store_drops_an_old_run_without_the_newer_run_of_its_id() {
+    use gorgon_orchestration::{RunOptions, TransactionKey};
+    let store = Arc::new(MemoryStore::keeping_finished(2));
+    let engine = one_step_engine(store.clone());
+    let run = |id: &str| {
+        let (engine, id) = (engine.clone(), id.to_string());
+        async move {
+            let options = RunOptions {
+                transaction_id: Some(id),
+                ..RunOptions::default()
+            };
+            engine.run("bounded", options).await.unwrap()
+        }
+    };
+    let load = |id: &str| {
+        let (store, key) = (store.clone(), TransactionKey::new("bounded", id));
+        async move { store.load(&key).await.unwrap() }
+    };
+    run("again").await;
+    let first = load("again").await.unwrap().header.run_id;
+    // The same id runs again (a new run of a finished, not idempotent, workflow): two finished
+    // runs are noted, the older of which the store no longer holds.
+    run("again").await;
+    let second = load("again").await.unwrap().header.run_id;
+    assert_ne!(first, second);
+    // A third finished run puts the first over the bound: dropping it leaves the second.
+    run("other").await;
+    assert_eq!(store.len(), 2);
+    assert_eq!(load("again").await.unwrap().header.run_id, second);
+    // The next one drops the second run.
+    run("last").await;
+    assert!(load("again").await.is_none());
+    assert!(load("other").await.is_some() && load("last").await.is_some());
+}
+
+#[tokio::test]
 async fn memory_store_bounds_the_records_its_finished_transactions_keep() {
     use gorgon_orchestration::{RunOptions, TransactionKey};
     // Room for 10 records keeps as many of the newest runs as fit whole.
