@@ -863,8 +863,24 @@ impl Engine {
     /// taken, reloads it.
     async fn hold(&self, cell: &Arc<Cell>, tx: &mut Transaction) -> Result<()> {
         if cell.held() {
+            self.listen(tx);
             return Ok(());
         }
+        let held = self.claim_into(cell, tx).await;
+        self.listen(tx);
+        held
+    }
+
+    /// Has the transaction queue its events when anyone would receive them, and only then
+    /// (see [`Transaction::set_events`]). Asked before the machine is moved: whenever a lock
+    /// is held again, at each round, and after each wait.
+    #[inline]
+    fn listen(&self, tx: &mut Transaction) {
+        tx.set_events(self.events_wanted());
+    }
+
+    /// [`hold`](Self::hold) when the lease is not held: claims it and adopts the transaction.
+    async fn claim_into(&self, cell: &Arc<Cell>, tx: &mut Transaction) -> Result<()> {
         match self
             .inner
             .store
@@ -1131,6 +1147,7 @@ impl Engine {
         // at the time its predecessor's last handler returned (a read per plan and per outcome
         // was a tenth of a short run's time).
         let mut now = self.now();
+        self.listen(tx);
         if announce && !tx.begin_or_resume(now) {
             return Ok(());
         }
@@ -1140,6 +1157,7 @@ impl Engine {
             // prepares: one append per step boundary. With a volatile store the records may
             // instead wait in the transaction for the append that ends a stretch run without
             // waiting (see `Store::volatile`).
+            self.listen(tx);
             let round = tx.next_round(now);
             let mut deferred = !matches!(round, Round::Finished) && self.defer(tx);
             if !deferred {
@@ -1169,7 +1187,9 @@ impl Engine {
                         // The handler waits: what is deferred is written before time passes.
                         self.end_stretch(cell, tx, &mut effects, &mut deferred)
                             .await?;
-                        call.await
+                        let outcome = call.await;
+                        self.listen(tx);
+                        outcome
                     }
                 };
                 now = self.now();
@@ -1281,6 +1301,10 @@ impl Engine {
             if ready.is_empty() {
                 self.end_stretch(cell, tx, effects, deferred).await?;
                 continue;
+            }
+            if !waits {
+                // Time may have passed (someone may have subscribed) since the round began.
+                self.listen(tx);
             }
             pending -= ready.len();
             now = self.now();

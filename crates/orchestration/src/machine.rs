@@ -744,6 +744,8 @@ pub struct Transaction {
     effects: Vec<Effect>,
     /// Whether `effects` holds a timer to arm or disarm (anything but events).
     timer_effects: bool,
+    /// Whether transitions queue their events ([`set_events`](Self::set_events)).
+    events: bool,
     index: Option<InvokeIndex>,
     /// The buffers of a dropped index, for the next one.
     spare_index: Option<InvokeIndex>,
@@ -830,6 +832,7 @@ impl Transaction {
             spare_calls,
             effects,
             timer_effects: false,
+            events: true,
             index: None,
             compensate_index: None,
             spare_compensate_index,
@@ -937,6 +940,14 @@ impl Transaction {
         } else {
             out.append(&mut self.effects);
         }
+    }
+
+    /// Whether the transitions from now on queue their [`Effect::Emit`]s (on when a transaction
+    /// is made). The engine turns them off while no one would receive them: then a transition
+    /// costs no event to queue and drop.
+    #[inline]
+    pub fn set_events(&mut self, on: bool) {
+        self.events = on;
     }
 
     /// Takes back the engine's emptied effects buffer when it has more room than the one the
@@ -1092,7 +1103,9 @@ impl Transaction {
     }
 
     fn emit(&mut self, kind: EventKind, step: Option<StepIndex>) {
-        self.effects.push(Effect::Emit(kind, step));
+        if self.events {
+            self.effects.push(Effect::Emit(kind, step));
+        }
     }
 
     fn set_timer(&mut self, timer: Timer, at: Option<u64>) -> bool {

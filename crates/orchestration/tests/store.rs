@@ -257,3 +257,56 @@ async fn with_a_subscriber_a_volatile_store_gets_every_step_boundary() {
         "begin, three step begins and successes, finish: {received}"
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_that_arrives_while_a_step_waits_gets_the_rest_of_the_run() {
+    use gorgon_orchestration::{EventKind, RunOptions, TransactionState};
+    let store = Arc::new(MemoryStore::new());
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let engine = {
+        let release = release.clone();
+        chain_engine(store, move |c: StepCall| {
+            let (started_tx, release) = (started_tx.clone(), release.clone());
+            async move {
+                if c.action() == "b" {
+                    let _ = started_tx.send(());
+                    release.notified().await;
+                }
+                StepOutcome::Success(None)
+            }
+        })
+    };
+    // Nobody listens when the run begins, so its first events are not made at all.
+    let running = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let run = RunOptions {
+                transaction_id: Some("joined".into()),
+                ..RunOptions::default()
+            };
+            engine.run("chain", run).await
+        }
+    });
+    started.recv().await.expect("b was called");
+    let mut events = engine.subscribe();
+    release.notify_one();
+    assert_eq!(
+        running.await.unwrap().unwrap().state,
+        TransactionState::Done
+    );
+    let mut received = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        received.push((event.kind, event.action.as_deref().map(str::to_string)));
+    }
+    let step = |kind, action: &str| (kind, Some(action.to_string()));
+    assert_eq!(
+        received,
+        [
+            step(EventKind::StepSuccess, "b"),
+            step(EventKind::StepBegin, "c"),
+            step(EventKind::StepSuccess, "c"),
+            (EventKind::Finish, None),
+        ]
+    );
+}
