@@ -449,6 +449,19 @@ impl MemoryStore {
     }
 
     fn create_sync(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
+        self.create_then(header, lease, Vec::with_capacity(32), |_| None)
+    }
+
+    /// Creates the entry of `header` with `records` as its log's buffer, lets `first` change
+    /// it before it goes in (a first append: one lock, one lookup), and notes it finished
+    /// when `first` says so.
+    fn create_then(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+        records: Vec<Record>,
+        first: impl FnOnce(&mut MemoryEntry) -> Option<FinishedRun>,
+    ) -> Result<u64> {
         let (hash, shard) = self.shard(&header.key);
         let mut shard = shard.lock();
         let mut epoch = 1;
@@ -461,28 +474,27 @@ impl MemoryStore {
             }
             epoch = existing.epoch + 1;
         }
-        let replaced = shard.insert(
-            hash,
-            MemoryEntry {
-                header: header.clone(),
-                // A ten-step run logs 21 to 32 records: room for those up front (handed to
-                // the engine when the first append moves the engine's buffer in).
-                records: Vec::with_capacity(32),
-                state: TransactionState::NotStarted,
-                owner: lease.map(|l| l.owner.clone()),
-                until: lease.map_or(0, |l| l.until),
-                epoch,
-                wake_at: if lease.is_some() {
-                    None
-                } else {
-                    Some(header.created_at)
-                },
-                updated_at: wall_clock_ms(), // listing
+        let mut entry = MemoryEntry {
+            header: header.clone(),
+            records,
+            state: TransactionState::NotStarted,
+            owner: lease.map(|l| l.owner.clone()),
+            until: lease.map_or(0, |l| l.until),
+            epoch,
+            wake_at: if lease.is_some() {
+                None
+            } else {
+                Some(header.created_at)
             },
-            &self.hasher,
-        );
+            updated_at: wall_clock_ms(), // listing
+        };
+        let finished = first(&mut entry).map(|run| FinishedRun { hash, ..run });
+        let replaced = shard.insert(hash, entry, &self.hasher);
         drop(shard);
         drop(replaced); // freed outside the lock
+        if let Some(finished) = finished {
+            self.evict_beyond_quota(finished);
+        }
         Ok(epoch)
     }
 
@@ -503,48 +515,18 @@ impl MemoryStore {
         if entry.epoch != epoch {
             return Err(fenced(key, epoch));
         }
-        let state_before = entry.state;
-        for record in records.iter() {
-            if let Record::Transaction(fields) = record {
-                entry.state = fields.state;
-            }
-        }
-        if entry.records.is_empty() {
-            // The first append takes the engine's buffer whole, and hands back the room made
-            // at creation: no record is copied.
-            std::mem::swap(&mut entry.records, records);
-        } else {
-            entry.records.append(records);
-        }
-        if entry.state.is_finished() {
-            entry.owner = None;
-            entry.wake_at = None;
-        }
-        if entry.state == state_before {
-            return Ok(());
-        }
-        entry.updated_at = wall_clock_ms(); // listing: at every state change
-        if state_before.is_finished() || !entry.state.is_finished() {
-            return Ok(());
-        }
-        // A finished log grows no more: the room its doublings left is given back (a 100-step
-        // run's 302 records sat in room for 512), unless it is small (a ten-step run's 21
-        // records in the 32 made at creation: shrinking would copy them for 11 records' room).
-        let len = entry.records.len();
-        if entry.records.capacity() > len + (len / 4).max(16) {
-            entry.records.shrink_to_fit();
-        }
-        let run = entry.header.run_id.clone();
-        let logged = entry.records.len();
+        let finished = append_to(entry, records, wall_clock_ms);
         drop(shard);
-        self.evict_beyond_quota(hash, run, logged);
+        if let Some(finished) = finished {
+            self.evict_beyond_quota(FinishedRun { hash, ..finished });
+        }
         Ok(())
     }
 
     /// Notes a transaction that finished and drops the oldest finished ones beyond the quota.
     /// Takes no shard lock while it holds the queue's.
-    fn evict_beyond_quota(&self, hash: u64, run: Arc<str>, logged: usize) {
-        let mut newest = Some(FinishedRun { hash, run, logged });
+    fn evict_beyond_quota(&self, finished: FinishedRun) {
+        let mut newest = Some(finished);
         loop {
             // One run is dropped per turn, outside the queue's lock (usually one in all).
             let oldest = {
@@ -601,10 +583,14 @@ impl Store for MemoryStore {
         lease: Option<&Lease>,
         records: &mut Vec<Record>,
     ) -> Option<Result<u64>> {
-        Some(self.create_sync(header, lease).and_then(|epoch| {
-            self.append_sync(&header.key, epoch, records)
-                .map(|()| epoch)
-        }))
+        // The log takes the engine's buffer whole (no record is copied) and hands back room
+        // for the next run's records; the creation's clock read serves the append's.
+        Some(
+            self.create_then(header, lease, Vec::with_capacity(32), |entry| {
+                let updated_at = entry.updated_at;
+                append_to(entry, records, || updated_at)
+            }),
+        )
     }
 
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>> {
@@ -749,6 +735,52 @@ fn summary_of(e: &MemoryEntry) -> TransactionSummary {
         created_at: e.header.created_at,
         updated_at: e.updated_at,
     }
+}
+
+/// Appends `records` to `entry`'s log (moving them out), reading `now` if the state changed.
+/// Returns the run to note as finished (its hash left for the caller) when this append
+/// finished it.
+fn append_to(
+    entry: &mut MemoryEntry,
+    records: &mut Vec<Record>,
+    now: impl FnOnce() -> u64,
+) -> Option<FinishedRun> {
+    let state_before = entry.state;
+    for record in records.iter() {
+        if let Record::Transaction(fields) = record {
+            entry.state = fields.state;
+        }
+    }
+    if entry.records.is_empty() {
+        // The first append takes the engine's buffer whole, and hands back the room made at
+        // creation: no record is copied.
+        std::mem::swap(&mut entry.records, records);
+    } else {
+        entry.records.append(records);
+    }
+    if entry.state.is_finished() {
+        entry.owner = None;
+        entry.wake_at = None;
+    }
+    if entry.state == state_before {
+        return None;
+    }
+    entry.updated_at = now(); // listing: at every state change
+    if state_before.is_finished() || !entry.state.is_finished() {
+        return None;
+    }
+    // A finished log grows no more: the room its doublings left is given back (a 100-step
+    // run's 302 records sat in room for 512), unless it is small (a ten-step run's 21 records
+    // in the 32 made at creation: shrinking would copy them for 11 records' room).
+    let len = entry.records.len();
+    if entry.records.capacity() > len + (len / 4).max(16) {
+        entry.records.shrink_to_fit();
+    }
+    Some(FinishedRun {
+        hash: 0,
+        run: entry.header.run_id.clone(),
+        logged: len,
+    })
 }
 
 /// The wall clock in Unix milliseconds (the memory store's `updated_at`).
