@@ -449,18 +449,17 @@ impl MemoryStore {
     }
 
     fn create_sync(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
-        self.create_then(header, lease, Vec::with_capacity(32), |_| None)
+        self.create_then(header, lease, |_, _| None)
     }
 
-    /// Creates the entry of `header` with `records` as its log's buffer, lets `first` change
-    /// it before it goes in (a first append: one lock, one lookup), and notes it finished
-    /// when `first` says so.
+    /// Creates the entry of `header`, lets `first` change it (given the key's hash) before it
+    /// goes in (a first append: one lock, one lookup), and notes it finished when `first`
+    /// says so.
     fn create_then(
         &self,
         header: &TransactionHeader,
         lease: Option<&Lease>,
-        records: Vec<Record>,
-        first: impl FnOnce(&mut MemoryEntry) -> Option<FinishedRun>,
+        first: impl FnOnce(&mut MemoryEntry, u64) -> Option<FinishedRun>,
     ) -> Result<u64> {
         let (hash, shard) = self.shard(&header.key);
         let mut shard = shard.lock();
@@ -476,7 +475,9 @@ impl MemoryStore {
         }
         let mut entry = MemoryEntry {
             header: header.clone(),
-            records,
+            // A ten-step run logs 21 to 32 records: room for those up front (handed to the
+            // engine when the first append moves the engine's buffer in).
+            records: Vec::with_capacity(32),
             state: TransactionState::NotStarted,
             owner: lease.map(|l| l.owner.clone()),
             until: lease.map_or(0, |l| l.until),
@@ -488,7 +489,7 @@ impl MemoryStore {
             },
             updated_at: wall_clock_ms(), // listing
         };
-        let finished = first(&mut entry).map(|run| FinishedRun { hash, ..run });
+        let finished = first(&mut entry, hash);
         let replaced = shard.insert(hash, entry, &self.hasher);
         drop(shard);
         drop(replaced); // freed outside the lock
@@ -515,10 +516,10 @@ impl MemoryStore {
         if entry.epoch != epoch {
             return Err(fenced(key, epoch));
         }
-        let finished = append_to(entry, records, wall_clock_ms);
+        let finished = append_to(entry, hash, records, wall_clock_ms);
         drop(shard);
         if let Some(finished) = finished {
-            self.evict_beyond_quota(FinishedRun { hash, ..finished });
+            self.evict_beyond_quota(finished);
         }
         Ok(())
     }
@@ -585,12 +586,10 @@ impl Store for MemoryStore {
     ) -> Option<Result<u64>> {
         // The log takes the engine's buffer whole (no record is copied) and hands back room
         // for the next run's records; the creation's clock read serves the append's.
-        Some(
-            self.create_then(header, lease, Vec::with_capacity(32), |entry| {
-                let updated_at = entry.updated_at;
-                append_to(entry, records, || updated_at)
-            }),
-        )
+        Some(self.create_then(header, lease, |entry, hash| {
+            let updated_at = entry.updated_at;
+            append_to(entry, hash, records, || updated_at)
+        }))
     }
 
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>> {
@@ -737,11 +736,12 @@ fn summary_of(e: &MemoryEntry) -> TransactionSummary {
     }
 }
 
-/// Appends `records` to `entry`'s log (moving them out), reading `now` if the state changed.
-/// Returns the run to note as finished (its hash left for the caller) when this append
+/// Appends `records` to `entry` (whose key hashes to `hash`), moving them out, and reads
+/// `now` if the state changed. Returns the run to note as finished when this append
 /// finished it.
 fn append_to(
     entry: &mut MemoryEntry,
+    hash: u64,
     records: &mut Vec<Record>,
     now: impl FnOnce() -> u64,
 ) -> Option<FinishedRun> {
@@ -777,7 +777,7 @@ fn append_to(
         entry.records.shrink_to_fit();
     }
     Some(FinishedRun {
-        hash: 0,
+        hash,
         run: entry.header.run_id.clone(),
         logged: len,
     })
