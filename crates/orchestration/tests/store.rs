@@ -180,15 +180,21 @@ async fn a_volatile_store_gets_one_append_for_a_run_that_never_waits() {
     );
 }
 
-#[tokio::test]
-async fn a_handler_that_waits_finds_the_run_so_far_in_a_volatile_store() {
-    use gorgon_orchestration::{Record, RunOptions, StepState, TransactionKey, TransactionState};
-    let store = Arc::new(MemoryStore::new());
-    let (started_tx, started) = tokio::sync::mpsc::unbounded_channel::<()>();
+/// Starts the `chain` run `id` on `store` with a step `b` that waits until released, and
+/// returns once `b` was called: the engine, the run's task and the release.
+async fn run_held_at_b(
+    store: Arc<MemoryStore>,
+    id: &str,
+) -> (
+    Engine,
+    tokio::task::JoinHandle<gorgon_orchestration::Result<gorgon_orchestration::Execution>>,
+    Arc<tokio::sync::Notify>,
+) {
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
     let release = Arc::new(tokio::sync::Notify::new());
     let engine = {
         let release = release.clone();
-        chain_engine(store.clone(), move |c: StepCall| {
+        chain_engine(store, move |c: StepCall| {
             let (started_tx, release) = (started_tx.clone(), release.clone());
             async move {
                 if c.action() == "b" {
@@ -201,16 +207,21 @@ async fn a_handler_that_waits_finds_the_run_so_far_in_a_volatile_store() {
     };
     let running = tokio::spawn({
         let engine = engine.clone();
-        async move {
-            let run = RunOptions {
-                transaction_id: Some("slow".into()),
-                ..RunOptions::default()
-            };
-            engine.run("chain", run).await
-        }
+        let run = gorgon_orchestration::RunOptions {
+            transaction_id: Some(id.into()),
+            ..Default::default()
+        };
+        async move { engine.run("chain", run).await }
     });
-    let mut started = started;
     started.recv().await.expect("b was called");
+    (engine, running, release)
+}
+
+#[tokio::test]
+async fn a_handler_that_waits_finds_the_run_so_far_in_a_volatile_store() {
+    use gorgon_orchestration::{Record, StepState, TransactionKey, TransactionState};
+    let store = Arc::new(MemoryStore::new());
+    let (_engine, running, release) = run_held_at_b(store.clone(), "slow").await;
     // While `b` waits, the store shows `a` done and `b` invoking.
     let stored = store
         .load(&TransactionKey::new("chain", "slow"))
@@ -260,35 +271,10 @@ async fn with_a_subscriber_a_volatile_store_gets_every_step_boundary() {
 
 #[tokio::test]
 async fn a_subscriber_that_arrives_while_a_step_waits_gets_the_rest_of_the_run() {
-    use gorgon_orchestration::{EventKind, RunOptions, TransactionState};
+    use gorgon_orchestration::{EventKind, TransactionState};
     let store = Arc::new(MemoryStore::new());
-    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let release = Arc::new(tokio::sync::Notify::new());
-    let engine = {
-        let release = release.clone();
-        chain_engine(store, move |c: StepCall| {
-            let (started_tx, release) = (started_tx.clone(), release.clone());
-            async move {
-                if c.action() == "b" {
-                    let _ = started_tx.send(());
-                    release.notified().await;
-                }
-                StepOutcome::Success(None)
-            }
-        })
-    };
     // Nobody listens when the run begins, so its first events are not made at all.
-    let running = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            let run = RunOptions {
-                transaction_id: Some("joined".into()),
-                ..RunOptions::default()
-            };
-            engine.run("chain", run).await
-        }
-    });
-    started.recv().await.expect("b was called");
+    let (engine, running, release) = run_held_at_b(store, "joined").await;
     let mut events = engine.subscribe();
     release.notify_one();
     assert_eq!(
