@@ -626,9 +626,16 @@ impl Engine {
     /// advanced is refused with [`Error::AlreadyStarted`].
     pub async fn run(&self, workflow: &str, options: RunOptions) -> Result<Execution> {
         let registered = self.registered(workflow)?;
+        // One clock read stamps the run id, the creation, the lease and the drive's start (the
+        // engine's clock, as everywhere else). A chosen id reads it again after its lookup.
+        let started = self.now();
         // A v7 uuid without the crate's process-wide counter context (a mutex every run would
         // take): ids stay time-ordered to the millisecond, random within it.
-        let run_uuid = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
+        let run_uuid = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            started / 1000,
+            (started % 1000) as u32 * 1_000_000,
+        ));
         // The uuid is formatted once, straight into a buffer (no formatting machinery), and
         // serves as both the run id and a generated transaction id's suffix.
         let mut uuid_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -675,13 +682,14 @@ impl Engine {
                 return Ok(Execution::of(&tx));
             }
         }
+        let now = if chosen { self.now() } else { started };
         let payload = options.payload.unwrap_or_else(Data::null);
         let run_id: Arc<str> = Arc::from(uuid_text);
         let header = TransactionHeader {
             key: key.clone(),
             run_id: run_id.clone(),
             payload: payload.clone(),
-            created_at: self.now(),
+            created_at: now,
         };
         // A generated id cannot be taken, so its creation travels with its first append (one
         // write fewer); a chosen id is created first, so a taken one is refused up front.
@@ -691,7 +699,7 @@ impl Engine {
         } else {
             self.inner
                 .store
-                .create(&header, Some(&self.lease()))
+                .create(&header, Some(&self.lease_at(now)))
                 .await?
         };
         let tx = Transaction::new(registered.flow.clone(), key.id.clone(), run_id, payload);
@@ -702,13 +710,13 @@ impl Engine {
             epoch,
         ));
         if deferred {
-            cell.writes.lock().create = Some((header, self.lease()));
+            cell.writes.lock().create = Some((header, self.lease_at(now)));
         }
         // Nobody else can see the cell yet: the lock is free (and `try_lock` spends none of the
         // task's scheduling budget, which a forced yield would hand to another worker thread).
         let mut tx = cell.tx.try_lock().expect("a new cell is unlocked");
         self.inner.live.lock().insert(key, cell.clone());
-        let driven = self.drive(&cell, &mut tx, true).await;
+        let driven = self.drive_from(&cell, &mut tx, true, now).await;
         self.settle(&cell, &mut tx, driven).await
     }
 
@@ -852,9 +860,14 @@ impl Engine {
     }
 
     fn lease(&self) -> Lease {
+        self.lease_at(self.now())
+    }
+
+    /// The lease this engine takes at `now`.
+    fn lease_at(&self, now: u64) -> Lease {
         Lease {
             owner: self.inner.worker.id.clone(),
-            until: self.now() + self.inner.worker.lease_ms,
+            until: now + self.inner.worker.lease_ms,
         }
     }
 
@@ -1143,10 +1156,20 @@ impl Engine {
 
     /// Advances a transaction until it finishes or waits. `announce` emits begin/resume.
     async fn drive(&self, cell: &Arc<Cell>, tx: &mut Transaction, announce: bool) -> Result<()> {
+        self.drive_from(cell, tx, announce, self.now()).await
+    }
+
+    /// [`drive`](Self::drive) from `now`, a clock reading the caller has just taken.
+    async fn drive_from(
+        &self,
+        cell: &Arc<Cell>,
+        tx: &mut Transaction,
+        announce: bool,
+        mut now: u64,
+    ) -> Result<()> {
         // The clock is read when the drive starts and when a handler returns; a round is planned
         // at the time its predecessor's last handler returned (a read per plan and per outcome
         // was a tenth of a short run's time).
-        let mut now = self.now();
         self.listen(tx);
         if announce && !tx.begin_or_resume(now) {
             return Ok(());

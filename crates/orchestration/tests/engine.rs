@@ -7,7 +7,7 @@ use std::time::Duration;
 use gorgon_orchestration::{
     Data, Engine, EngineOptions, Error, EventKind, Flow, FlowDefinition, HandlerType,
     IdempotencyKey, ManualClock, MemoryStore, RunOptions, StepCall, StepError, StepOutcome,
-    StepState, StepStatus, TransactionState, WorkflowOptions,
+    StepState, StepStatus, Store, TransactionKey, TransactionState, WorkflowOptions,
 };
 use parking_lot::Mutex;
 use serde_json::json;
@@ -94,6 +94,42 @@ async fn handlers_get_key_attempt_payload_and_saved_responses() {
             .unwrap(),
         json!({"from": "b"})
     );
+}
+
+/// A run is stamped from the engine's clock alone: its run id's time, its creation and its
+/// first step's start are the clock's reading, whatever the wall clock says.
+#[tokio::test]
+async fn a_run_is_stamped_with_the_engine_clock() {
+    let at = 1_700_000_123_456;
+    let store = Arc::new(MemoryStore::new());
+    let engine = EngineOptions {
+        store: store.clone(),
+        clock: Arc::new(ManualClock::new(at)),
+        ..EngineOptions::default()
+    }
+    .build();
+    engine
+        .register(
+            flow("stamped", r#"{"next":{"action":"a"}}"#, "{}"),
+            |_call| async { StepOutcome::ok(json!(1)) },
+        )
+        .unwrap();
+    let execution = engine.run("stamped", RunOptions::default()).await.unwrap();
+    let run_id = uuid::Uuid::parse_str(execution.run_id()).unwrap();
+    assert_eq!(run_id.get_version_num(), 7);
+    let (secs, nanos) = run_id
+        .get_timestamp()
+        .expect("a v7 uuid has a time")
+        .to_unix();
+    assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, at);
+    let summary = store
+        .summary(&TransactionKey::new("stamped", execution.transaction_id()))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(summary.created_at, at);
+    let a = execution.flow().step_index("a").unwrap();
+    assert_eq!(execution.steps[a].started_at, Some(at));
 }
 
 #[tokio::test]
