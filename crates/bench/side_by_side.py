@@ -3,8 +3,8 @@
 
     python3 crates/bench/side_by_side.py [--quick] [--medusa-dir DIR] [--keep-json DIR]
 
-Runs `node bench.mjs` (Medusa's workflows-sdk, in memory) first, then `gorgon-bench` (built in
-release mode if it is not yet), one after the other so neither measures the other's load, and
+Runs `node bench.mjs` (Medusa's workflows-sdk, in memory) first, then `gorgon-bench` (built with
+the workspace's `production` profile, release with fat LTO, if it is not yet), one after the other so neither measures the other's load, and
 prints a Markdown table: wf/s of both per (shape, mode), their ratio, and each engine's per-step
 cost of `seq100` over `seq10`'s.
 
@@ -74,9 +74,11 @@ def main() -> int:
     quick = ["--quick"] if args.quick else []
     medusa = by_cell(json_lines(["node", "bench.mjs", *quick], medusa_dir(args.medusa_dir)))
     subprocess.run(
-        ["cargo", "build", "--release", "-q", "-p", "gorgon-bench"], cwd=ROOT, check=True
+        ["cargo", "build", "--profile", "production", "-q", "-p", "gorgon-bench"],
+        cwd=ROOT,
+        check=True,
     )
-    gorgon = by_cell(json_lines([ROOT / "target" / "release" / "gorgon-bench", *quick], ROOT))
+    gorgon = by_cell(json_lines([ROOT / "target" / "production" / "gorgon-bench", *quick], ROOT))
 
     if args.keep_json:
         args.keep_json.mkdir(parents=True, exist_ok=True)
