@@ -247,7 +247,7 @@ async fn run_shape(app: &App, shapes: &Shapes, shape: &str) -> anyhow::Result<()
 /// shared out between them, so that it warms the worker threads (and their allocator's
 /// caches) that are measured; the clock starts once every task has warmed up.
 ///
-/// Each run's latency goes to the slot of its number in one array, written through before the
+/// Each run's latency (from the CPU's counter, through `quanta`) goes to the slot of its number in one array, written through before the
 /// clock starts. (A buffer per task, each sized for every run, had the kernel zero a fresh
 /// transparent huge page per task while the clock ran: 8.6% of `fail10`'s concurrent time.)
 async fn measure(
@@ -261,15 +261,19 @@ async fn measure(
     let next = Arc::new(AtomicUsize::new(0));
     let latencies: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let warmed = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
+    // Latencies are read off the CPU's counter (a system clock read costs about as much as a
+    // tenth of a short run).
+    let clock = quanta::Clock::new();
     let workers: Vec<_> = (0..concurrency)
         .map(|slot| {
-            let (app, shapes, shape, next, latencies, warmed) = (
+            let (app, shapes, shape, next, latencies, warmed, clock) = (
                 app.clone(),
                 shapes.clone(),
                 shape.to_string(),
                 next.clone(),
                 latencies.clone(),
                 warmed.clone(),
+                clock.clone(),
             );
             let warmup = warmup / concurrency + usize::from(slot < warmup % concurrency);
             tokio::spawn(async move {
@@ -288,9 +292,10 @@ async fn measure(
                     let Some(latency) = latencies.get(run) else {
                         break;
                     };
-                    let t = Instant::now();
+                    let t = clock.raw();
                     run_shape(&app, &shapes, &shape).await?;
-                    latency.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    let nanos = clock.delta_as_nanos(t, clock.raw());
+                    latency.store(nanos / 1000, Ordering::Relaxed);
                 }
                 anyhow::Ok(())
             })

@@ -783,11 +783,11 @@ fn append_to(
     })
 }
 
-/// The wall clock in Unix milliseconds (the memory store's `updated_at`).
+/// The wall clock in Unix milliseconds (the memory store's `updated_at`): the system clock, as
+/// [`SystemClock`](crate::SystemClock) reads it cheaply (a store keeps wall time whatever clock
+/// its engine is given).
 fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::Clock::now_ms(&crate::SystemClock)
 }
 
 // ---- executions listing and retention (issue 4): the types ----
