@@ -470,7 +470,7 @@ struct InvokeIndex {
 
 impl InvokeIndex {
     /// The index of `tx`, in the buffers of `reuse` when given.
-    fn build(tx: &Transaction, reuse: Option<InvokeIndex>) -> Self {
+    fn build(tx: &Transaction, reuse: Option<Box<InvokeIndex>>) -> Box<Self> {
         let flow = tx.flow();
         let len = flow.steps().len();
         let mut index = reuse.unwrap_or_default();
@@ -594,7 +594,7 @@ struct CompensateIndex {
 
 impl CompensateIndex {
     /// The index of `tx`, in the buffers of `reuse` when given.
-    fn build(tx: &Transaction, reuse: Option<CompensateIndex>) -> Self {
+    fn build(tx: &Transaction, reuse: Option<Box<CompensateIndex>>) -> Box<Self> {
         let flow = tx.flow();
         let len = flow.steps().len();
         let mut index = reuse.unwrap_or_default();
@@ -691,8 +691,8 @@ struct Buffers {
     spare_indices: Vec<Vec<StepIndex>>,
     spare_calls: Vec<Vec<Dispatch>>,
     effects: Vec<Effect>,
-    index: Option<InvokeIndex>,
-    compensate_index: Option<CompensateIndex>,
+    index: Option<Box<InvokeIndex>>,
+    compensate_index: Option<Box<CompensateIndex>>,
 }
 
 impl Buffers {
@@ -746,13 +746,15 @@ pub struct Transaction {
     timer_effects: bool,
     /// Whether transitions queue their events ([`set_events`](Self::set_events)).
     events: bool,
-    index: Option<InvokeIndex>,
+    /// The invoke scan's index. The indexes are boxed (and pooled boxed, with the other
+    /// buffers): inline they made up half of a transaction, which is moved into its cell.
+    index: Option<Box<InvokeIndex>>,
     /// The buffers of a dropped index, for the next one.
-    spare_index: Option<InvokeIndex>,
+    spare_index: Option<Box<InvokeIndex>>,
     /// The compensation scan's index, built at its first scan.
-    compensate_index: Option<CompensateIndex>,
+    compensate_index: Option<Box<CompensateIndex>>,
     /// The buffers of a dropped compensation index, for the next one.
-    spare_compensate_index: Option<CompensateIndex>,
+    spare_compensate_index: Option<Box<CompensateIndex>>,
     timers: Vec<(Timer, u64)>,
 }
 
