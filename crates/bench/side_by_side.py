@@ -10,7 +10,7 @@ cost of `seq100` over `seq10`'s.
 
 `--quick` checks that both harnesses run; its figures are not the comparison: with a tenth of
 the workflows neither engine is warm (V8 has not optimised Medusa's code, and Gorgon's memory
-store has not yet reached the 1,000 finished runs it keeps).
+store has not yet reached the 256 finished runs it keeps).
 
 `shared/bench/medusa` may be read-only: it is copied to `--medusa-dir` (default
 `$TMPDIR/gorgon-side-by-side/medusa`) and `npm ci` runs there once.

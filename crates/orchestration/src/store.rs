@@ -267,7 +267,7 @@ pub fn finishes(records: &[Record]) -> bool {
 /// What is kept costs time as well as memory: every finished run drops the oldest, whose
 /// memory has long left the CPU caches once many are kept. On the 2-core machine of the
 /// benchmark, a ten-step run took 16-21% less time keeping 1,000 (about 6 MB) than keeping
-/// 10,000 (58 MB, beyond its L3 cache), and no less keeping 3,000 or 5,000.
+/// 10,000 (58 MB, beyond its L3 cache), and 5-10% less again keeping 256.
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
@@ -387,13 +387,16 @@ impl MemoryEntry {
 }
 
 impl MemoryStore {
-    /// How many finished transactions [`new`](Self::new) keeps: the last 1,000, for looking
-    /// back at while developing (a production store keeps what its retention says).
-    pub const DEFAULT_KEEP_FINISHED: usize = 1_000;
+    /// How many finished transactions [`new`](Self::new) keeps: the last 256, for looking
+    /// back at while developing (a production store keeps what its retention says; Medusa's
+    /// in-memory storage keeps none). Keeping 1,000 made the benchmark's ten-step runs 5-10%
+    /// slower: a finished run's memory is about 6 KB, and the oldest is dropped as each run
+    /// finishes, by then out of the caches the fewer are kept the less often.
+    pub const DEFAULT_KEEP_FINISHED: usize = 256;
     /// How many log records the finished transactions kept may hold together by default:
-    /// about 10 MB of records (1,000 ten-step runs log 21,000 to 32,000; 100-step runs are
-    /// kept by the 330 newest).
-    pub const DEFAULT_KEEP_RECORDS: usize = 100_000;
+    /// about 3 MB of records (256 ten-step runs log 5,400 to 8,200; 100-step runs are kept
+    /// by the 105 newest).
+    pub const DEFAULT_KEEP_RECORDS: usize = 32_000;
 
     /// A store keeping at most [`DEFAULT_KEEP_FINISHED`](Self::DEFAULT_KEEP_FINISHED)
     /// finished transactions.

@@ -30,7 +30,8 @@ fn flow(name: &str, options: &str) -> Flow {
 /// and leaves newer ones; the listing shows what is left.
 #[tokio::test]
 async fn purge_finished_spans_workflows_and_batches() {
-    let store = Arc::new(MemoryStore::new());
+    // Room for every run (the default keeps fewer than two batches).
+    let store = Arc::new(MemoryStore::keeping_finished(10_000));
     let engine = EngineOptions {
         store: store.clone(),
         ..EngineOptions::default()
