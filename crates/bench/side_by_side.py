@@ -4,7 +4,8 @@
     python3 crates/bench/side_by_side.py [--quick] [--medusa-dir DIR] [--keep-json DIR]
 
 Runs `node bench.mjs` (Medusa's workflows-sdk, in memory) first, then `gorgon-bench` (built with
-the workspace's `production` profile, release with fat LTO, if it is not yet), one after the other so neither measures the other's load, and
+the workspace's `production` profile, release with fat LTO, if it is not yet), one after the
+other so neither measures the other's load, and
 prints a Markdown table: wf/s of both per (shape, mode), their ratio, and each engine's per-step
 cost of `seq100` over `seq10`'s.
 

@@ -247,9 +247,10 @@ async fn run_shape(app: &App, shapes: &Shapes, shape: &str) -> anyhow::Result<()
 /// shared out between them, so that it warms the worker threads (and their allocator's
 /// caches) that are measured; the clock starts once every task has warmed up.
 ///
-/// Each run's latency (from the CPU's counter, through `quanta`) goes to the slot of its number in one array, written through before the
-/// clock starts. (A buffer per task, each sized for every run, had the kernel zero a fresh
-/// transparent huge page per task while the clock ran: 8.6% of `fail10`'s concurrent time.)
+/// Each run's latency (from the CPU's counter, through `quanta`) goes to the slot of its number
+/// in one array, written through before the clock starts. (A buffer per task, each sized for
+/// every run, had the kernel zero a fresh transparent huge page per task while the clock ran:
+/// 8.6% of `fail10`'s concurrent time.)
 async fn measure(
     app: &App,
     shapes: &Arc<Shapes>,
