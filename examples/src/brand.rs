@@ -16,7 +16,7 @@ use anyhow::{Context, ensure};
 use bytes::Bytes;
 use gorgon_file::{FileKey, FileStore, LocalFileStore, LocalOptions};
 use gorgon_workflows::{
-    App, Error, RunError, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
+    App, Error, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
     TransactionState, Workflow,
 };
 use parking_lot::Mutex;
@@ -350,10 +350,10 @@ fn input(handle: &str, name: &str, marker: &str) -> BrandInput {
     }
 }
 
-fn reverted_at_index(error: &RunError) -> bool {
+fn reverted_at_index(error: &Error) -> bool {
     matches!(
         error,
-        RunError::Failed {
+        Error::Failed {
             state: TransactionState::Reverted,
             ..
         }

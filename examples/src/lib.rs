@@ -71,7 +71,7 @@ pub mod brand;
 pub mod order;
 pub mod restock;
 
-use gorgon_workflows::{App, RunError, RunOptions, StepContext, Value, Workflow};
+use gorgon_workflows::{App, Error, StepContext, Value, Workflow};
 
 /// Runs `workflow` under the transaction id `transaction_id`, prints the steps it skipped (a
 /// `when` not taken), and returns its result.
@@ -80,9 +80,11 @@ pub async fn run_as<In: Value, Out: Clone + Send + Sync + 'static>(
     workflow: &Workflow<In, Out>,
     transaction_id: &str,
     input: In,
-) -> Result<Out, RunError> {
+) -> Result<Out, Error> {
     let run = app
-        .start(workflow, input, RunOptions::transaction_id(transaction_id))
+        .run(workflow, input)
+        .transaction_id(transaction_id)
+        .snapshot()
         .await?;
     for name in workflow.step_names() {
         let step = run.execution().step(name);

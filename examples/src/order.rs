@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use gorgon_workflows::{
-    App, Error, RunError, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
+    App, Error, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
     TransactionState, Workflow,
 };
 use parking_lot::Mutex;
@@ -715,7 +715,7 @@ pub async fn demo() -> anyhow::Result<()> {
     services.print();
     ensure!(matches!(
         error,
-        RunError::Failed {
+        Error::Failed {
             state: TransactionState::Reverted,
             ..
         }

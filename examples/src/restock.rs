@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::ensure;
 use gorgon_workflows::{
-    App, Error, RunError, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
+    App, Error, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
     TransactionState, Workflow,
 };
 use parking_lot::Mutex;
@@ -334,7 +334,7 @@ pub async fn demo() -> anyhow::Result<()> {
     print_state(&restocks);
     ensure!(matches!(
         error,
-        RunError::Failed {
+        Error::Failed {
             state: TransactionState::Reverted,
             ..
         }

@@ -3,9 +3,9 @@
 
 use gorgon_examples::{brand, order, restock, run_as};
 use gorgon_orchestration::StepState;
-use gorgon_workflows::{App, Error, RunError, RunOptions, Services, TransactionState};
+use gorgon_workflows::{App, Error, RunOptions, Services, TransactionState};
 
-fn reverted_at(error: &RunError, step: &str) -> bool {
+fn reverted_at(error: &Error, step: &str) -> bool {
     error.state() == Some(TransactionState::Reverted)
         && error.errors().first().is_some_and(|e| e.action == step)
 }

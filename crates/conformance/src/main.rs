@@ -207,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
     let options = RunOptions {
         transaction_id: Some(transaction.clone()),
         payload: Some(Data::json(payload)),
+        ..Default::default()
     };
     if let Err(e) = engine.run(&workflow, options).await {
         stages.push(json!({"thrown": e.to_string()}));

@@ -69,6 +69,7 @@ async fn crash_test(backend: Backend) {
                 RunOptions {
                     transaction_id: Some(id),
                     payload: None,
+                    ..Default::default()
                 },
             )
             .await

@@ -49,6 +49,7 @@ async fn main() -> Result<(), gorgon_orchestration::Error> {
         let options = RunOptions {
             transaction_id: Some(format!("order-{card}")),
             payload: Some(Data::json(json!({ "card": card }))),
+            ..Default::default()
         };
         let run = engine.run("checkout", options).await?;
         println!("  => {}", run.state);

@@ -77,13 +77,32 @@ impl Wall {
         self.counter.delta_as_nanos(0, self.counter.raw())
     }
 
-    /// Takes the offset from a reading of the system's wall clock at counter time `at_ns`.
+    /// The longest a wall-clock reading may take between two counter readings to anchor on.
+    const ANCHOR_GAP_NS: u64 = 50_000;
+
+    /// Takes the offset from a reading of the system's wall clock, paired with the counter
+    /// readings around it. A thread preempted between the two would shift the clock by the
+    /// time it was off the CPU, so a reading that took long is taken again (the tightest of a
+    /// few is kept).
     fn anchor(&self, at_ns: u64) {
-        let wall_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        self.offset_ns
-            .store(wall_ns.wrapping_sub(at_ns), Ordering::Relaxed);
+        let mut best: Option<(u64, u64)> = None; // (gap, offset)
+        for _ in 0..4 {
+            let before = self.counter_ns();
+            let wall_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            let after = self.counter_ns();
+            let gap = after.saturating_sub(before);
+            let offset = wall_ns.wrapping_sub(before + gap / 2);
+            if best.is_none_or(|(tightest, _)| gap < tightest) {
+                best = Some((gap, offset));
+            }
+            if gap <= Self::ANCHOR_GAP_NS {
+                break;
+            }
+        }
+        let (_, offset) = best.expect("at least one reading");
+        self.offset_ns.store(offset, Ordering::Relaxed);
         self.anchor_due_ns
             .store(at_ns.saturating_add(Self::ANCHOR_NS), Ordering::Relaxed);
     }

@@ -37,7 +37,7 @@ use crate::machine::{
 use crate::relay::{EventRelay, RelayLink, RelayStats};
 use crate::state::{HandlerType, StepRun, TransactionState};
 use crate::store::{
-    Claim, Lease, MemoryStore, Store, StoredTransaction, TransactionHeader, TransactionKey,
+    Claim, Keep, Lease, MemoryStore, Store, StoredTransaction, TransactionHeader, TransactionKey,
 };
 
 mod executions; // executions listing, detail and retention (issue 4)
@@ -230,6 +230,10 @@ pub struct RunOptions {
     pub transaction_id: Option<String>,
     /// The workflow input.
     pub payload: Option<Data>,
+    /// Whether a finished run of this transaction id answers with its stored result instead
+    /// of running again; `None`: as the workflow's `idempotent` option says. An idempotent
+    /// run is kept until its workflow's retention ends (see [`Keep`]).
+    pub idempotent: Option<bool>,
 }
 
 /// A snapshot of a transaction, as operations return it.
@@ -678,7 +682,10 @@ impl Engine {
                 let driven = self.drive(&cell, &mut tx, true).await;
                 return self.settle(&cell, &mut tx, driven).await;
             }
-            if registered.flow.options().idempotent() {
+            if options
+                .idempotent
+                .unwrap_or(registered.flow.options().idempotent())
+            {
                 return Ok(Execution::of(&tx));
             }
         }
@@ -690,6 +697,7 @@ impl Engine {
             run_id: run_id.clone(),
             payload: payload.clone(),
             created_at: now,
+            keep: Keep::of(registered.flow.options(), options.idempotent),
         };
         // A generated id cannot be taken, so its creation travels with its first append (one
         // write fewer); a chosen id is created first, so a taken one is refused up front.
@@ -738,6 +746,7 @@ impl Engine {
             run_id: Arc::from(run_uuid.to_string()),
             payload: options.payload.unwrap_or_else(Data::null),
             created_at: self.now(),
+            keep: Keep::of(registered.flow.options(), options.idempotent),
         };
         self.inner.store.create(&header, None).await?;
         Ok(id)
@@ -941,6 +950,8 @@ impl Engine {
             for (timer, at) in tx.timers().to_vec() {
                 self.arm(cell, timer, at);
             }
+        } else {
+            self.arm_missing(cell, tx);
         }
         cell.epoch.store(epoch, Ordering::Release);
         cell.held.store(true, Ordering::Release);
@@ -966,6 +977,7 @@ impl Engine {
         if tx.has_finished() {
             cell.held.store(false, Ordering::Release);
         } else if cell.held() {
+            self.check_liveness(cell, tx);
             cell.held.store(false, Ordering::Release);
             if let Err(error) = self
                 .inner
@@ -1551,6 +1563,9 @@ impl Engine {
         let handle = tokio::spawn(async move {
             sleep.await;
             let cell = guard.0.clone();
+            // The transaction first: while this task waits for it, its timer is still in the
+            // map (armed), and a disarm made meanwhile aborts the task right here.
+            let mut tx = cell.tx.lock().await;
             let mine = {
                 let mut timers = cell.timers.lock();
                 if timers.get(&timer).is_some_and(|(owner, _)| *owner == id) {
@@ -1561,14 +1576,17 @@ impl Engine {
                 }
             };
             if mine {
-                let mut tx = cell.tx.lock().await;
                 let fired = match engine.hold(&cell, &mut tx).await {
-                    Ok(()) if tx.timers().iter().any(|(t, _)| *t == timer) => {
-                        tx.timer_fired(timer);
-                        engine.drive(&cell, &mut tx, true).await
+                    Ok(()) => {
+                        let now = engine.now();
+                        if tx.timer_fired(timer, now) {
+                            engine.drive_from(&cell, &mut tx, true, now).await
+                        } else {
+                            // Early (armed again), or disarmed meanwhile.
+                            engine.apply_effects(&cell, &mut tx).await
+                        }
                     }
-                    // Disarmed meanwhile, or another worker has the transaction and its timers.
-                    Ok(()) => Ok(()),
+                    // Another worker has the transaction and its timers.
                     Err(Error::Leased { .. }) => {
                         drop(tx);
                         drop(guard);
@@ -1580,10 +1598,63 @@ impl Engine {
                     tracing::error!(transaction = %cell.key, %error, "resuming after a timer failed");
                 }
             }
+            drop(tx);
             drop(guard);
         });
         if let Some((_, old)) = timers.insert(timer, (id, handle.abort_handle())) {
             old.abort();
+        }
+    }
+
+    /// Arms the transaction's timers that this engine has not armed (a copy that another
+    /// worker advanced, a timer task that found the lease taken).
+    fn arm_missing(&self, cell: &Arc<Cell>, tx: &Transaction) {
+        for &(timer, at) in tx.timers() {
+            if !cell.timers.lock().contains_key(&timer) {
+                self.arm(cell, timer, at);
+            }
+        }
+    }
+
+    /// Checks, in debug builds, what the engine promises of a transaction it lets go unfinished:
+    /// a running handler, an armed timer, or an outside completion with no timeout configured
+    /// (see [`Transaction::stall`]); and every timer the transaction records is armed here.
+    fn check_liveness(&self, cell: &Arc<Cell>, tx: &Transaction) {
+        if !cfg!(debug_assertions) || tx.has_finished() {
+            return;
+        }
+        if let Some(stall) = tx.stall() {
+            panic!(
+                "transaction {} may stall: {stall} (timers {:?})",
+                cell.key,
+                tx.timers()
+            );
+        }
+        let armed = cell.timers.lock();
+        for (timer, _) in tx.timers() {
+            assert!(
+                armed.contains_key(timer),
+                "transaction {} records the timer {timer:?}, which no task sleeps on",
+                cell.key
+            );
+        }
+        drop(armed);
+        let sync_waiting = (1..tx.flow().steps().len()).find(|&step| {
+            let run = tx.step(step);
+            run.side().status == crate::state::StepStatus::Waiting
+                && !tx
+                    .flow()
+                    .step(step)
+                    .options
+                    .is_async_side(run.handler_type())
+        });
+        if let Some(step) = sync_waiting {
+            panic!(
+                "transaction {} lets go of step `{}` waiting for a synchronous handler that no \
+                 longer runs",
+                cell.key,
+                tx.flow().step(step).action
+            );
         }
     }
 }

@@ -85,6 +85,6 @@ pub use machine::{
 pub use relay::{EventRelay, MemoryRelay, RelayStats, RelayedEvent};
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
 pub use store::{
-    Claim, Lease, MemoryStore, PageCursor, Purge, Store, TransactionFilter, TransactionKey,
+    Claim, Keep, Lease, MemoryStore, PageCursor, Purge, Store, TransactionFilter, TransactionKey,
     TransactionPage, TransactionSummary,
 };

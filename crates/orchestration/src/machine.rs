@@ -392,6 +392,11 @@ struct Pass {
     flags: ScanFlags,
 }
 
+/// The first millisecond at which `now > start + duration` holds: when a deadline's timer fires.
+fn past(start: u64, duration: u64) -> u64 {
+    start.saturating_add(duration).saturating_add(1)
+}
+
 fn is_forward_complete(state: StepState) -> bool {
     matches!(
         state,
@@ -1021,11 +1026,96 @@ impl Transaction {
         self.timers.iter().map(|(_, at)| *at).min()
     }
 
-    /// Notes that a timer fired, so that it is no longer armed (the change is recorded with
-    /// the next batch of effects).
-    pub fn timer_fired(&mut self, timer: Timer) {
-        if self.set_timer(timer, None) {
-            self.pending.push(Record::Timer { timer, at: None });
+    /// Notes that a timer fired at `now`, so that it is no longer armed (the change is recorded
+    /// with the next batch of effects). A timer that fires before its time (a clock that
+    /// stepped back, a sleep that woke early) stays armed and is armed again: a timer the
+    /// machine relies on is never dropped unfired. Returns whether the timer was due.
+    pub fn timer_fired(&mut self, timer: Timer, now: u64) -> bool {
+        match self.timers.iter().find(|(t, _)| *t == timer) {
+            Some(&(_, at)) if now < at => {
+                self.effects.push(Effect::Arm(timer, at));
+                self.timer_effects = true;
+                false
+            }
+            Some(_) => {
+                self.set_timer(timer, None);
+                self.pending.push(Record::Timer { timer, at: None });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Why this transaction, unfinished, could stall for good, if it could: a deadline it has
+    /// (a step timeout, the transaction timeout, a scheduled retry) without its timer armed, or
+    /// nothing to move it at all (no step waiting for a handler or an outside completion, no
+    /// timer, no step waiting for a resume). `None` for a finished transaction.
+    ///
+    /// The invariant the engine keeps whenever it lets a transaction go (checked in debug
+    /// builds, and by the property tests): an unfinished transaction always has a running
+    /// handler, an armed timer, or waits for an outside completion (an async step, a resume)
+    /// with no timeout configured.
+    pub fn stall(&self) -> Option<String> {
+        if self.has_finished() {
+            return None;
+        }
+        let armed = |timer: Timer| self.timers.iter().any(|(t, _)| *t == timer);
+        let flow = self.flow();
+        let mut moving = !self.timers.is_empty();
+        for (step, run) in self.steps.iter().enumerate().skip(1) {
+            let side = run.side();
+            let action = &flow.step(step).action;
+            // A retry the scan scheduled (an interval after a temporary failure, an awaiting
+            // retry) happens only when its timer fires.
+            let retry_pending = run.retry_rescheduled_at.is_some()
+                && match side.status {
+                    StepStatus::TemporaryFailure => run.temporary_failed_at.is_none(),
+                    StepStatus::Waiting => {
+                        flow.step(step)
+                            .options
+                            .retry_interval_awaiting_ms()
+                            .is_some()
+                            && self.within_awaiting_cap(step)
+                    }
+                    _ => false,
+                };
+            if retry_pending && !armed(Timer::Retry(step)) {
+                return Some(format!(
+                    "step `{action}` has a retry scheduled and no retry timer"
+                ));
+            }
+            if side.status == StepStatus::Waiting {
+                moving = true;
+                if !run.compensating
+                    && run.timed_out_at.is_none()
+                    && flow.step_timeout_ms(step).is_some()
+                    && flow.step(step).options.is_async()
+                    && !armed(Timer::StepTimeout(step))
+                {
+                    return Some(format!(
+                        "step `{action}` waits with a timeout and no timeout timer"
+                    ));
+                }
+            }
+            if side.status == StepStatus::TemporaryFailure && run.temporary_failed_at.is_some() {
+                moving = true; // waits for a resume
+            }
+        }
+        if flow.timeout_ms().is_some()
+            && flow.has_async_steps()
+            && self.fields.state == TransactionState::Invoking
+            && self.fields.started_at.is_some()
+            && !armed(Timer::TransactionTimeout)
+        {
+            return Some("the transaction has a timeout and no timeout timer".to_string());
+        }
+        if moving {
+            None
+        } else {
+            Some(format!(
+                "the transaction is {} with no step waiting, no timer and no resume awaited",
+                self.fields.state
+            ))
         }
     }
 
@@ -1205,7 +1295,7 @@ impl Transaction {
         if self.has_finished() {
             return;
         }
-        self.arm(Timer::Retry(step), now + interval_ms);
+        self.arm(Timer::Retry(step), now.saturating_add(interval_ms));
     }
 
     fn step_is_async(&self, step: StepIndex) -> bool {
@@ -1218,6 +1308,9 @@ impl Transaction {
     fn clear_step_timers(&mut self, step: StepIndex) {
         if self.steps[step].has_scheduled_retry {
             self.disarm(Timer::Retry(step));
+            // The retry is no longer scheduled: the next scan may schedule one again (a stale
+            // mark would keep a retried step waiting with no timer).
+            self.run_mut(step).retry_rescheduled_at = None;
         }
         let flow = &self.shared.flow;
         if flow.step_timeout_ms(step).is_some()
@@ -1311,20 +1404,27 @@ impl Transaction {
         let Some(interval) = options.retry_interval_awaiting_ms() else {
             return false;
         };
-        let within_cap = match options.max_awaiting_retries {
-            None => true,
-            Some(max) if run.compensating => run.attempts < max * 2,
-            Some(max) => run.attempts < max,
-        };
         run.last_attempt
             .is_some_and(|last| now.saturating_sub(last) > interval)
-            && within_cap
+            && self.within_awaiting_cap(step)
+    }
+
+    /// Whether a waiting step may still be invoked again by its awaiting retries.
+    fn within_awaiting_cap(&self, step: StepIndex) -> bool {
+        let run = &self.steps[step];
+        match self.flow().step(step).options.max_awaiting_retries {
+            None => true,
+            Some(max) if run.compensating => run.attempts < max.saturating_mul(2),
+            Some(max) => run.attempts < max,
+        }
     }
 
     fn step_expired(&self, step: StepIndex, now: u64) -> bool {
         let run = &self.steps[step];
         match (self.flow().step_timeout_ms(step), run.started_at) {
-            (Some(timeout), Some(started)) => !run.compensating && now > started + timeout,
+            (Some(timeout), Some(started)) => {
+                !run.compensating && now > started.saturating_add(timeout)
+            }
             _ => false,
         }
     }
@@ -1332,7 +1432,8 @@ impl Transaction {
     fn transaction_expired(&self, now: u64) -> bool {
         match (self.flow().timeout_ms(), self.fields.started_at) {
             (Some(timeout), Some(started)) => {
-                self.fields.state != TransactionState::Compensating && now > started + timeout
+                self.fields.state != TransactionState::Compensating
+                    && now > started.saturating_add(timeout)
             }
             _ => false,
         }
@@ -1352,7 +1453,7 @@ impl Transaction {
             if let Some(timeout) = self.flow().timeout_ms()
                 && self.flow().has_async_steps()
             {
-                self.arm(Timer::TransactionTimeout, now + timeout);
+                self.arm(Timer::TransactionTimeout, past(now, timeout));
             }
             self.emit(EventKind::Begin, None);
         } else {
@@ -1397,13 +1498,21 @@ impl Transaction {
                 }
             }
             for call in &calls {
+                // An async step's timeout runs from its first start, across its retries (a
+                // failure disarms it; Medusa arms it on the first attempt only, so a retried
+                // async step could wait past its timeout for good).
                 let run = &self.steps[call.step];
                 if let Some(timeout) = self.flow().step_timeout_ms(call.step)
                     && run.timed_out_at.is_none()
-                    && run.attempts == 1
+                    && !run.compensating
                     && self.flow().step(call.step).options.is_async()
+                    && !self
+                        .timers
+                        .iter()
+                        .any(|(t, _)| *t == Timer::StepTimeout(call.step))
                 {
-                    self.arm(Timer::StepTimeout(call.step), now + timeout);
+                    let started = run.started_at.unwrap_or(now);
+                    self.arm(Timer::StepTimeout(call.step), past(started, timeout));
                 }
             }
             for call in &calls {
@@ -1744,7 +1853,8 @@ impl Transaction {
                     let run = self.run_mut(step);
                     run.has_scheduled_retry = true;
                     run.retry_rescheduled_at = Some(now);
-                    self.schedule_retry(step, interval, now);
+                    // Due once more than `interval` has passed since the last attempt.
+                    self.schedule_retry(step, interval.saturating_add(1), now);
                 }
             } else if self.steps[step].retry_rescheduled_at.is_some() {
                 // Not configured for awaiting retries, but forced by `retry_step`.

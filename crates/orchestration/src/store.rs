@@ -84,6 +84,43 @@ pub struct TransactionHeader {
     pub payload: Data,
     /// When it was created (clock milliseconds).
     pub created_at: u64,
+    /// How long the run must be kept once finished, from its workflow's options. A store
+    /// that keeps every run until purged (the SQL and Redis stores) need not store it, and
+    /// loads it back as [`Keep::Evictable`].
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+/// How long a store must keep a finished run: what its workflow's options promise to whoever
+/// asks for it again. Only a store that bounds what it holds (the memory store) reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// Nothing asks for the run once it finished: a bounded store may drop it.
+    #[default]
+    Evictable,
+    /// Kept this many milliseconds after it finished (`retentionTime`), then dropped.
+    For(u64),
+    /// Kept until purged: an `idempotent` workflow without a retention time, whose stored
+    /// result answers every later start of the same transaction id.
+    Always,
+}
+
+impl Keep {
+    /// What a workflow's options promise of its finished runs (Medusa's semantics): a
+    /// retention time keeps them that long, `idempotent` keeps them (for its retention time
+    /// when it has one, else for good), and otherwise nothing does. `idempotent` overrides
+    /// the workflow's option for one run.
+    pub fn of(options: &crate::flow::WorkflowOptions, idempotent: Option<bool>) -> Self {
+        match (
+            options.retention_ms(),
+            idempotent.unwrap_or(options.idempotent()),
+        ) {
+            (Some(ms), _) => Keep::For(ms),
+            (None, true) => Keep::Always,
+            (None, false) => Keep::Evictable,
+        }
+    }
 }
 
 /// A transaction as a store returns it: its header and its log.
@@ -257,12 +294,18 @@ pub fn finishes(records: &[Record]) -> bool {
 /// The in-memory store: a log per transaction in a map, for development and tests.
 ///
 /// The map is split into shards, each behind its own lock, so that transactions advanced on
-/// different threads do not wait for each other. Finished transactions are kept up to
-/// `keep_finished` of them ([`DEFAULT_KEEP_FINISHED`](Self::DEFAULT_KEEP_FINISHED) unless
-/// chosen) and [`DEFAULT_KEEP_RECORDS`](Self::DEFAULT_KEEP_RECORDS) records in their logs
-/// together (the oldest are dropped first, the newest is always kept), so a long-running
-/// process does not grow without bound, however long its workflows. An idempotent workflow's
-/// finished run is found again only while it is kept.
+/// different threads do not wait for each other.
+///
+/// What it keeps of finished transactions follows what their workflows promise
+/// ([`TransactionHeader::keep`], from the workflow's options, as Medusa keeps them):
+/// - a run of an `idempotent` workflow, or of a workflow with a `retentionTime`, is kept until
+///   its retention ends (for good when idempotent without one, until purged), so a later start
+///   of its transaction id returns its stored result and a listing finds it;
+/// - the other finished runs, which nothing asks for again, bound the memory: the last
+///   `keep_finished` of them ([`DEFAULT_KEEP_FINISHED`](Self::DEFAULT_KEEP_FINISHED) unless
+///   chosen) with at most [`DEFAULT_KEEP_RECORDS`](Self::DEFAULT_KEEP_RECORDS) records in their
+///   logs together (the oldest are dropped first, the newest is always kept), so a long-running
+///   process does not grow without bound, however long its workflows.
 ///
 /// What is kept costs time as well as memory: every finished run drops the oldest, whose
 /// memory has long left the CPU caches once many are kept. On the 2-core machine of the
@@ -278,12 +321,30 @@ pub struct MemoryStore {
     hasher: KeyHasher,
 }
 
-/// The finished transactions a memory store keeps, oldest first: key hash, run id and how
-/// many records its log holds, and those records' total.
+/// The finished transactions a memory store may drop, oldest first (key hash, run id and how
+/// many records its log holds), and those records' total; and the runs kept for a retention
+/// time, by the time it ends.
 #[derive(Debug, Default)]
 struct Finished {
     runs: VecDeque<FinishedRun>,
     records: usize,
+    /// Runs of [`Keep::For`], by (end of retention in wall-clock ms, arrival).
+    retained: std::collections::BTreeMap<(u64, u64), FinishedRun>,
+    arrivals: u64,
+}
+
+impl Finished {
+    /// Takes out the retained runs whose retention ended before `now`.
+    fn expired(&mut self, now: u64) -> Vec<FinishedRun> {
+        let mut expired = Vec::new();
+        while let Some(entry) = self.retained.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            expired.push(entry.remove());
+        }
+        expired
+    }
 }
 
 /// A finished transaction the memory store keeps.
@@ -296,6 +357,8 @@ struct FinishedRun {
     run: Arc<str>,
     /// How many records its log holds.
     logged: usize,
+    /// How long it must be kept.
+    keep: Keep,
 }
 
 /// One shard of the memory store's map: entries keyed by their header's key, found with a hash
@@ -387,9 +450,10 @@ impl MemoryEntry {
 }
 
 impl MemoryStore {
-    /// How many finished transactions [`new`](Self::new) keeps: the last 256, for looking
-    /// back at while developing (a production store keeps what its retention says; Medusa's
-    /// in-memory storage keeps none). Keeping 1,000 made the benchmark's ten-step runs 5-10%
+    /// How many finished transactions that nothing asks for again ([`Keep::Evictable`])
+    /// [`new`](Self::new) keeps: the last 256, for looking back at while developing (Medusa's
+    /// in-memory storage keeps none). Idempotent runs and runs with a retention time are kept
+    /// beside them, as long as their workflow says. Keeping 1,000 made the benchmark's ten-step runs 5-10%
     /// slower: a finished run's memory is about 6 KB, and the oldest is dropped as each run
     /// finishes, by then out of the caches the fewer are kept the less often.
     pub const DEFAULT_KEEP_FINISHED: usize = 256;
@@ -403,8 +467,9 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::keeping_finished(Self::DEFAULT_KEEP_FINISHED)
     }
-    /// A store keeping at most `keep_finished` finished transactions (and at most
-    /// [`DEFAULT_KEEP_RECORDS`](Self::DEFAULT_KEEP_RECORDS) records of theirs).
+    /// A store keeping at most `keep_finished` evictable finished transactions (and at most
+    /// [`DEFAULT_KEEP_RECORDS`](Self::DEFAULT_KEEP_RECORDS) records of theirs), beside the
+    /// idempotent and retained runs it must keep.
     pub fn keeping_finished(keep_finished: usize) -> Self {
         MemoryStore {
             shards: (0..MEMORY_SHARDS)
@@ -527,9 +592,47 @@ impl MemoryStore {
         Ok(())
     }
 
-    /// Notes a transaction that finished and drops the oldest finished ones beyond the quota.
-    /// Takes no shard lock while it holds the queue's.
+    /// Notes a transaction that finished and drops what is no longer kept: the oldest
+    /// evictable ones beyond the quota, and retained ones whose retention ended. Runs kept for
+    /// good ([`Keep::Always`]) are never dropped here. Takes no shard lock while it holds the
+    /// queue's.
     fn evict_beyond_quota(&self, finished: FinishedRun) {
+        let expired = {
+            let mut queue = self.finished.lock();
+            let now = (!queue.retained.is_empty() || matches!(finished.keep, Keep::For(_)))
+                .then(wall_clock_ms);
+            if let (Keep::For(ms), Some(now)) = (finished.keep, now) {
+                queue.arrivals += 1;
+                let arrival = queue.arrivals;
+                queue
+                    .retained
+                    .insert((now.saturating_add(ms), arrival), finished);
+                queue.expired(now)
+            } else if finished.keep == Keep::Always {
+                return;
+            } else {
+                let expired = now.map(|now| queue.expired(now)).unwrap_or_default();
+                drop(queue);
+                self.drop_runs(expired);
+                return self.evict_oldest(finished);
+            }
+        };
+        self.drop_runs(expired);
+    }
+
+    /// Drops these finished runs from their shards.
+    fn drop_runs(&self, runs: Vec<FinishedRun>) {
+        for run in runs {
+            let evicted = self
+                .shard_of(run.hash)
+                .lock()
+                .remove_run(run.hash, &run.run);
+            drop(evicted); // freed outside the lock
+        }
+    }
+
+    /// Notes an evictable run that finished and drops the oldest beyond the quota.
+    fn evict_oldest(&self, finished: FinishedRun) {
         let mut newest = Some(finished);
         loop {
             // One run is dropped per turn, outside the queue's lock (usually one in all).
@@ -783,6 +886,7 @@ fn append_to(
         hash,
         run: entry.header.run_id.clone(),
         logged: len,
+        keep: entry.header.keep,
     })
 }
 

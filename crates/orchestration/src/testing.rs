@@ -44,6 +44,7 @@ fn header(workflow: &str, id: &str, run: &str) -> TransactionHeader {
         run_id: Arc::from(run),
         payload: Data::json(json!({"n": 1})),
         created_at: 1,
+        keep: Default::default(),
     }
 }
 
@@ -252,6 +253,7 @@ pub async fn an_engine_run_replays_from_the_log(store: Arc<dyn Store>) {
             RunOptions {
                 transaction_id: Some(id.clone()),
                 payload: Some(Data::json(json!(7))),
+                ..Default::default()
             },
         )
         .await
@@ -291,6 +293,7 @@ pub async fn an_engine_run_replays_from_the_log(store: Arc<dyn Store>) {
             RunOptions {
                 transaction_id: None,
                 payload: Some(Data::json(json!(8))),
+                ..Default::default()
             },
         )
         .await

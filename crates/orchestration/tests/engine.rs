@@ -25,6 +25,7 @@ fn run_with_id(id: &str, payload: serde_json::Value) -> RunOptions {
     RunOptions {
         transaction_id: Some(id.to_string()),
         payload: Some(Data::json(payload)),
+        ..Default::default()
     }
 }
 

@@ -109,6 +109,71 @@ async fn memory_store_bounds_the_records_its_finished_transactions_keep() {
     assert_eq!(tiny.len(), 1);
 }
 
+#[tokio::test]
+async fn memory_store_keeps_idempotent_and_retained_runs_beyond_its_bound() {
+    use gorgon_orchestration::{RunOptions, TransactionKey, WorkflowOptions};
+    let store = Arc::new(MemoryStore::keeping_finished(3));
+    let engine = one_step_engine(store.clone());
+    let flow = |name: &str, options: WorkflowOptions| {
+        let definition = FlowDefinition::from_json(r#"{"next":{"action":"a"}}"#).unwrap();
+        Flow::compile(name, definition, options).unwrap()
+    };
+    let ok = |_c: StepCall| async { StepOutcome::Success(None) };
+    let idempotent = WorkflowOptions {
+        idempotent: Some(true),
+        ..WorkflowOptions::default()
+    };
+    engine.register(flow("idempotent", idempotent), ok).unwrap();
+    let retained = WorkflowOptions {
+        retention_time: Some(0.2),
+        ..WorkflowOptions::default()
+    };
+    engine.register(flow("retained", retained), ok).unwrap();
+    let run = |workflow: &'static str, id: &str| {
+        let (engine, id) = (engine.clone(), id.to_string());
+        async move {
+            let options = RunOptions {
+                transaction_id: Some(id),
+                ..RunOptions::default()
+            };
+            engine.run(workflow, options).await.unwrap()
+        }
+    };
+    let held = |workflow: &'static str, id: &str| {
+        let (store, key) = (store.clone(), TransactionKey::new(workflow, id));
+        async move { store.load(&key).await.unwrap().is_some() }
+    };
+    run("idempotent", "kept").await;
+    run("retained", "for-a-while").await;
+    for i in 0..300 {
+        run("bounded", &format!("other-{i}")).await;
+    }
+    assert!(
+        held("idempotent", "kept").await,
+        "an idempotent run is kept"
+    );
+    assert!(
+        held("retained", "for-a-while").await,
+        "a retained run is kept"
+    );
+    assert!(
+        !held("bounded", "other-0").await,
+        "an evictable run is dropped"
+    );
+    assert_eq!(store.len(), 3 + 2, "the bound holds for the evictable runs");
+    // Once its retention ended, a retained run goes at the next finish.
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    run("bounded", "after-retention").await;
+    assert!(
+        !held("retained", "for-a-while").await,
+        "its retention ended"
+    );
+    assert!(
+        held("idempotent", "kept").await,
+        "idempotent without retention: for good"
+    );
+}
+
 /// An engine on `store` with the workflow `chain`: steps `a`, `b` and `c` in sequence, whose
 /// handler is `handler`.
 fn chain_engine<H, F>(store: Arc<MemoryStore>, handler: H) -> Engine

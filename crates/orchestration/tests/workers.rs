@@ -42,6 +42,7 @@ fn with_id(id: &str) -> RunOptions {
     RunOptions {
         transaction_id: Some(id.to_string()),
         payload: Some(Data::json(json!({}))),
+        ..Default::default()
     }
 }
 

@@ -1,20 +1,23 @@
 //! [`App`]: the engine, the service registry and the registered workflows; running them.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use gorgon_event_bus::{EventBus, EventGroupId};
 use gorgon_orchestration::{
-    Data, Engine, EngineOptions, EventKind, Execution, HandlerType, IdempotencyKey,
-    TransactionError, TransactionEvent, TransactionState,
+    Data, Engine, EngineOptions, EventKind, Execution, HandlerType, IdempotencyKey, StepStatus,
+    TransactionError, TransactionEvent, TransactionKey, TransactionState,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
-use crate::compose::{Env, EnvSource, Resolver};
+use crate::compose::{Env, EnvSource, NodeDef, Resolver};
 use crate::context::{Payload, WorkflowContext};
-use crate::error::{Error, RunError, StepFailure};
+use crate::error::{Error, StepFailure};
 use crate::services::Services;
 use crate::step::Value;
 use crate::workflow::{Compiled, Runtime, Workflow};
@@ -41,6 +44,12 @@ pub struct RunOptions {
     /// (Medusa's `preventReleaseEvents`, e.g. for a run inside a larger unit of work). Nested
     /// runs always hold theirs for their parent.
     pub hold_events: bool,
+    /// Whether a finished run of this transaction id answers with its stored result instead of
+    /// running again; `None`: as the workflow's [`idempotent`](WorkflowOptions::idempotent)
+    /// option says. An idempotent run is kept until its workflow's retention ends.
+    ///
+    /// [`WorkflowOptions::idempotent`]: gorgon_orchestration::WorkflowOptions::idempotent
+    pub idempotent: Option<bool>,
 }
 
 impl RunOptions {
@@ -61,6 +70,140 @@ impl RunOptions {
     pub fn hold_events(mut self) -> Self {
         self.hold_events = true;
         self
+    }
+    /// The same options with this event group id (Medusa's `context.eventGroupId`): runs
+    /// sharing one stage their events together, settled by the first to finish.
+    pub fn event_group(mut self, group_id: impl Into<String>) -> Self {
+        self.context
+            .get_or_insert_with(Default::default)
+            .event_group_id = group_id.into();
+        self
+    }
+    /// The same options, idempotent or not for this run; see [`idempotent`](Self::idempotent).
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = Some(idempotent);
+        self
+    }
+}
+
+/// A run about to start, as [`App::run`] returns it: set its options, then `.await` it for
+/// the workflow's result (Medusa's `workflow(container).run({ input, transactionId, context })`).
+///
+/// Awaiting it runs the workflow and waits through everything the engine drives by itself:
+/// retry intervals, timeouts, background (`background_execution`) steps, nested workflows. It
+/// returns [`Error::NotFinished`] only when the run waits for the outside: an async step for
+/// [`App::set_step_success`] / `set_step_failure`, or a step for [`App::resume`]. A run that
+/// waits on a long retry interval keeps the caller waiting as long: bound it with
+/// `tokio::time::timeout` (the run goes on in the background if the wait is dropped).
+///
+/// ```
+/// # use gorgon_workflows::{App, Services, Step, StepContext, StepResponse, StepResult, Workflow};
+/// # async fn double(n: u32, _: StepContext) -> StepResult<u32> { Ok(StepResponse::new(n * 2)) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # let double = Step::new("double", double);
+/// # let wf = Workflow::define("doubling", |b, n| b.step(&double, n))?;
+/// # let app = App::new(Services::new());
+/// # app.register(&wf)?;
+/// assert_eq!(app.run(&wf, 21).await?, 42);
+/// let again = app.run(&wf, 21).transaction_id("order-7").event_group("cart-7").await?;
+/// assert_eq!(again, 42);
+/// # Ok::<_, anyhow::Error>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "a run does nothing until it is awaited"]
+pub struct RunBuilder<'a, In, Out> {
+    app: &'a App,
+    workflow: &'a Workflow<In, Out>,
+    input: In,
+    options: RunOptions,
+}
+
+impl<In, Out> std::fmt::Debug for RunBuilder<'_, In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunBuilder")
+            .field("workflow", &self.workflow.name())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<'a, In: Value, Out: Clone + Send + Sync + 'static> RunBuilder<'a, In, Out> {
+    /// Runs under this transaction id (`auto-<uuid>` without one); running an unfinished id
+    /// resumes it.
+    pub fn transaction_id(mut self, id: impl Into<String>) -> Self {
+        self.options.transaction_id = Some(id.into());
+        self
+    }
+    /// Runs with this shared context (event group id, request metadata).
+    pub fn context(mut self, context: WorkflowContext) -> Self {
+        self.options.context = Some(context);
+        self
+    }
+    /// Runs in this event group; see [`RunOptions::event_group`].
+    pub fn event_group(mut self, group_id: impl Into<String>) -> Self {
+        self.options = self.options.event_group(group_id);
+        self
+    }
+    /// Leaves the run's event group to the caller; see [`RunOptions::hold_events`].
+    pub fn hold_events(mut self) -> Self {
+        self.options.hold_events = true;
+        self
+    }
+    /// Idempotent or not for this run; see [`RunOptions::idempotent`].
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.options.idempotent = Some(idempotent);
+        self
+    }
+    /// Replaces every option at once.
+    pub fn options(mut self, options: RunOptions) -> Self {
+        self.options = options;
+        self
+    }
+    /// Runs as awaiting does, but returns the run's snapshot (state, steps, errors) instead of
+    /// its result; a failed run is a snapshot too, not an error.
+    pub async fn snapshot(self) -> Result<Run<Out>, Error> {
+        let RunBuilder {
+            app,
+            workflow,
+            input,
+            options,
+        } = self;
+        let (execution, compiled) = app.run_to_end(workflow, input, options).await?;
+        Ok(Run {
+            execution,
+            compiled,
+            result: workflow.result.clone(),
+        })
+    }
+}
+
+impl<'a, In: Value, Out: Clone + Send + Sync + 'static> IntoFuture for RunBuilder<'a, In, Out> {
+    type Output = Result<Out, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Out, Error>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let RunBuilder {
+                app,
+                workflow,
+                input,
+                options,
+            } = self;
+            let (mut execution, compiled) = app.run_to_end(workflow, input, options).await?;
+            if matches!(
+                execution.state,
+                TransactionState::Reverted | TransactionState::Failed
+            ) {
+                // The execution is ours: its errors move into the error instead of being cloned.
+                return Err(Error::Failed {
+                    workflow: compiled.name.to_string(),
+                    transaction_id: execution.transaction_id().to_string(),
+                    state: execution.state,
+                    errors: std::mem::take(&mut execution.errors),
+                });
+            }
+            result_of(&execution, &compiled, &workflow.result)
+        })
     }
 }
 
@@ -94,8 +237,9 @@ impl<Out: Clone + Send + Sync + 'static> Run<Out> {
     pub fn execution(&self) -> &Execution {
         &self.execution
     }
-    /// The typed result: `Ok` when the run is done, else a [`RunError`] with the state and errors.
-    pub fn result(&self) -> Result<Out, RunError> {
+    /// The typed result: `Ok` when the run is done, else an [`Error`] with the state and errors
+    /// ([`Error::Failed`], [`Error::NotFinished`], [`Error::NoResult`]).
+    pub fn result(&self) -> Result<Out, Error> {
         result_of(&self.execution, &self.compiled, &self.result)
     }
 }
@@ -105,7 +249,7 @@ pub(crate) fn result_of<Out>(
     execution: &Execution,
     compiled: &Compiled,
     result: &Resolver<Out>,
-) -> Result<Out, RunError> {
+) -> Result<Out, Error> {
     match execution.state {
         TransactionState::Done => {
             let env = Env {
@@ -113,23 +257,73 @@ pub(crate) fn result_of<Out>(
                 compiled,
                 workflow: &compiled.name,
             };
-            result(&env)?.ok_or_else(|| RunError::NoResult {
+            result(&env)?.ok_or_else(|| Error::NoResult {
                 workflow: compiled.name.to_string(),
                 transaction_id: execution.transaction_id().to_string(),
             })
         }
-        TransactionState::Reverted | TransactionState::Failed => Err(RunError::Failed {
+        TransactionState::Reverted | TransactionState::Failed => Err(Error::Failed {
             workflow: compiled.name.to_string(),
             transaction_id: execution.transaction_id().to_string(),
             state: execution.state,
             errors: execution.errors.clone(),
         }),
-        state => Err(RunError::NotFinished {
+        state => Err(Error::NotFinished {
             workflow: compiled.name.to_string(),
             transaction_id: execution.transaction_id().to_string(),
             state,
+            waiting_on: waiting_on(execution),
         }),
     }
+}
+
+/// What an unfinished execution's step waits on.
+enum Wait {
+    /// The outside: `set_step_success` / `set_step_failure` for an async step, or a resume.
+    Outside(String),
+    /// The workflow the step at this index nests.
+    Nested(gorgon_orchestration::StepIndex),
+}
+
+/// What an unfinished execution's steps wait on (the engine's own timers and background
+/// steps aside).
+fn waits(execution: &Execution) -> Vec<Wait> {
+    let flow = execution.flow();
+    let mut waits = Vec::new();
+    for (index, run) in execution.steps.iter().enumerate().skip(1) {
+        let step = flow.step(index);
+        let side = run.side();
+        let options = &step.options;
+        let handler = run.handler_type();
+        if side.status == StepStatus::Waiting && options.is_async_side(handler) {
+            if options.nested() {
+                waits.push(Wait::Nested(index));
+            } else if handler == HandlerType::Compensate || !options.background_execution() {
+                waits.push(Wait::Outside(format!(
+                    "step `{}` ({handler}: set_step_success / set_step_failure)",
+                    step.action
+                )));
+            }
+        } else if side.status == StepStatus::TemporaryFailure && run.temporary_failed_at.is_some() {
+            waits.push(Wait::Outside(format!("step `{}` (resume)", step.action)));
+        }
+    }
+    waits
+}
+
+/// What an unfinished execution waits on, a line per step: async steps waiting for
+/// `set_step_success` / `set_step_failure`, steps waiting for a resume, nested workflows.
+fn waiting_on(execution: &Execution) -> Vec<String> {
+    waits(execution)
+        .into_iter()
+        .map(|wait| match wait {
+            Wait::Outside(what) => what,
+            Wait::Nested(index) => format!(
+                "nested workflow step `{}`",
+                execution.flow().step(index).action
+            ),
+        })
+        .collect()
 }
 
 impl AppInner {
@@ -155,6 +349,7 @@ impl AppInner {
                 gorgon_orchestration::RunOptions {
                     transaction_id: Some(transaction_id),
                     payload: Some(payload),
+                    idempotent: None,
                 },
             )
             .await?)
@@ -167,11 +362,117 @@ impl AppInner {
         transaction_id: String,
         input: In,
         context: Arc<WorkflowContext>,
-    ) -> Result<Out, RunError> {
-        let execution = self
+    ) -> Result<Out, Error> {
+        let mut execution = self
             .start_child(child, transaction_id, input, context)
             .await?;
-        result_of(&execution, &child.compiled, &child.result)
+        if !execution.state.is_finished() {
+            // A child that waits on the engine's timers (a retry interval) is waited for.
+            if let Some(compiled) = self.compiled_of(child.name()) {
+                execution = self.wait_engine_driven(&compiled, execution).await?;
+            }
+        }
+        self.result_of(child, &execution)
+    }
+
+    /// The typed result of an execution of `workflow`, read with the workflow as registered
+    /// here (its hooks bound).
+    pub(crate) fn result_of<In, Out>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        execution: &Execution,
+    ) -> Result<Out, Error> {
+        let compiled = self
+            .compiled_of(workflow.name())
+            .unwrap_or_else(|| workflow.compiled.clone());
+        result_of(execution, &compiled, &workflow.result)
+    }
+
+    /// The workflow registered under `name`, as it runs here.
+    pub(crate) fn compiled_of(&self, name: &str) -> Option<Arc<Compiled>> {
+        self.workflows.read().get(name).cloned()
+    }
+
+    /// Waits until a run finishes or comes to wait for the outside (its own steps, or those of
+    /// the workflows it nests).
+    pub(crate) async fn wait_engine_driven(
+        &self,
+        compiled: &Arc<Compiled>,
+        mut execution: Execution,
+    ) -> Result<Execution, Error> {
+        let workflow = compiled.name.clone();
+        let id: Arc<str> = Arc::from(execution.transaction_id());
+        // Subscribed before looking again, so that no change is missed in between.
+        let mut events = self.engine.subscribe();
+        loop {
+            let keys = self.nested_keys(compiled, &id);
+            execution = self.engine.get(&workflow, &id).await?;
+            if execution.state.is_finished() || self.waits_outside(compiled, &execution).await? {
+                return Ok(execution);
+            }
+            loop {
+                match events.recv().await {
+                    Ok(event) if keys.contains(&event.key) => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Ok(self.engine.get(&workflow, &id).await?);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The keys of a run and of the runs of the workflows it nests, recursively.
+    fn nested_keys(&self, compiled: &Compiled, id: &Arc<str>) -> HashSet<TransactionKey> {
+        let mut keys = HashSet::new();
+        let mut pending = vec![(compiled.name.clone(), id.clone())];
+        while let Some((name, id)) = pending.pop() {
+            if let Some(compiled) = self.compiled_of(&name) {
+                for node in compiled.nodes.iter().filter(|n| n.in_flow()) {
+                    if let Some(child) = node.node.nested() {
+                        pending.push((child, Arc::from(format!("{}-{id}", node.name))));
+                    }
+                }
+            }
+            keys.insert(TransactionKey::new(name, id));
+        }
+        keys
+    }
+
+    /// Whether an unfinished run waits for the outside: one of its steps does, or a workflow
+    /// it nests does.
+    fn waits_outside<'a>(
+        &'a self,
+        compiled: &'a Compiled,
+        execution: &'a Execution,
+    ) -> futures::future::BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            for wait in waits(execution) {
+                let step = match wait {
+                    Wait::Outside(_) => return Ok(true),
+                    Wait::Nested(step) => step,
+                };
+                let child = compiled
+                    .by_index
+                    .get(step)
+                    .and_then(|&n| compiled.nodes.get(n))
+                    .and_then(|node| node.node.nested())
+                    .and_then(|name| self.compiled_of(&name));
+                let Some(child) = child else { continue };
+                let action = &execution.flow().step(step).action;
+                let id = format!("{action}-{}", execution.transaction_id());
+                // A child not yet created, or finished (its parent is being completed), is
+                // the engine's to move on.
+                if let Ok(found) = self.engine.get(&child.name, &id).await
+                    && !found.state.is_finished()
+                    && self.waits_outside(&child, &found).await?
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
     }
 
     /// Waits until a run has finished; see [`App::wait_until_finished`].
@@ -431,7 +732,13 @@ pub(crate) struct AppInner {
     bus_set: AtomicBool,
     /// Run ends already settled by the call that caused them.
     settled: Mutex<SettledRuns>,
+    /// Hook handlers bound on this app, by workflow and hook name: applied when the workflow
+    /// is registered (alone or as another's child).
+    hooks: Mutex<HashMap<HookKey, NodeDef>>,
 }
+
+/// A hook of a workflow: the workflow's name and the hook's.
+type HookKey = (Arc<str>, Cow<'static, str>);
 
 /// The last run ends (run id, final state) settled by an app call, so the background watcher
 /// does not settle them again. Bounded: the oldest are forgotten (the watcher then settles
@@ -497,6 +804,7 @@ impl App {
                 watching: AtomicBool::new(false),
                 bus_set: AtomicBool::new(false),
                 settled: Mutex::new(SettledRuns::default()),
+                hooks: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -534,13 +842,14 @@ impl App {
     async fn settled<In, Out>(
         &self,
         workflow: &Workflow<In, Out>,
+        compiled: Arc<Compiled>,
         execution: Execution,
     ) -> Run<Out> {
         // Without a bus there is nothing to settle: no settling future is even built.
         if self.inner.has_event_bus() {
             self.inner.settle_events(&execution, execution.state).await;
         }
-        Self::snapshot(workflow, execution)
+        Self::snapshot(workflow, compiled, execution)
     }
 
     /// The engine.
@@ -553,18 +862,63 @@ impl App {
         &self.inner.services
     }
 
-    /// Registers a workflow. Fails naming the type when a step declared (with
-    /// [`Step::requires`](crate::Step::requires)) a service the registry lacks, and when another
-    /// workflow with the same name but a different flow is registered.
-    pub fn register<In, Out>(&self, workflow: &Workflow<In, Out>) -> Result<(), Error> {
-        self.register_compiled(&workflow.compiled)
+    /// Binds `handler` to `hook`, declared by `workflow` (Medusa's
+    /// `createProductsWorkflow.hooks.productsCreated(handler, compensation)`): on this app,
+    /// every run of the workflow runs the handler where the hook is declared, under the hook's
+    /// name, with the handler's options and compensation, whether the workflow runs alone or
+    /// nested in another. Bind hooks before registering the workflow (or a workflow that
+    /// nests it): the hook's step is part of the registered flow.
+    ///
+    /// Errors: [`Error::UnknownHook`] when the workflow declares no such hook,
+    /// [`Error::HookType`] when it declares it with other types, [`Error::HookAlreadyBound`]
+    /// for a second handler, [`Error::HookAfterRegistration`] once the workflow is registered.
+    pub fn bind_hook<In, Out, T, R, C>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        hook: &crate::Hook<T, R>,
+        handler: &crate::Step<T, R, C>,
+    ) -> Result<(), Error>
+    where
+        T: Send + 'static,
+        R: Value,
+        C: Value,
+    {
+        let compiled = &workflow.compiled;
+        if self.inner.workflows.read().contains_key(&compiled.name) {
+            return Err(Error::HookAfterRegistration {
+                workflow: compiled.name.to_string(),
+                hook: hook.name().to_string(),
+            });
+        }
+        let (_, node) = crate::hook::bound_node(compiled, hook, handler)?;
+        let mut hooks = self.inner.hooks.lock();
+        let key = (compiled.name.clone(), node.name.clone());
+        if hooks.contains_key(&key) {
+            return Err(Error::HookAlreadyBound {
+                workflow: compiled.name.to_string(),
+                hook: hook.name().to_string(),
+            });
+        }
+        hooks.insert(key, node);
+        Ok(())
     }
 
-    fn register_compiled(&self, compiled: &Arc<Compiled>) -> Result<(), Error> {
+    /// Registers a workflow, with the workflows it nests, and the hook handlers bound on this
+    /// app ([`bind_hook`](Self::bind_hook)). Fails naming the type when a step declared (with
+    /// [`Step::requires`](crate::Step::requires) or a [`Service`](crate::Service) parameter) a
+    /// service the registry lacks, and when another workflow with the same name but a different
+    /// flow is registered.
+    pub fn register<In, Out>(&self, workflow: &Workflow<In, Out>) -> Result<(), Error> {
+        self.register_compiled(&workflow.compiled).map(drop)
+    }
+
+    /// Registers `compiled` (with its hooks bound) and returns what was registered.
+    fn register_compiled(&self, compiled: &Arc<Compiled>) -> Result<Arc<Compiled>, Error> {
         for child in &compiled.children {
             self.register_compiled(child)?;
         }
-        for node in &compiled.nodes {
+        let bound = self.with_bound_hooks(compiled)?;
+        for node in bound.nodes.iter().filter(|n| n.in_flow()) {
             if let Some(missing) = node
                 .requires
                 .iter()
@@ -572,15 +926,22 @@ impl App {
             {
                 return Err(Error::MissingService {
                     type_name: missing.type_name,
-                    workflow: compiled.name.to_string(),
+                    workflow: bound.name.to_string(),
                     step: node.name.to_string(),
                 });
             }
         }
+        if let Some(registered) = self.inner.compiled_of(&bound.name)
+            && registered.flow.definition() == bound.flow.definition()
+            && registered.flow.options() == bound.flow.options()
+        {
+            // The same workflow again (a shared child, a second register): nothing changes.
+            return Ok(registered);
+        }
         self.inner.engine.register_arc(
-            compiled.flow.clone(),
+            bound.flow.clone(),
             Arc::new(Runtime::new(
-                compiled.clone(),
+                bound.clone(),
                 self.inner.services.clone(),
                 Arc::downgrade(&self.inner),
             )),
@@ -588,28 +949,53 @@ impl App {
         self.inner
             .workflows
             .write()
-            .insert(compiled.name.clone(), compiled.clone());
-        Ok(())
+            .insert(bound.name.clone(), bound.clone());
+        Ok(bound)
     }
 
-    /// The workflow must be registered, with this flow (not, say, a version without its hooks).
+    /// `compiled` with the hook handlers bound on this app (itself when none is).
+    fn with_bound_hooks(&self, compiled: &Arc<Compiled>) -> Result<Arc<Compiled>, Error> {
+        let hooks = self.inner.hooks.lock();
+        let mut nodes: Option<Vec<NodeDef>> = None;
+        for (n, node) in compiled.nodes.iter().enumerate() {
+            if let Some(bound) = hooks.get(&(compiled.name.clone(), node.name.clone()))
+                && node.hook.is_some()
+            {
+                nodes.get_or_insert_with(|| compiled.nodes.clone())[n] = bound.clone();
+            }
+        }
+        match nodes {
+            None => Ok(compiled.clone()),
+            Some(nodes) => Ok(Arc::new(compiled.with_nodes(nodes)?)),
+        }
+    }
+
+    /// The workflow as it runs on this app: registered, with the hooks bound here.
     ///
-    /// A workflow that passed once passes for good (a registered name keeps its flow: there is
-    /// no unregistering, and registering another flow under it fails), so the app that last
-    /// passed it is remembered on the workflow and the next check on that app is one load.
-    fn check_registered<In, Out>(&self, workflow: &Workflow<In, Out>) -> Result<(), Error> {
+    /// A workflow registered without bound hooks is its own registered form: the app that
+    /// last found it so is remembered on the workflow, and the next check is one load.
+    fn compiled_for<In, Out>(&self, workflow: &Workflow<In, Out>) -> Result<Arc<Compiled>, Error> {
         let compiled = &workflow.compiled;
         if compiled.checked_on.load(Ordering::Relaxed) == self.inner.id {
-            return Ok(());
+            return Ok(compiled.clone());
         }
-        let workflows = self.inner.workflows.read();
-        match workflows.get(workflow.name()) {
-            Some(registered)
-                if Arc::ptr_eq(registered, compiled)
-                    || registered.flow.definition() == compiled.flow.definition() =>
-            {
+        let registered = self.inner.compiled_of(workflow.name());
+        match registered {
+            Some(registered) if Arc::ptr_eq(&registered, compiled) => {
                 compiled.checked_on.store(self.inner.id, Ordering::Relaxed);
-                Ok(())
+                Ok(registered)
+            }
+            // Registered from another copy of the definition, or with hooks bound here: the
+            // same nodes in the same stages.
+            Some(registered)
+                if registered.stages == compiled.stages
+                    && registered
+                        .nodes
+                        .iter()
+                        .map(|n| &n.name)
+                        .eq(compiled.nodes.iter().map(|n| &n.name)) =>
+            {
+                Ok(registered)
             }
             _ => Err(Error::NotRegistered {
                 workflow: workflow.name().to_string(),
@@ -617,47 +1003,70 @@ impl App {
         }
     }
 
-    fn snapshot<In, Out>(workflow: &Workflow<In, Out>, execution: Execution) -> Run<Out> {
+    fn snapshot<In, Out>(
+        workflow: &Workflow<In, Out>,
+        compiled: Arc<Compiled>,
+        execution: Execution,
+    ) -> Run<Out> {
         Run {
             execution,
-            compiled: workflow.compiled.clone(),
+            compiled,
             result: workflow.result.clone(),
         }
     }
 
-    /// Runs a workflow to its end and returns its result, or a [`RunError`] with the final state
-    /// and the errors (a run that waits for an async step is [`RunError::NotFinished`]).
-    pub async fn run<In: Value, Out: Clone + Send + Sync + 'static>(
-        &self,
-        workflow: &Workflow<In, Out>,
+    /// Runs a workflow and returns its result: set options on what it returns
+    /// ([`RunBuilder`]: transaction id, context, event group, idempotency), then `.await` it.
+    ///
+    /// The run is waited for through the engine's own timers (retry intervals, timeouts,
+    /// background steps, nested workflows); [`Error::NotFinished`] means it waits for the
+    /// outside (an async step, a resume). A failed run is [`Error::Failed`] with its final
+    /// state and errors.
+    pub fn run<'a, In: Value, Out: Clone + Send + Sync + 'static>(
+        &'a self,
+        workflow: &'a Workflow<In, Out>,
         input: In,
-    ) -> Result<Out, RunError> {
-        let mut execution = self.execute(workflow, input, RunOptions::default()).await?;
-        if matches!(
-            execution.state,
-            TransactionState::Reverted | TransactionState::Failed
-        ) {
-            // The execution is ours: its errors move into the error instead of being cloned.
-            return Err(RunError::Failed {
-                workflow: workflow.compiled.name.to_string(),
-                transaction_id: execution.transaction_id().to_string(),
-                state: execution.state,
-                errors: std::mem::take(&mut execution.errors),
-            });
+    ) -> RunBuilder<'a, In, Out> {
+        RunBuilder {
+            app: self,
+            workflow,
+            input,
+            options: RunOptions::default(),
         }
-        result_of(&execution, &workflow.compiled, &workflow.result)
     }
 
-    /// Starts (or, for an unfinished transaction id, resumes) a run and returns its snapshot once
-    /// it finishes or waits.
+    /// Starts (or, for an unfinished transaction id, resumes) a run and returns its snapshot
+    /// as soon as it finishes or waits for anything (a timer included): what a caller that
+    /// drives the run itself wants. [`run`](Self::run) waits through the engine's timers.
     pub async fn start<In: Value, Out: Clone + Send + Sync + 'static>(
         &self,
         workflow: &Workflow<In, Out>,
         input: In,
         options: RunOptions,
     ) -> Result<Run<Out>, Error> {
-        let execution = self.execute(workflow, input, options).await?;
-        Ok(Self::snapshot(workflow, execution))
+        let (execution, compiled) = self.execute(workflow, input, options).await?;
+        Ok(Self::snapshot(workflow, compiled, execution))
+    }
+
+    /// Starts a run and waits for it through the engine's own timers (see [`run`](Self::run)).
+    async fn run_to_end<In: Value, Out>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        input: In,
+        options: RunOptions,
+    ) -> Result<(Execution, Arc<Compiled>), Error> {
+        let (execution, compiled) = self.execute(workflow, input, options).await?;
+        let outside = waits(&execution)
+            .iter()
+            .any(|w| matches!(w, Wait::Outside(_)));
+        if execution.state.is_finished() || outside {
+            return Ok((execution, compiled));
+        }
+        let execution = self.inner.wait_engine_driven(&compiled, execution).await?;
+        if self.inner.has_event_bus() {
+            self.inner.settle_events(&execution, execution.state).await;
+        }
+        Ok((execution, compiled))
     }
 
     /// [`start`](Self::start) up to the settled execution, without the snapshot's handles.
@@ -666,8 +1075,8 @@ impl App {
         workflow: &Workflow<In, Out>,
         input: In,
         options: RunOptions,
-    ) -> Result<Execution, Error> {
-        self.check_registered(workflow)?;
+    ) -> Result<(Execution, Arc<Compiled>), Error> {
+        let compiled = self.compiled_for(workflow)?;
         let context = match options.context {
             Some(context) => Arc::new(context),
             None => default_context(),
@@ -685,6 +1094,7 @@ impl App {
                 gorgon_orchestration::RunOptions {
                     transaction_id: options.transaction_id,
                     payload: Some(payload),
+                    idempotent: options.idempotent,
                 },
             )
             .await?;
@@ -692,7 +1102,7 @@ impl App {
         if self.inner.has_event_bus() {
             self.inner.settle_events(&execution, execution.state).await;
         }
-        Ok(execution)
+        Ok((execution, compiled))
     }
 
     /// Resumes an unfinished run (a retry after `auto_retry(false)`, a run loaded from a store).
@@ -701,13 +1111,13 @@ impl App {
         workflow: &Workflow<In, Out>,
         transaction_id: &str,
     ) -> Result<Run<Out>, Error> {
-        self.check_registered(workflow)?;
+        let compiled = self.compiled_for(workflow)?;
         let execution = self
             .inner
             .engine
             .resume(workflow.name(), transaction_id)
             .await?;
-        Ok(self.settled(workflow, execution).await)
+        Ok(self.settled(workflow, compiled, execution).await)
     }
 
     /// The current snapshot of a run.
@@ -716,28 +1126,28 @@ impl App {
         workflow: &Workflow<In, Out>,
         transaction_id: &str,
     ) -> Result<Run<Out>, Error> {
-        self.check_registered(workflow)?;
+        let compiled = self.compiled_for(workflow)?;
         let execution = self
             .inner
             .engine
             .get(workflow.name(), transaction_id)
             .await?;
-        Ok(Self::snapshot(workflow, execution))
+        Ok(Self::snapshot(workflow, compiled, execution))
     }
 
     fn check_key<In, Out>(
         &self,
         workflow: &Workflow<In, Out>,
         key: &IdempotencyKey,
-    ) -> Result<(), Error> {
-        self.check_registered(workflow)?;
+    ) -> Result<Arc<Compiled>, Error> {
+        let compiled = self.compiled_for(workflow)?;
         if &*key.workflow != workflow.name() {
             return Err(Error::KeyMismatch {
                 key: key.to_string(),
                 workflow: workflow.name().to_string(),
             });
         }
-        Ok(())
+        Ok(compiled)
     }
 
     /// Completes a waiting (asynchronous) step with its output (of the step's output type), then
@@ -748,8 +1158,7 @@ impl App {
         key: &IdempotencyKey,
         output: T,
     ) -> Result<Run<Out>, Error> {
-        self.check_key(workflow, key)?;
-        let compiled = &workflow.compiled;
+        let compiled = self.check_key(workflow, key)?;
         let response = match key.handler {
             HandlerType::Compensate => None,
             HandlerType::Invoke => {
@@ -774,7 +1183,7 @@ impl App {
             }
         };
         let execution = self.inner.engine.set_step_success(key, response).await?;
-        Ok(self.settled(workflow, execution).await)
+        Ok(self.settled(workflow, compiled, execution).await)
     }
 
     /// Fails a waiting (asynchronous) step: retried while its retries allow, unless the failure
@@ -785,14 +1194,14 @@ impl App {
         key: &IdempotencyKey,
         failure: StepFailure,
     ) -> Result<Run<Out>, Error> {
-        self.check_key(workflow, key)?;
+        let compiled = self.check_key(workflow, key)?;
         let permanent = failure.permanent;
         let execution = self
             .inner
             .engine
             .set_step_failure(key, failure.error, permanent)
             .await?;
-        Ok(self.settled(workflow, execution).await)
+        Ok(self.settled(workflow, compiled, execution).await)
     }
 
     /// Cancels a run, running or finished: what was done is compensated.
@@ -801,13 +1210,13 @@ impl App {
         workflow: &Workflow<In, Out>,
         transaction_id: &str,
     ) -> Result<Run<Out>, Error> {
-        self.check_registered(workflow)?;
+        let compiled = self.compiled_for(workflow)?;
         let execution = self
             .inner
             .engine
             .cancel(workflow.name(), transaction_id)
             .await?;
-        Ok(self.settled(workflow, execution).await)
+        Ok(self.settled(workflow, compiled, execution).await)
     }
 
     /// Waits until a run has finished (done, reverted or failed) and returns its snapshot: for
@@ -818,12 +1227,12 @@ impl App {
         workflow: &Workflow<In, Out>,
         transaction_id: &str,
     ) -> Result<Run<Out>, Error> {
-        self.check_registered(workflow)?;
+        let compiled = self.compiled_for(workflow)?;
         let execution = self
             .inner
             .wait_finished(workflow.name(), transaction_id)
             .await?;
-        Ok(self.settled(workflow, execution).await)
+        Ok(self.settled(workflow, compiled, execution).await)
     }
 
     /// Subscribes to the events of every run on this app (filter on `event.key`), and, when

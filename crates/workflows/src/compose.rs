@@ -308,6 +308,11 @@ pub(crate) trait Node: Send + Sync {
         let _ = data;
         Ok(None)
     }
+    /// The name of the workflow this node runs as a nested run, if it does (its transaction
+    /// id is `<step>-<parent transaction>`).
+    fn nested(&self) -> Option<Arc<str>> {
+        None
+    }
 }
 
 pub(crate) fn ready(outcome: StepOutcome) -> BoxFuture<'static, StepOutcome> {

@@ -1,9 +1,11 @@
-//! The crate's error types: [`Error`] for definition, registration and engine operations,
-//! [`RunError`] for a run that did not produce its result, [`StepFailure`] for what a step returns.
+//! The crate's error types: [`Error`] for everything a caller of the SDK meets (definition,
+//! registration, a run that did not produce its result, the engine), [`StepFailure`] for what
+//! a step returns.
 
-use gorgon_orchestration::{StepError, TransactionError, TransactionState};
+use gorgon_orchestration::{HandlerType, StepError, TransactionError, TransactionState};
 
-/// Everything that can go wrong defining, registering or driving a workflow.
+/// Everything that can go wrong defining, registering, running or driving a workflow: one type
+/// for the caller. [`state`](Error::state) and [`errors`](Error::errors) read a run's end.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Two steps (or a step and a `when` block, or a hook) of one workflow share a name.
@@ -44,7 +46,7 @@ pub enum Error {
         /// Its name.
         step: String,
     },
-    /// `with_hook` names a hook the workflow does not declare.
+    /// A hook binding names a hook the workflow does not declare.
     #[error("workflow {workflow} declares no hook {hook}")]
     UnknownHook {
         /// The workflow.
@@ -52,7 +54,17 @@ pub enum Error {
         /// The hook name.
         hook: String,
     },
-    /// `with_hook` on a hook that already has a handler.
+    /// A hook bound on an app after its workflow was registered there.
+    #[error(
+        "workflow {workflow}: bind hook {hook} before registering the workflow (its flow includes the handler's step)"
+    )]
+    HookAfterRegistration {
+        /// The workflow.
+        workflow: String,
+        /// The hook name.
+        hook: String,
+    },
+    /// A second handler for a hook that already has one.
     #[error("cannot define multiple hook handlers for the {hook} hook of workflow {workflow}")]
     HookAlreadyBound {
         /// The workflow.
@@ -60,7 +72,7 @@ pub enum Error {
         /// The hook name.
         hook: String,
     },
-    /// `with_hook` with a hook of the same name but other types than the declared one.
+    /// A hook binding with a hook of the same name but other types than the declared one.
     #[error("workflow {workflow}: hook {hook} is declared as {declared}")]
     HookType {
         /// The workflow.
@@ -129,6 +141,49 @@ pub enum Error {
         /// The event group concerned (the run's).
         group_id: String,
     },
+    /// The run failed and was compensated (`reverted`), or failed while compensating
+    /// (`failed`: a compensation failed for good, so work done by the run may still be in
+    /// place; the message leads with it).
+    #[error(
+        "workflow {workflow} transaction {transaction_id} ended {state}: {}",
+        describe_end(state, errors)
+    )]
+    Failed {
+        /// The workflow.
+        workflow: String,
+        /// The transaction id.
+        transaction_id: String,
+        /// The final state.
+        state: TransactionState,
+        /// The errors of the run, in the order they happened.
+        errors: Vec<TransactionError>,
+    },
+    /// The run waits for the outside: an async step for
+    /// [`App::set_step_success`](crate::App::set_step_success) / `set_step_failure`, or a
+    /// step for [`App::resume`](crate::App::resume). Read its result later, for example with
+    /// [`App::wait_until_finished`](crate::App::wait_until_finished).
+    #[error(
+        "workflow {workflow} transaction {transaction_id} has not finished (state {state}){}",
+        if waiting_on.is_empty() { String::new() } else { format!(": it waits on {}", waiting_on.join(", ")) }
+    )]
+    NotFinished {
+        /// The workflow.
+        workflow: String,
+        /// The transaction id.
+        transaction_id: String,
+        /// The current state.
+        state: TransactionState,
+        /// What it waits on, one entry per step: ``step `charge` (set_step_success)``.
+        waiting_on: Vec<String>,
+    },
+    /// The run finished but its result is absent (the step producing it was skipped).
+    #[error("workflow {workflow} transaction {transaction_id} finished without a result (skipped)")]
+    NoResult {
+        /// The workflow.
+        workflow: String,
+        /// The transaction id.
+        transaction_id: String,
+    },
     /// The event bus refused or failed an operation on a run's event group (an invalid event
     /// name or group id, a payload that does not serialize, the backend being down).
     #[error("{operation} in event group {group_id}: {source}")]
@@ -143,75 +198,58 @@ pub enum Error {
     },
 }
 
-/// A run that did not end with its result.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The run failed and was compensated (`reverted`) or failed while compensating (`failed`).
-    #[error(
-        "workflow {workflow} transaction {transaction_id} ended {state}: {}",
-        first_error(errors)
-    )]
-    Failed {
-        /// The workflow.
-        workflow: String,
-        /// The transaction id.
-        transaction_id: String,
-        /// The final state.
-        state: TransactionState,
-        /// The errors of the run, in the order they happened.
-        errors: Vec<TransactionError>,
-    },
-    /// The run is waiting (an async step, a retry interval): drive it and read its result later.
-    #[error("workflow {workflow} transaction {transaction_id} has not finished (state {state})")]
-    NotFinished {
-        /// The workflow.
-        workflow: String,
-        /// The transaction id.
-        transaction_id: String,
-        /// The current state.
-        state: TransactionState,
-    },
-    /// The run finished but its result is absent (the step producing it was skipped).
-    #[error("workflow {workflow} transaction {transaction_id} finished without a result (skipped)")]
-    NoResult {
-        /// The workflow.
-        workflow: String,
-        /// The transaction id.
-        transaction_id: String,
-    },
-    /// The run could not be started or driven.
-    #[error(transparent)]
-    Engine(#[from] Error),
-}
-
-fn first_error(errors: &[TransactionError]) -> String {
-    match errors.first() {
-        Some(e) => format!("{} ({}): {}", e.action, e.handler_type, e.error),
-        None => "no error recorded".to_string(),
+fn describe_end(state: &TransactionState, errors: &[TransactionError]) -> String {
+    let step_error =
+        |e: &TransactionError| format!("step `{}` ({}): {}", e.action, e.handler_type, e.error);
+    let compensations: Vec<String> = errors
+        .iter()
+        .filter(|e| e.handler_type == HandlerType::Compensate)
+        .map(step_error)
+        .collect();
+    let cause = errors
+        .iter()
+        .find(|e| e.handler_type == HandlerType::Invoke)
+        .map(step_error);
+    match (compensations.is_empty(), cause) {
+        (true, Some(cause)) if errors.len() > 1 => {
+            format!("{cause} (and {} more errors)", errors.len() - 1)
+        }
+        (true, Some(cause)) => cause,
+        (true, None) if *state == TransactionState::Reverted => "cancelled".to_string(),
+        (true, None) => "no error recorded".to_string(),
+        // A failed compensation leaves done work in place: it leads, for an operator to act on.
+        (false, cause) => format!(
+            "compensation failed, done work was not undone: {}{}",
+            compensations.join("; "),
+            cause
+                .map(|c| format!("; the run failed at {c}"))
+                .unwrap_or_default()
+        ),
     }
 }
 
-impl From<gorgon_orchestration::Error> for RunError {
-    fn from(error: gorgon_orchestration::Error) -> Self {
-        RunError::Engine(Error::Orchestration(error))
-    }
-}
-
-impl RunError {
-    /// The state of the transaction, when it was run.
+impl Error {
+    /// The state of the transaction, when the error is about a run's end.
     pub fn state(&self) -> Option<TransactionState> {
         match self {
-            RunError::Failed { state, .. } | RunError::NotFinished { state, .. } => Some(*state),
-            RunError::NoResult { .. } => Some(TransactionState::Done),
-            RunError::Engine(_) => None,
+            Error::Failed { state, .. } | Error::NotFinished { state, .. } => Some(*state),
+            Error::NoResult { .. } => Some(TransactionState::Done),
+            _ => None,
         }
     }
     /// The errors recorded on the run (empty unless it failed).
     pub fn errors(&self) -> &[TransactionError] {
         match self {
-            RunError::Failed { errors, .. } => errors,
+            Error::Failed { errors, .. } => errors,
             _ => &[],
         }
+    }
+    /// The step errors of compensations that failed for good: work the run did that may
+    /// still be in place (empty unless the run ended `failed`).
+    pub fn failed_compensations(&self) -> impl Iterator<Item = &TransactionError> {
+        self.errors()
+            .iter()
+            .filter(|e| e.handler_type == HandlerType::Compensate)
     }
 }
 
@@ -270,7 +308,18 @@ impl std::fmt::Display for StepFailure {
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for StepFailure {
+    /// A temporary failure with the error's message; a missing service
+    /// ([`Error::MissingService`]) is a configuration error, which no retry can mend: it is
+    /// permanent.
     fn from(error: E) -> Self {
-        StepFailure::new(error.to_string())
+        let any: &dyn std::any::Any = &error;
+        let permanent = matches!(
+            any.downcast_ref::<Error>(),
+            Some(Error::MissingService { .. })
+        );
+        StepFailure {
+            error: StepError::new(error.to_string()),
+            permanent,
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Hooks: a workflow declares a named hook with typed data; an application binds a handler step
-//! (optionally with its own compensation, which takes part in rollback). An unbound hook is not
-//! in the flow at all, so it costs nothing.
+//! to it ([`App::bind_hook`](crate::App::bind_hook), optionally with its own compensation, which
+//! takes part in rollback). An unbound hook is not in the flow at all, so it costs nothing.
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
@@ -13,13 +13,14 @@ use gorgon_orchestration::{Data, StepCall, StepOptions, StepOutcome};
 use crate::compose::{Builder, Composed, Handle, Inputs, Node, NodeDef, Resolver, StepNode, ready};
 use crate::error::Error;
 use crate::step::{Step, Value};
-use crate::workflow::{Compiled, Runtime, Workflow};
+use crate::workflow::{Compiled, Runtime};
 
 /// A hook: a named point of a workflow where an application can run its own step, with the data
 /// `T`, producing `R` (Medusa's `createHook`).
 ///
 /// Declare it next to the workflow, use it in the composer with [`Builder::hook`], and bind a
-/// handler with [`Workflow::with_hook`].
+/// handler on the app with [`App::bind_hook`](crate::App::bind_hook): every use of the
+/// workflow on that app runs it, nested uses included.
 pub struct Hook<T, R = ()> {
     name: Cow<'static, str>,
     _types: PhantomData<fn(T) -> R>,
@@ -134,74 +135,69 @@ impl Builder {
     }
 }
 
-impl<In, Out> Workflow<In, Out> {
-    /// This workflow with `handler` bound to `hook`: the handler runs where the hook was
-    /// declared, under the hook's name, with its options and compensation. A hook takes one
-    /// handler; binding a second is [`Error::HookAlreadyBound`].
-    pub fn with_hook<T, R, C>(
-        &self,
-        hook: &Hook<T, R>,
-        handler: &Step<T, R, C>,
-    ) -> Result<Self, Error>
-    where
-        T: Send + 'static,
-        R: Value,
-        C: Value,
-    {
-        let compiled = &self.compiled;
-        let unknown = || Error::UnknownHook {
+/// The node of `handler` bound to `hook` in `compiled`: its index in definition order, and the
+/// node that replaces the unbound hook.
+pub(crate) fn bound_node<T, R, C>(
+    compiled: &Compiled,
+    hook: &Hook<T, R>,
+    handler: &Step<T, R, C>,
+) -> Result<(usize, NodeDef), Error>
+where
+    T: Send + 'static,
+    R: Value,
+    C: Value,
+{
+    let unknown = || Error::UnknownHook {
+        workflow: compiled.name.to_string(),
+        hook: hook.name.to_string(),
+    };
+    let n = compiled
+        .nodes
+        .iter()
+        .position(|d| d.name == hook.name && d.hook.is_some())
+        .ok_or_else(unknown)?;
+    let Some((decl, _)) = compiled.nodes[n].hook.clone() else {
+        return Err(unknown());
+    };
+    let input = decl
+        .input
+        .downcast_ref::<Resolver<T>>()
+        .filter(|_| decl.types == TypeId::of::<(T, R)>())
+        .ok_or_else(|| Error::HookType {
             workflow: compiled.name.to_string(),
             hook: hook.name.to_string(),
-        };
-        let n = compiled
-            .nodes
-            .iter()
-            .position(|d| d.name == hook.name && d.hook.is_some())
-            .ok_or_else(unknown)?;
-        let Some((decl, bound)) = compiled.nodes[n].hook.clone() else {
-            return Err(unknown());
-        };
-        if bound {
-            return Err(Error::HookAlreadyBound {
-                workflow: compiled.name.to_string(),
-                hook: hook.name.to_string(),
-            });
-        }
-        let input = decl
-            .input
-            .downcast_ref::<Resolver<T>>()
-            .filter(|_| decl.types == TypeId::of::<(T, R)>())
-            .ok_or_else(|| Error::HookType {
-                workflow: compiled.name.to_string(),
-                hook: hook.name.to_string(),
-                declared: decl.type_name,
-            })?
-            .clone();
-        let mut options = handler.options.clone();
-        if handler.compensate.is_none() {
-            options.no_compensation = Some(true);
-        }
-        let mut nodes = compiled.nodes.clone();
-        nodes[n] = NodeDef {
-            name: hook.name.clone(),
-            options,
-            node: Arc::new(StepNode {
-                step: handler.clone(),
-                input,
-                guards: decl.guards.clone(),
-            }),
-            requires: handler.requires.clone(),
-            hook: Some((decl, true)),
-        };
-        let rebuilt = Compiled::build(
-            compiled.name.clone(),
-            compiled.options.clone(),
+            declared: decl.type_name,
+        })?
+        .clone();
+    let mut options = handler.options.clone();
+    if handler.compensate.is_none() {
+        options.no_compensation = Some(true);
+    }
+    let node = NodeDef {
+        name: hook.name.clone(),
+        options,
+        node: Arc::new(StepNode {
+            step: handler.clone(),
+            input,
+            guards: decl.guards.clone(),
+        }),
+        requires: handler.requires.clone(),
+        hook: Some((decl, true)),
+    };
+    Ok((n, node))
+}
+
+impl Compiled {
+    /// The same workflow with other nodes (hook handlers bound), compiled again.
+    pub(crate) fn with_nodes(&self, nodes: Vec<NodeDef>) -> Result<Compiled, Error> {
+        Compiled::build(
+            self.name.clone(),
+            self.options.clone(),
             Composed {
-                stages: compiled.stages.clone(),
+                stages: self.stages.clone(),
                 nodes,
-                children: compiled.children.clone(),
+                children: self.children.clone(),
             },
-        )?;
-        Ok(Workflow::from_parts(Arc::new(rebuilt), self.result.clone()))
+        )
     }
 }

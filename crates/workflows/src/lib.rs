@@ -30,7 +30,7 @@
 //! use parking_lot::Mutex;
 //! use serde::{Deserialize, Serialize};
 //! use gorgon_workflows::{App, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
-//!     TransactionState, Workflow, RunError};
+//!     TransactionState, Workflow};
 //!
 //! #[derive(Clone, Debug, Serialize, Deserialize)]
 //! struct Restock { sku: String, quantity: u32 }
@@ -175,10 +175,10 @@ mod services;
 mod step;
 mod workflow;
 
-pub use app::{App, Run, RunOptions};
+pub use app::{App, Run, RunBuilder, RunOptions};
 pub use compose::{Branch, Builder, Handle, Inputs, Source};
 pub use context::{RequestMetadata, StepContext, WorkflowContext};
-pub use error::{Error, RunError, StepFailure};
+pub use error::{Error, StepFailure};
 pub use hook::Hook;
 pub use services::{Requirement, Services};
 pub use step::{Step, StepResponse, StepResult, Value};

@@ -10,12 +10,12 @@ use gorgon_orchestration::{
     Data, Execution, HandlerType, IdempotencyKey, StepCall, StepError, StepOptions, StepOutcome,
 };
 
-use crate::app::{AppInner, result_of};
+use crate::app::AppInner;
 use crate::compose::{
     Builder, Handle, Inputs, Node, NodeDef, Resolver, ready, resolution_failure, resolve_input,
 };
 use crate::context::{Payload, WorkflowContext};
-use crate::error::RunError;
+use crate::error::Error;
 use crate::step::{Saved, Step, Value};
 use crate::workflow::{Runtime, Workflow};
 
@@ -47,7 +47,7 @@ fn context_of(call: &StepCall) -> Arc<WorkflowContext> {
 }
 
 /// A failed child run, as the parent step's error (it names the child's first error).
-fn child_failure(error: RunError) -> StepError {
+fn child_failure(error: Error) -> StepError {
     StepError::named("ChildWorkflowError", error.to_string())
 }
 
@@ -75,7 +75,7 @@ async fn complete_parent<CI, CO: Value>(
     execution: &Execution,
     parent: &IdempotencyKey,
 ) {
-    let result = match result_of(execution, &child.compiled, &child.result) {
+    let result = match app.result_of(child, execution) {
         Ok(output) => {
             let response = Data::new(Saved::<CO, ()> {
                 output: Some(output),
@@ -157,7 +157,7 @@ impl<CI: Value, CO: Value> Node for SubflowNode<CI, CO> {
                     compensation: None,
                     compensation_is_output: false,
                 }))),
-                Err(RunError::NoResult { .. }) => StepOutcome::Skip,
+                Err(Error::NoResult { .. }) => StepOutcome::Skip,
                 Err(error) => StepOutcome::Failure {
                     error: child_failure(error),
                     permanent: true,
@@ -189,6 +189,10 @@ impl<CI: Value, CO: Value> Node for SubflowNode<CI, CO> {
 
     fn output_type(&self) -> &'static str {
         std::any::type_name::<CO>()
+    }
+
+    fn nested(&self) -> Option<Arc<str>> {
+        self.asynchronous.then(|| self.child.compiled.name.clone())
     }
 }
 

@@ -161,13 +161,6 @@ impl<In: Value, Out: Clone + Send + Sync + 'static> Workflow<In, Out> {
 }
 
 impl<In, Out> Workflow<In, Out> {
-    pub(crate) fn from_parts(compiled: Arc<Compiled>, result: Resolver<Out>) -> Self {
-        Workflow {
-            compiled,
-            result,
-            _input: PhantomData,
-        }
-    }
     /// The workflow's name.
     pub fn name(&self) -> &str {
         &self.compiled.name

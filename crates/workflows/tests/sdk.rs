@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Journal, JsonStore, app, note, until};
 use gorgon_orchestration::{EngineOptions, EventKind, StepState, SystemClock};
 use gorgon_workflows::{
-    App, Error, HandlerType, IdempotencyKey, RequestMetadata, RunError, RunOptions, Services, Step,
+    App, Error, HandlerType, IdempotencyKey, RequestMetadata, RunOptions, Services, Step,
     StepContext, StepFailure, StepResponse, StepResult, TransactionState, Workflow,
     WorkflowContext,
 };
@@ -103,7 +103,7 @@ async fn compensation_runs_in_reverse_with_the_compensation_input() -> anyhow::R
     let (app, journal) = app();
     app.register(&wf)?;
     let err = app.run(&wf, 2).await.unwrap_err();
-    let RunError::Failed { state, errors, .. } = &err else {
+    let Error::Failed { state, errors, .. } = &err else {
         panic!("expected a failed run, got {err:?}");
     };
     assert_eq!(*state, TransactionState::Reverted);
@@ -343,7 +343,7 @@ async fn a_when_decision_is_remembered_across_a_resume() -> anyhow::Result<()> {
     let run = first
         .start(&wf, 4, RunOptions::transaction_id("remember-1"))
         .await?;
-    assert!(matches!(run.result(), Err(RunError::NotFinished { .. })));
+    assert!(matches!(run.result(), Err(Error::NotFinished { .. })));
     until(|| journal.count("waiting") == 1).await;
     assert_eq!(
         journal.entries(),
@@ -554,7 +554,7 @@ async fn a_missing_service_is_an_error_naming_the_type() -> anyhow::Result<()> {
     }
     assert!(matches!(
         app.run(&wf, "ada".to_string()).await,
-        Err(RunError::Engine(Error::NotRegistered { .. }))
+        Err(Error::NotRegistered { .. })
     ));
 
     // Undeclared: the step fails, naming the type.
@@ -639,7 +639,7 @@ async fn an_async_step_waits_for_set_step_success() -> anyhow::Result<()> {
         .start(&wf, 30, RunOptions::transaction_id("pay-1"))
         .await?;
     assert!(!run.state().is_finished());
-    assert!(matches!(run.result(), Err(RunError::NotFinished { .. })));
+    assert!(matches!(run.result(), Err(Error::NotFinished { .. })));
     let key = IdempotencyKey::new("payment", "pay-1", "charge", HandlerType::Invoke);
     until(|| journal.count("charging") == 1).await;
     assert_eq!(
@@ -747,7 +747,7 @@ async fn cancel_compensates_a_finished_run() -> anyhow::Result<()> {
         journal.entries(),
         ["reserve 3", "refund Some(\"charge-3\")", "release Some(3)"]
     );
-    assert!(matches!(run.result(), Err(RunError::Failed { .. })));
+    assert!(matches!(run.result(), Err(Error::Failed { .. })));
     Ok(())
 }
 
@@ -955,30 +955,34 @@ async fn hooks_run_their_handler_and_take_part_in_rollback() -> anyhow::Result<(
         note(&ctx, format!("undo hook {seen:?}"))
     }
     let handler = Step::new("on-created", on_created).compensate(undo_created);
-    let hooked = wf.with_hook(&order_created, &handler)?;
-    assert_eq!(hooked.flow().len(), 3);
-    match hooked.with_hook(&order_created, &handler).unwrap_err() {
+    let (app, journal2) = common::app();
+    drop(journal);
+    app.bind_hook(&wf, &order_created, &handler)?;
+    match app.bind_hook(&wf, &order_created, &handler).unwrap_err() {
         Error::HookAlreadyBound { hook, .. } => assert_eq!(hook, "order-created"),
         other => panic!("expected HookAlreadyBound, got {other:?}"),
     }
     let other: gorgon_workflows::Hook<u32, String> = gorgon_workflows::Hook::new("nope");
     assert!(matches!(
-        wf.with_hook(&other, &handler),
+        app.bind_hook(&wf, &other, &handler),
         Err(Error::UnknownHook { .. })
     ));
-
-    let (app, journal2) = common::app();
-    drop(journal);
-    app.register(&hooked)?;
-    assert_eq!(app.run(&hooked, 1).await?, (3, Some("seen 2".to_string())));
+    app.register(&wf)?;
+    // The workflow value is the one defined above: the app runs it with the hook bound.
+    assert_eq!(app.run(&wf, 1).await?, (3, Some("seen 2".to_string())));
     assert_eq!(
         journal2.entries(),
         ["do s1 1", "hook order-created 2", "do s2 2"]
     );
+    let late = Step::new("late", on_created);
+    assert!(matches!(
+        app.bind_hook(&wf, &order_created, &late),
+        Err(Error::HookAfterRegistration { .. })
+    ));
 
     // s2 refuses 13: the hook's compensation runs in the rollback, between s2's and s1's.
     let before = journal2.entries().len();
-    app.run(&hooked, 12).await.unwrap_err();
+    app.run(&wf, 12).await.unwrap_err();
     assert_eq!(
         journal2.entries()[before..],
         [

@@ -902,6 +902,7 @@ impl Store for PostgresStore {
             run_id: Arc::from(get(&first, "run_id")?),
             payload: Data::json(payload),
             created_at: u64::try_from(created_at).unwrap_or(0),
+            keep: Default::default(),
         };
         let mut records = Vec::new();
         for row in rows {

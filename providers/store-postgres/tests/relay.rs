@@ -85,6 +85,7 @@ async fn a_run_on_engine_a_is_observed_on_engine_b() {
             RunOptions {
                 transaction_id: Some(id.clone()),
                 payload: None,
+                ..Default::default()
             },
         )
         .await

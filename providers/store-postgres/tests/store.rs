@@ -62,6 +62,7 @@ fn header(id: &str) -> TransactionHeader {
         run_id: Arc::from(format!("run-{}", uuid::Uuid::new_v4())),
         payload: Data::json(json!({"id": id})),
         created_at: 42,
+        keep: Default::default(),
     }
 }
 

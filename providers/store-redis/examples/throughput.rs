@@ -47,6 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     run_id: Arc::from("run"),
                     payload: Data::json(serde_json::json!({"n": tx})),
                     created_at: tx as u64,
+                    keep: Default::default(),
                 };
                 let lease = Lease {
                     owner: Arc::from("throughput"),

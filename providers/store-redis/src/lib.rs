@@ -889,6 +889,7 @@ impl Store for RedisStore {
                 run_id: run_id.into(),
                 payload: Data::json(payload),
                 created_at,
+                keep: Default::default(),
             },
             records,
         }))

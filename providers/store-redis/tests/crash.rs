@@ -119,6 +119,7 @@ async fn acknowledged_appends_survive_a_redis_kill_with_aof_always() {
                         run_id: Arc::from("run"),
                         payload: Data::json(json!(tx)),
                         created_at: tx as u64,
+                        keep: Default::default(),
                     },
                     None,
                 )
@@ -290,6 +291,7 @@ async fn child_writer() {
                     run_id: Arc::from("run"),
                     payload: Data::null(),
                     created_at: tx as u64,
+                    keep: Default::default(),
                 },
                 None,
             )

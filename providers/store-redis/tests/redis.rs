@@ -32,6 +32,7 @@ fn header(workflow: &str, id: &str, run: &str, created_at: u64) -> TransactionHe
         run_id: Arc::from(run),
         payload: Data::json(json!({"order": id})),
         created_at,
+        keep: Default::default(),
     }
 }
 

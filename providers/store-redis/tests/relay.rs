@@ -74,6 +74,7 @@ async fn a_run_on_engine_a_is_observed_on_engine_b() {
             RunOptions {
                 transaction_id: Some(id.clone()),
                 payload: None,
+                ..Default::default()
             },
         )
         .await
@@ -199,6 +200,7 @@ async fn child_engine() {
             RunOptions {
                 transaction_id: Some(id),
                 payload: None,
+                ..Default::default()
             },
         )
         .await

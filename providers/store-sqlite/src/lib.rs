@@ -915,6 +915,7 @@ impl Store for SqliteStore {
             run_id: Arc::from(get(&first, "run_id")?),
             payload: Data::json(payload),
             created_at: u64::try_from(created_at).unwrap_or(0),
+            keep: Default::default(),
         };
         let records = rows
             .map(|row| row::decode(key, &get(&row, "body")?))

@@ -177,6 +177,7 @@ pub async fn a_run_on_one_engine_is_seen_by_another(
             RunOptions {
                 transaction_id: Some(id.clone()),
                 payload: None,
+                ..Default::default()
             },
         )
         .await
