@@ -75,7 +75,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use data::Data;
 pub use engine::{
     Engine, EngineOptions, Execution, ExecutionDetail, Handler, IdempotencyKey, RunOptions,
-    StepCall, TransactionEvent, WorkerOptions,
+    StepCall, StepDetail, StepErrorDetail, TransactionEvent, WorkerOptions,
 };
 pub use error::{Error, Result};
 pub use flow::{Flow, FlowDefinition, StepIndex, StepOptions, WorkflowOptions};

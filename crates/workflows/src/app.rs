@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use gorgon_event_bus::{EventBus, EventGroupId};
 use gorgon_orchestration::{
-    Data, Engine, EngineOptions, EventKind, Execution, HandlerType, IdempotencyKey, StepStatus,
-    TransactionError, TransactionEvent, TransactionKey, TransactionState,
+    Data, Engine, EngineOptions, EventKind, Execution, ExecutionDetail, HandlerType,
+    IdempotencyKey, StepStatus, TransactionError, TransactionEvent, TransactionFilter,
+    TransactionKey, TransactionPage, TransactionState,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
@@ -1235,10 +1236,77 @@ impl App {
         Ok(self.settled(workflow, compiled, execution).await)
     }
 
+    /// A page of this workflow's runs, newest first (Medusa's workflow executions list):
+    /// `filter` narrows by state and creation time and pages with its cursor; its workflow is
+    /// this one.
+    pub async fn executions<In, Out>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        filter: TransactionFilter,
+    ) -> Result<TransactionPage, Error> {
+        let compiled = self.compiled_for(workflow)?;
+        let filter = TransactionFilter {
+            workflow: Some(compiled.name.clone()),
+            ..filter
+        };
+        Ok(self.inner.engine.list(&filter).await?)
+    }
+
+    /// One run in detail, for an operator: each step's states, attempts, times and errors,
+    /// with its output and its compensation input as the step returned them (JSON), and the
+    /// run's input as it was given (the SDK's envelopes taken off).
+    pub async fn execution<In, Out>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        transaction_id: &str,
+    ) -> Result<ExecutionDetail, Error> {
+        let compiled = self.compiled_for(workflow)?;
+        let mut detail = self
+            .inner
+            .engine
+            .detail(&compiled.name, transaction_id)
+            .await?;
+        let input = Payload::with(&detail.payload, &compiled.name, |p| p.input.to_json())?;
+        detail.payload = Data::json(input.map_err(|e| decode_error(&compiled.name, "input", e))?);
+        for step in &mut detail.steps {
+            let node = compiled
+                .by_index
+                .get(step.index)
+                .and_then(|&n| compiled.nodes.get(n));
+            let (Some(node), Some(saved)) = (node, &step.output) else {
+                continue;
+            };
+            if !node.node.saves_envelope() {
+                continue;
+            }
+            let mut json = saved
+                .to_json()
+                .map_err(|e| decode_error(&compiled.name, &step.action, e))?;
+            let output = json.get_mut("output").map(serde_json::Value::take);
+            let compensation = if json.get("compensation_is_output") == Some(&true.into()) {
+                output.clone()
+            } else {
+                json.get_mut("compensation").map(serde_json::Value::take)
+            };
+            step.output = output.map(Data::json);
+            step.compensation_input = compensation.map(Data::json);
+        }
+        Ok(detail)
+    }
+
     /// Subscribes to the events of every run on this app (filter on `event.key`), and, when
     /// the engine has an [`EventRelay`](gorgon_orchestration::EventRelay), of the runs of the
     /// other engines on that relay (`event.origin` names their engine; at most once, best effort).
     pub fn subscribe(&self) -> broadcast::Receiver<TransactionEvent> {
         self.inner.engine.subscribe()
+    }
+}
+
+/// A saved value that could not be read back as JSON.
+fn decode_error(workflow: &str, source: &str, error: serde_json::Error) -> Error {
+    Error::Decode {
+        workflow: workflow.to_string(),
+        source_name: source.to_string(),
+        reason: error.to_string(),
     }
 }

@@ -174,20 +174,34 @@ pub struct Source<T> {
     pub(crate) stage: Option<usize>,
 }
 
-mod sealed {
-    pub trait Sealed {}
+impl<T: Send + 'static> Source<T> {
+    /// The source of `f` applied to this source's value (what `#[derive(Inputs)]` builds on).
+    #[doc(hidden)]
+    pub fn map<U>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Source<U> {
+        let resolver = self.resolver;
+        Source {
+            resolver: Arc::new(move |env: &Env<'_>| Ok(resolver(env)?.map(&f))),
+            stage: self.stage,
+        }
+    }
 }
 
-/// What a step or a transform can take: one [`Handle`], or a tuple of up to four handles (the
-/// values arrive as a tuple). When any of them is absent (skipped) the whole is absent.
-pub trait Inputs: sealed::Sealed {
+/// What a step, a transform or a hook can take: a [`Handle`]; `()` (no input); a tuple of
+/// inputs (up to twelve, nested as deep as needed: the values arrive as a tuple of the same
+/// shape); a `Vec` of inputs (the values arrive as a `Vec`); or a struct of handles made by
+/// `#[derive(Inputs)]` on the struct of values (Medusa's object inputs). When any part is
+/// absent (its step was skipped) the whole is absent.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the input of a step, a transform or a hook",
+    note = "an input is a `Handle<T>`, `()`, a tuple of inputs, a `Vec` of inputs, or a `<Struct>Handles` made by `#[derive(Inputs)]`; a `&Handle` is not one: handles are `Copy`, pass them by value"
+)]
+pub trait Inputs {
     /// The values the handles stand for.
     type Values: Send + 'static;
     #[doc(hidden)]
     fn source(self, builder: &Builder, user: &str) -> Result<Source<Self::Values>, Error>;
 }
 
-impl<T> sealed::Sealed for Handle<T> {}
 impl<T: Clone + Send + Sync + 'static> Inputs for Handle<T> {
     type Values = T;
     fn source(self, builder: &Builder, user: &str) -> Result<Source<T>, Error> {
@@ -195,14 +209,24 @@ impl<T: Clone + Send + Sync + 'static> Inputs for Handle<T> {
     }
 }
 
+/// No input: for a step that needs none (its function takes `()`).
+impl Inputs for () {
+    type Values = ();
+    fn source(self, _builder: &Builder, _user: &str) -> Result<Source<()>, Error> {
+        Ok(Source {
+            resolver: Arc::new(|_env: &Env<'_>| Ok(Some(()))),
+            stage: None,
+        })
+    }
+}
+
 macro_rules! tuple_inputs {
     ($($name:ident $var:ident),+) => {
-        impl<$($name),+> sealed::Sealed for ($(Handle<$name>,)+) {}
-        impl<$($name: Clone + Send + Sync + 'static),+> Inputs for ($(Handle<$name>,)+) {
-            type Values = ($($name,)+);
+        impl<$($name: Inputs),+> Inputs for ($($name,)+) {
+            type Values = ($($name::Values,)+);
             fn source(self, builder: &Builder, user: &str) -> Result<Source<Self::Values>, Error> {
                 let ($($var,)+) = self;
-                let ($($var,)+) = ($(builder.source_of($var, user)?,)+);
+                let ($($var,)+) = ($($var.source(builder, user)?,)+);
                 let stage = [$($var.stage),+].into_iter().flatten().max();
                 let ($($var,)+) = ($($var.resolver,)+);
                 Ok(Source {
@@ -217,14 +241,13 @@ macro_rules! tuple_inputs {
     };
 }
 
-/// A list of handles (the members of a `parallel` block, say) resolves to the list of values.
-impl<T> sealed::Sealed for Vec<Handle<T>> {}
-impl<T: Clone + Send + Sync + 'static> Inputs for Vec<Handle<T>> {
-    type Values = Vec<T>;
-    fn source(self, builder: &Builder, user: &str) -> Result<Source<Vec<T>>, Error> {
+/// A list of inputs (the members of a `parallel` block, say) resolves to the list of values.
+impl<X: Inputs> Inputs for Vec<X> {
+    type Values = Vec<X::Values>;
+    fn source(self, builder: &Builder, user: &str) -> Result<Source<Self::Values>, Error> {
         let sources = self
             .into_iter()
-            .map(|handle| builder.source_of(handle, user))
+            .map(|input| input.source(builder, user))
             .collect::<Result<Vec<_>, _>>()?;
         let stage = sources.iter().filter_map(|s| s.stage).max();
         let resolvers: Vec<_> = sources.into_iter().map(|s| s.resolver).collect();
@@ -248,8 +271,21 @@ tuple_inputs!(A a);
 tuple_inputs!(A a, B b);
 tuple_inputs!(A a, B b, C c);
 tuple_inputs!(A a, B b, C c, D d);
+tuple_inputs!(A a, B b, C c, D d, E e);
+tuple_inputs!(A a, B b, C c, D d, E e, F f);
+tuple_inputs!(A a, B b, C c, D d, E e, F f, G g);
+tuple_inputs!(A a, B b, C c, D d, E e, F f, G g, H h);
+tuple_inputs!(A a, B b, C c, D d, E e, F f, G g, H h, I i);
+tuple_inputs!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j);
+tuple_inputs!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k);
+tuple_inputs!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k, L l);
 
-/// What a `when` body returns: nothing, or handles, which come out as optional handles.
+/// What a `when` body returns: nothing, a handle, or a tuple of those (up to twelve, nested as
+/// deep as needed); each handle comes out optional (`None` when the branch did not run).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned from a `when` body",
+    note = "a `when` body returns `()`, a `Handle<T>` or a tuple of those; each comes out as a `Handle<Option<T>>`"
+)]
 pub trait Branch {
     /// The handles as seen after the block: `None` when the branch did not run.
     type Output;
@@ -269,30 +305,30 @@ impl<T: Clone + Send + Sync + 'static> Branch for Handle<T> {
     }
 }
 
-impl<A: Clone + Send + Sync + 'static, B: Clone + Send + Sync + 'static> Branch
-    for (Handle<A>, Handle<B>)
-{
-    type Output = (Handle<Option<A>>, Handle<Option<B>>);
-    fn optional(self, builder: &mut Builder) -> Self::Output {
-        (builder.optional(self.0), builder.optional(self.1))
-    }
+macro_rules! tuple_branch {
+    ($($name:ident $var:ident),+) => {
+        impl<$($name: Branch),+> Branch for ($($name,)+) {
+            type Output = ($($name::Output,)+);
+            fn optional(self, builder: &mut Builder) -> Self::Output {
+                let ($($var,)+) = self;
+                ($($var.optional(builder),)+)
+            }
+        }
+    };
 }
 
-impl<A, B, C> Branch for (Handle<A>, Handle<B>, Handle<C>)
-where
-    A: Clone + Send + Sync + 'static,
-    B: Clone + Send + Sync + 'static,
-    C: Clone + Send + Sync + 'static,
-{
-    type Output = (Handle<Option<A>>, Handle<Option<B>>, Handle<Option<C>>);
-    fn optional(self, builder: &mut Builder) -> Self::Output {
-        (
-            builder.optional(self.0),
-            builder.optional(self.1),
-            builder.optional(self.2),
-        )
-    }
-}
+tuple_branch!(A a);
+tuple_branch!(A a, B b);
+tuple_branch!(A a, B b, C c);
+tuple_branch!(A a, B b, C c, D d);
+tuple_branch!(A a, B b, C c, D d, E e);
+tuple_branch!(A a, B b, C c, D d, E e, F f);
+tuple_branch!(A a, B b, C c, D d, E e, F f, G g);
+tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h);
+tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h, I i);
+tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j);
+tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k);
+tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k, L l);
 
 /// A node of the flow, type-erased: dispatched by step index when the engine calls the workflow.
 pub(crate) trait Node: Send + Sync {
@@ -312,6 +348,11 @@ pub(crate) trait Node: Send + Sync {
     /// id is `<step>-<parent transaction>`).
     fn nested(&self) -> Option<Arc<str>> {
         None
+    }
+    /// Whether the node saves its response as the SDK's envelope (output and compensation
+    /// input apart) rather than as the bare value (a `when` decision).
+    fn saves_envelope(&self) -> bool {
+        true
     }
 }
 
@@ -436,6 +477,10 @@ impl<T: Send + 'static> Node for DecisionNode<T> {
 
     fn output_type(&self) -> &'static str {
         "bool"
+    }
+
+    fn saves_envelope(&self) -> bool {
+        false
     }
 }
 
@@ -721,6 +766,13 @@ impl Builder {
         self.slot(resolver, source.stage)
     }
 
+    /// A handle to a value known at definition: for a step or transform input that is a
+    /// constant. It is part of the definition (not saved with the run).
+    pub fn constant<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Handle<T> {
+        let resolver: Resolver<T> = Arc::new(move |_env: &Env<'_>| Ok(Some(value.clone())));
+        self.slot(resolver, None)
+    }
+
     /// The value of `handle`, or `None` when it is absent (its step was skipped, its `when`
     /// not taken), instead of skipping the steps that consume it.
     pub fn optional<T: Clone + Send + Sync + 'static>(
@@ -802,6 +854,12 @@ impl Builder {
     /// Makes the steps `body` adds run in parallel (siblings in the flow); the step after the
     /// block waits for all of them. Returns what the body returns (their handles). A step of the
     /// block cannot consume the output of another step of the same block.
+    ///
+    /// The synchronous steps of a parallel round are polled together on the run's task: their
+    /// awaits (I/O, timers) overlap, but CPU-bound work in one holds up the others. Give heavy
+    /// computation to `tokio::task::spawn_blocking` inside the step, or make the step
+    /// [`background_execution`](crate::Step::background_execution), which runs on a task of
+    /// its own.
     pub fn parallel<R>(&mut self, body: impl FnOnce(&mut Builder) -> R) -> R {
         if self.parallel.is_some() {
             return body(self);

@@ -179,12 +179,18 @@ pub use app::{App, Run, RunBuilder, RunOptions};
 pub use compose::{Branch, Builder, Handle, Inputs, Source};
 pub use context::{RequestMetadata, StepContext, WorkflowContext};
 pub use error::{Error, StepFailure};
+/// Derives `<Struct>Handles` for a struct of values: a step's object input, composed from
+/// handles (see [`Inputs`]).
+pub use gorgon_macros::Inputs;
 pub use hook::Hook;
 pub use services::{Requirement, Services};
-pub use step::{Step, StepResponse, StepResult, Value};
+pub use step::{
+    FromFailure, FromStepContext, Service, Step, StepFn, StepResponse, StepResult, Value,
+};
 pub use workflow::Workflow;
 
 pub use gorgon_orchestration::{
-    EngineOptions, HandlerType, IdempotencyKey, StepOptions, TransactionError, TransactionEvent,
-    TransactionState, WorkflowOptions,
+    EngineOptions, ExecutionDetail, HandlerType, IdempotencyKey, StepDetail, StepOptions,
+    TransactionError, TransactionEvent, TransactionFilter, TransactionPage, TransactionState,
+    TransactionSummary, WorkflowOptions,
 };

@@ -301,41 +301,220 @@ where
     O: Value,
     C: Value,
 {
-    /// A step named `name` whose invoke is `invoke(input, ctx)`. Without a
+    /// A step named `name` whose invoke is `invoke(input, ...)`: an async function of the
+    /// step's input followed by what it needs from the run, each parameter taken by its type
+    /// ([`FromStepContext`]): the [`StepContext`], and the [`Service`]s it uses. A service named
+    /// in the signature is declared once: registering a workflow that uses the step on an app
+    /// without that service fails, naming the step and the type. Without a
     /// [`compensate`](Self::compensate) the step has nothing to undo (`noCompensation`).
     ///
-    /// Write the invoke as an `async fn(I, StepContext) -> StepResult<O, C>`: the types then
-    /// need no annotation.
-    pub fn new<F, Fut>(name: impl Into<Cow<'static, str>>, invoke: F) -> Self
+    /// ```
+    /// use gorgon_workflows::{Service, Step, StepContext, StepResponse, StepResult};
+    /// struct Inventory;
+    /// impl Inventory { fn reserve(&self, sku: &str) -> String { format!("res-{sku}") } }
+    ///
+    /// async fn reserve(sku: String, inventory: Service<Inventory>) -> StepResult<String> {
+    ///     Ok(StepResponse::new(inventory.reserve(&sku)))
+    /// }
+    /// async fn log(sku: String, ctx: StepContext) -> StepResult<()> {
+    ///     println!("{} {sku}", ctx.transaction_id());
+    ///     Ok(StepResponse::new(()))
+    /// }
+    /// let reserve = Step::new("reserve", reserve); // requires `Inventory`
+    /// let log = Step::new("log", log);
+    /// # let _ = (reserve, log);
+    /// ```
+    pub fn new<F, Args>(name: impl Into<Cow<'static, str>>, invoke: F) -> Self
     where
-        F: Fn(I, StepContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = StepResult<O, C>> + Send + 'static,
+        F: StepFn<I, StepResult<O, C>, Args>,
     {
         let invoke: Arc<InvokeFn<I>> =
-            Arc::new(move |input, ctx| Box::pin(invoke(input, ctx).map(outcome)));
+            Arc::new(move |input, ctx| Box::pin(invoke.call(input, ctx).map(outcome)));
         Step {
             name: name.into(),
             options: StepOptions::default(),
             invoke,
             compensate: None,
-            requires: Vec::new(),
+            requires: F::requirements(),
             _types: PhantomData,
         }
     }
 
     /// The compensation: called with the compensation input (`None` when the invoke failed
-    /// without data) when the run rolls back.
-    pub fn compensate<F, Fut>(mut self, compensate: F) -> Self
+    /// without data) when the run rolls back; its other parameters are taken by type, as the
+    /// invoke's are ([`Step::new`]).
+    pub fn compensate<F, Args>(mut self, compensate: F) -> Self
     where
-        F: Fn(Option<C>, StepContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), StepFailure>> + Send + 'static,
+        F: StepFn<Option<C>, Result<(), StepFailure>, Args>,
     {
+        for requirement in F::requirements() {
+            if !self.requires.contains(&requirement) {
+                self.requires.push(requirement);
+            }
+        }
         self.compensate = Some(Arc::new(move |input, ctx| {
-            Box::pin(compensate(input, ctx).map(compensation_outcome))
+            Box::pin(compensate.call(input, ctx).map(compensation_outcome))
         }));
         self
     }
 }
+
+/// What a step function takes after its input, by type: the [`StepContext`] itself, a
+/// [`Service`] from the app's registry, or anything a user implements it for (a database
+/// handle, say). Like axum's extractors.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a parameter of a step function",
+    note = "a step function takes its input, then `StepContext`, `Service<T>`, or a type implementing `FromStepContext`"
+)]
+pub trait FromStepContext: Sized + Send + 'static {
+    /// Takes the value from the run's context. A failure fails the step.
+    fn from_context(ctx: &StepContext) -> Result<Self, StepFailure>;
+    /// [`from_context`](Self::from_context) for the last parameter, which may take the
+    /// context itself.
+    fn from_owned_context(ctx: StepContext) -> Result<Self, StepFailure> {
+        Self::from_context(&ctx)
+    }
+    /// The service this parameter needs from the app's registry, checked at registration.
+    fn requirement() -> Option<Requirement> {
+        None
+    }
+}
+
+impl FromStepContext for StepContext {
+    fn from_context(ctx: &StepContext) -> Result<Self, StepFailure> {
+        Ok(ctx.clone())
+    }
+    fn from_owned_context(ctx: StepContext) -> Result<Self, StepFailure> {
+        Ok(ctx)
+    }
+}
+
+/// A service of the app's registry, as a step function's parameter: the step declares it by
+/// naming it, so registering a workflow on an app that lacks it fails up front. Dereferences
+/// to the service.
+pub struct Service<T: ?Sized>(Arc<T>);
+
+impl<T: ?Sized> Service<T> {
+    /// The shared service.
+    pub fn into_inner(self) -> Arc<T> {
+        self.0
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for Service<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: ?Sized> Clone for Service<T> {
+    fn clone(&self) -> Self {
+        Service(self.0.clone())
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Service<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Service<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<T: ?Sized + Send + Sync + 'static> FromStepContext for Service<T> {
+    fn from_context(ctx: &StepContext) -> Result<Self, StepFailure> {
+        Ok(Service(ctx.service::<T>()?))
+    }
+    fn requirement() -> Option<Requirement> {
+        Some(Requirement::of::<T>())
+    }
+}
+
+/// An async function a step runs: its first parameter is the input `I`, the others are taken
+/// from the run by type ([`FromStepContext`]); it returns `R`. Implemented for functions and
+/// closures of up to seven such parameters; `Args` tells the arities apart.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step function taking `{I}` and returning `{R}`",
+    note = "a step function is `async fn(input, ...) -> StepResult<O, C>` (a compensation: `async fn(Option<C>, ...) -> Result<(), StepFailure>`), whose other parameters are `StepContext`, `Service<T>` or another `FromStepContext`"
+)]
+pub trait StepFn<I, R, Args>: Send + Sync + 'static {
+    /// Calls the function with the input and what it takes from `ctx`.
+    fn call(&self, input: I, ctx: StepContext) -> BoxFuture<'static, R>;
+    /// The services its parameters need.
+    fn requirements() -> Vec<Requirement>;
+}
+
+/// A failed extraction, as the step function's result type.
+pub trait FromFailure {
+    /// The result of a step that could not take its parameters.
+    fn from_failure(failure: StepFailure) -> Self;
+}
+
+impl<O, C> FromFailure for StepResult<O, C> {
+    fn from_failure(failure: StepFailure) -> Self {
+        Err(failure)
+    }
+}
+
+impl FromFailure for Result<(), StepFailure> {
+    fn from_failure(failure: StepFailure) -> Self {
+        Err(failure)
+    }
+}
+
+impl<F, Fut, I, R> StepFn<I, R, ()> for F
+where
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    I: Send + 'static,
+    R: FromFailure + Send + 'static,
+{
+    fn call(&self, input: I, _ctx: StepContext) -> BoxFuture<'static, R> {
+        Box::pin(self(input))
+    }
+    fn requirements() -> Vec<Requirement> {
+        Vec::new()
+    }
+}
+
+macro_rules! step_fn {
+    ($($first:ident)*; $last:ident) => {
+        impl<F, Fut, I, R, $($first,)* $last> StepFn<I, R, ($($first,)* $last,)> for F
+        where
+            F: Fn(I, $($first,)* $last) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = R> + Send + 'static,
+            I: Send + 'static,
+            R: FromFailure + Send + 'static,
+            $($first: FromStepContext,)*
+            $last: FromStepContext,
+        {
+            #[allow(non_snake_case)]
+            fn call(&self, input: I, ctx: StepContext) -> BoxFuture<'static, R> {
+                $(
+                    let $first = match $first::from_context(&ctx) {
+                        Ok(value) => value,
+                        Err(failure) => return Box::pin(std::future::ready(R::from_failure(failure))),
+                    };
+                )*
+                let $last = match $last::from_owned_context(ctx) {
+                    Ok(value) => value,
+                    Err(failure) => return Box::pin(std::future::ready(R::from_failure(failure))),
+                };
+                Box::pin(self(input, $($first,)* $last))
+            }
+            fn requirements() -> Vec<Requirement> {
+                [$($first::requirement(),)* $last::requirement()].into_iter().flatten().collect()
+            }
+        }
+    };
+}
+
+step_fn!(; A1);
+step_fn!(A1; A2);
+step_fn!(A1 A2; A3);
+step_fn!(A1 A2 A3; A4);
+step_fn!(A1 A2 A3 A4; A5);
+step_fn!(A1 A2 A3 A4 A5; A6);
+step_fn!(A1 A2 A3 A4 A5 A6; A7);
 
 impl<I, O, C> Step<I, O, C> {
     /// The step's name.

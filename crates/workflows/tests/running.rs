@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Journal, app, note};
 use gorgon_workflows::{
-    App, Error, Hook, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
+    App, Error, Hook, Service, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
     TransactionState, Workflow, WorkflowContext, WorkflowOptions,
 };
 
@@ -264,5 +264,130 @@ async fn a_missing_service_is_never_retried() -> anyhow::Result<()> {
     let err = app.run(&wf, 1).await.unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 1, "called once, not retried");
     assert!(err.to_string().contains("Mailer"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_named_in_the_signature_is_checked_at_registration() -> anyhow::Result<()> {
+    #[derive(Default)]
+    struct Stock {
+        reserved: std::sync::Mutex<Vec<String>>,
+    }
+    async fn reserve(
+        sku: String,
+        stock: Service<Stock>,
+        ctx: StepContext,
+    ) -> StepResult<String, String> {
+        stock.reserved.lock().unwrap().push(sku.clone());
+        let reservation = format!("{sku}@{}", ctx.transaction_id());
+        Ok(StepResponse::new(reservation).with_compensation(sku))
+    }
+    async fn release(sku: Option<String>, stock: Service<Stock>) -> Result<(), StepFailure> {
+        stock
+            .reserved
+            .lock()
+            .unwrap()
+            .retain(|s| Some(s) != sku.as_ref());
+        Ok(())
+    }
+    async fn refuse(_: String) -> StepResult<()> {
+        Err(StepFailure::permanent("refused"))
+    }
+    let reserve = Step::new("reserve", reserve).compensate(release);
+    let refuse = Step::new("refuse", refuse);
+    let wf = Workflow::define("reserve", |b, sku| b.step(&reserve, sku))?;
+    let failing = Workflow::define("reserve-then-refuse", |b, sku| {
+        let reserved = b.step(&reserve.named("reserve-first"), sku);
+        b.step(&refuse, reserved)
+    })?;
+
+    // Without the service: refused at registration, naming the step and the type.
+    let (bare, _) = app();
+    match bare.register(&wf).unwrap_err() {
+        Error::MissingService {
+            type_name, step, ..
+        } => {
+            assert!(type_name.ends_with("Stock"), "{type_name}");
+            assert_eq!(step, "reserve");
+        }
+        other => panic!("expected MissingService, got {other:?}"),
+    }
+
+    let stock = Arc::new(Stock::default());
+    let app = App::new(Services::new().with(stock.clone()));
+    app.register(&wf)?;
+    app.register(&failing)?;
+    let reserved = app
+        .run(&wf, "tee".to_string())
+        .transaction_id("r-1")
+        .await?;
+    assert_eq!(reserved, "tee@r-1");
+    // The compensation takes the service the same way.
+    app.run(&failing, "cap".to_string()).await.unwrap_err();
+    assert_eq!(*stock.reserved.lock().unwrap(), ["tee"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_app_lists_and_details_runs_with_outputs_as_the_steps_returned_them()
+-> anyhow::Result<()> {
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct Reservation {
+        sku: String,
+        quantity: u32,
+    }
+    async fn reserve(quantity: u32) -> StepResult<Reservation, String> {
+        let reservation = Reservation {
+            sku: "tee".into(),
+            quantity,
+        };
+        Ok(StepResponse::new(reservation).with_compensation("res-1".to_string()))
+    }
+    async fn release(_id: Option<String>) -> Result<(), StepFailure> {
+        Ok(())
+    }
+    async fn confirm(reservation: Reservation) -> StepResult<u32> {
+        if reservation.quantity > 10 {
+            return Err(StepFailure::permanent("too many"));
+        }
+        Ok(StepResponse::new(reservation.quantity))
+    }
+    let reserve = Step::new("reserve", reserve).compensate(release);
+    let confirm = Step::new("confirm", confirm);
+    let wf = Workflow::define("reserve-and-confirm", |b, quantity| {
+        let reservation = b.step(&reserve, quantity);
+        b.step(&confirm, reservation)
+    })?;
+    let (app, _) = app();
+    app.register(&wf)?;
+    app.run(&wf, 2).transaction_id("ok-1").await?;
+    app.run(&wf, 20).transaction_id("bad-1").await.unwrap_err();
+
+    let page = app
+        .executions(&wf, gorgon_workflows::TransactionFilter::default())
+        .await?;
+    let ids: Vec<&str> = page.items.iter().map(|s| &*s.key.id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&"ok-1") && ids.contains(&"bad-1"));
+
+    let detail = app.execution(&wf, "bad-1").await?;
+    assert_eq!(detail.state, TransactionState::Reverted);
+    assert_eq!(detail.payload.to_json()?, serde_json::json!(20));
+    let reserve = &detail.steps[0];
+    assert_eq!(reserve.action, "reserve");
+    assert_eq!(
+        reserve.output.as_ref().map(|o| o.to_json().unwrap()),
+        Some(serde_json::json!({"sku": "tee", "quantity": 20}))
+    );
+    assert_eq!(
+        reserve
+            .compensation_input
+            .as_ref()
+            .map(|c| c.to_json().unwrap()),
+        Some(serde_json::json!("res-1"))
+    );
+    let confirm = &detail.steps[1];
+    assert!(confirm.output.is_none());
+    assert_eq!(confirm.errors[0].error.message, "too many");
     Ok(())
 }

@@ -76,9 +76,13 @@ pub struct StepDetail {
     pub retry_rescheduled_at: Option<u64>,
     /// When an `autoRetry: false` step parked after a temporary failure.
     pub temporary_failed_at: Option<u64>,
-    /// What the invoke handler returned. With the typed SDK (`gorgon_workflows`) this is the
-    /// step's saved response: its output and, apart, its compensation input.
+    /// What the invoke handler returned. The typed SDK (`gorgon_workflows`, `App::execution`)
+    /// gives the step's output here as the step returned it, and its compensation input apart.
     pub output: Option<Data>,
+    /// The input the step's compensation gets, when the handler saved one apart from its
+    /// output (the typed SDK does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compensation_input: Option<Data>,
     /// What the compensation handler returned.
     pub compensation_output: Option<Data>,
     /// This step's errors (either side), in order.
@@ -120,6 +124,7 @@ impl Execution {
                     retry_rescheduled_at: run.retry_rescheduled_at,
                     temporary_failed_at: run.temporary_failed_at,
                     output: self.shared.responses.get(index, HandlerType::Invoke),
+                    compensation_input: None,
                     compensation_output: self.shared.responses.get(index, HandlerType::Compensate),
                     errors: self
                         .errors
