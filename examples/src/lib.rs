@@ -22,36 +22,38 @@
 //!
 //! ```
 //! use gorgon_examples::restock::{services, Line, RestockInput, RestockItem, RestockOrder, Restocks, Suppliers};
-//! use gorgon_workflows::{App, Services, Step, StepContext, StepFailure, StepResponse, StepResult, Workflow};
-//! async fn create_order(input: RestockInput, ctx: StepContext) -> StepResult<RestockOrder, u64> {
-//!     let order = ctx.service::<Restocks>()?.create_order(&input.supplier); // a service, by type
+//! use gorgon_workflows::{App, Inputs, Service, Services, Step, StepFailure, StepResponse, StepResult, Workflow};
+//! async fn create_order(input: RestockInput, restocks: Service<Restocks>) -> StepResult<RestockOrder, u64> {
+//!     let order = restocks.create_order(&input.supplier); // a service, by type: checked at register
 //!     Ok(StepResponse::new(order.clone()).with_compensation(order.id)) // the undo needs the id only
 //! }
-//! async fn delete_order(id: Option<u64>, ctx: StepContext) -> Result<(), StepFailure> {
-//!     if let Some(id) = id { ctx.service::<Restocks>()?.delete_order(id) }
+//! async fn delete_order(id: Option<u64>, restocks: Service<Restocks>) -> Result<(), StepFailure> {
+//!     if let Some(id) = id { restocks.delete_order(id) }
 //!     Ok(())
 //! }
-//! async fn create_items((order, input): (RestockOrder, RestockInput), ctx: StepContext) -> StepResult<Vec<RestockItem>, Vec<u64>> {
-//!     let items = ctx.service::<Restocks>()?.create_items(order.id, &input.lines);
+//! #[derive(Clone, serde::Serialize, serde::Deserialize, Inputs)] // makes `ItemsInputHandles`
+//! struct ItemsInput { order: RestockOrder, input: RestockInput }
+//! async fn create_items(i: ItemsInput, restocks: Service<Restocks>) -> StepResult<Vec<RestockItem>, Vec<u64>> {
+//!     let items = restocks.create_items(i.order.id, &i.input.lines);
 //!     let ids = items.iter().map(|item| item.id).collect();
 //!     Ok(StepResponse::new(items).with_compensation(ids))
 //! }
-//! async fn delete_items(ids: Option<Vec<u64>>, ctx: StepContext) -> Result<(), StepFailure> {
-//!     ctx.service::<Restocks>()?.delete_items(&ids.unwrap_or_default());
+//! async fn delete_items(ids: Option<Vec<u64>>, restocks: Service<Restocks>) -> Result<(), StepFailure> {
+//!     restocks.delete_items(&ids.unwrap_or_default());
 //!     Ok(())
 //! }
-//! async fn confirm((order, items): (RestockOrder, Vec<RestockItem>), ctx: StepContext) -> StepResult<Option<RestockOrder>> {
+//! async fn confirm((order, items): (RestockOrder, Vec<RestockItem>), suppliers: Service<Suppliers>, restocks: Service<Restocks>) -> StepResult<Option<RestockOrder>> {
 //!     let units = items.iter().map(|item| item.quantity).sum();
-//!     ctx.service::<Suppliers>()?.accept(&order.supplier, units).map_err(StepFailure::permanent)?; // rolls back
-//!     Ok(StepResponse::new(ctx.service::<Restocks>()?.confirm(order.id)))
+//!     suppliers.accept(&order.supplier, units).map_err(StepFailure::permanent)?; // rolls back
+//!     Ok(StepResponse::new(restocks.confirm(order.id)))
 //! }
 //!
 //! let create_order = Step::new("create-restock-order", create_order).compensate(delete_order);
 //! let create_items = Step::new("create-restock-items", create_items).compensate(delete_items);
-//! let confirm = Step::new("confirm-restock-order", confirm).requires::<Suppliers>(); // checked at register
+//! let confirm = Step::new("confirm-restock-order", confirm);
 //! let restock = Workflow::define("restock-order", |b, input| {
 //!     let order = b.step(&create_order, input); // a Handle<RestockOrder>
-//!     let items = b.step(&create_items, (order, input));
+//!     let items = b.step(&create_items, ItemsInputHandles { order, input });
 //!     b.step(&confirm, (order, items))
 //! })?;
 //! # tokio::runtime::Runtime::new()?.block_on(async {

@@ -202,10 +202,15 @@ pub struct WorkflowOptions {
     /// Seconds after the start after which the whole transaction times out and is compensated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
-    /// A finished transaction id returns its stored result instead of running again.
+    /// A finished transaction id returns its stored result instead of running again. Every
+    /// store keeps an idempotent run until its retention time ends (for good without one), so
+    /// the answer holds however many runs come after: the in-memory store bounds only the
+    /// runs that are neither idempotent nor retained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotent: Option<bool>,
-    /// Seconds a finished execution is kept before the cleaner removes it.
+    /// Seconds a finished execution is kept before it is removed: by the retention sweep
+    /// (`Engine::spawn_retention_sweep`), and by the in-memory store itself, which keeps it
+    /// that long whatever its bound on other runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_time: Option<f64>,
     /// Persist checkpoints (forced on by async steps, timeouts, retry intervals, idempotency, retention).

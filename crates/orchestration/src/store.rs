@@ -597,65 +597,60 @@ impl MemoryStore {
     /// good ([`Keep::Always`]) are never dropped here. Takes no shard lock while it holds the
     /// queue's.
     fn evict_beyond_quota(&self, finished: FinishedRun) {
-        let expired = {
-            let mut queue = self.finished.lock();
-            let now = (!queue.retained.is_empty() || matches!(finished.keep, Keep::For(_)))
-                .then(wall_clock_ms);
-            if let (Keep::For(ms), Some(now)) = (finished.keep, now) {
-                queue.arrivals += 1;
-                let arrival = queue.arrivals;
-                queue
-                    .retained
-                    .insert((now.saturating_add(ms), arrival), finished);
-                queue.expired(now)
-            } else if finished.keep == Keep::Always {
-                return;
-            } else {
-                let expired = now.map(|now| queue.expired(now)).unwrap_or_default();
-                drop(queue);
-                self.drop_runs(expired);
-                return self.evict_oldest(finished);
-            }
-        };
-        self.drop_runs(expired);
+        let mut newest = Some(finished);
+        loop {
+            // What this turn drops, taken out under the queue's lock (one lock a turn; usually
+            // one turn and one run dropped in all) and dropped outside it: retained runs whose
+            // retention ended, and the oldest evictable run beyond the bound.
+            let (expired, oldest) = {
+                let mut queue = self.finished.lock();
+                let mut expired = Vec::new();
+                if let Some(run) = newest.take() {
+                    if !queue.retained.is_empty() || matches!(run.keep, Keep::For(_)) {
+                        let now = wall_clock_ms();
+                        expired = queue.expired(now);
+                        if let Keep::For(ms) = run.keep {
+                            queue.arrivals += 1;
+                            let arrival = queue.arrivals;
+                            queue
+                                .retained
+                                .insert((now.saturating_add(ms), arrival), run);
+                            drop(queue);
+                            self.drop_runs(expired);
+                            return;
+                        }
+                    }
+                    if run.keep == Keep::Evictable {
+                        queue.records += run.logged;
+                        queue.runs.push_back(run);
+                    } // `Always`: kept until purged, never noted for eviction.
+                }
+                let over = queue.runs.len() > self.keep_finished
+                    || (queue.records > self.keep_records && queue.runs.len() > 1);
+                let oldest = over.then(|| queue.runs.pop_front()).flatten();
+                if let Some(oldest) = &oldest {
+                    queue.records -= oldest.logged;
+                }
+                (expired, oldest)
+            };
+            self.drop_runs(expired);
+            let Some(oldest) = oldest else { return };
+            let evicted = self
+                .shard_of(oldest.hash)
+                .lock()
+                .remove_run(oldest.hash, &oldest.run);
+            drop(evicted); // freed outside the lock
+        }
     }
 
-    /// Drops these finished runs from their shards.
+    /// Drops these finished runs from their shards (only the runs that finished: a newer run
+    /// of the same id stays).
     fn drop_runs(&self, runs: Vec<FinishedRun>) {
         for run in runs {
             let evicted = self
                 .shard_of(run.hash)
                 .lock()
                 .remove_run(run.hash, &run.run);
-            drop(evicted); // freed outside the lock
-        }
-    }
-
-    /// Notes an evictable run that finished and drops the oldest beyond the quota.
-    fn evict_oldest(&self, finished: FinishedRun) {
-        let mut newest = Some(finished);
-        loop {
-            // One run is dropped per turn, outside the queue's lock (usually one in all).
-            let oldest = {
-                let mut finished = self.finished.lock();
-                if let Some(newest) = newest.take() {
-                    finished.records += newest.logged;
-                    finished.runs.push_back(newest);
-                }
-                let over = finished.runs.len() > self.keep_finished
-                    || (finished.records > self.keep_records && finished.runs.len() > 1);
-                match over.then(|| finished.runs.pop_front()).flatten() {
-                    Some(oldest) => {
-                        finished.records -= oldest.logged;
-                        oldest
-                    }
-                    None => return,
-                }
-            };
-            let mut shard = self.shard_of(oldest.hash).lock();
-            // Only drop the run that finished, not a newer run of the same id.
-            let evicted = shard.remove_run(oldest.hash, &oldest.run);
-            drop(shard);
             drop(evicted); // freed outside the lock
         }
     }

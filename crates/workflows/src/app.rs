@@ -783,7 +783,14 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// An app on the in-memory engine. Call it inside a tokio runtime.
+    /// An app on the in-memory engine (for development and tests; give a durable store with
+    /// [`with_options`](Self::with_options)). Call it inside a tokio runtime.
+    ///
+    /// What the in-memory store keeps of finished runs: an idempotent workflow's runs and runs
+    /// of a workflow with a retention time are kept until that retention ends (for good when
+    /// idempotent without one), so a later start of the same transaction id returns the stored
+    /// result; of the other runs, which nothing asks for again, the last 256 are kept
+    /// ([`MemoryStore`](gorgon_orchestration::MemoryStore)), bounding memory.
     pub fn new(services: Services) -> Self {
         Self::with_engine(Engine::in_memory(), services)
     }
@@ -869,6 +876,30 @@ impl App {
     /// name, with the handler's options and compensation, whether the workflow runs alone or
     /// nested in another. Bind hooks before registering the workflow (or a workflow that
     /// nests it): the hook's step is part of the registered flow.
+    ///
+    /// ```
+    /// use gorgon_workflows::{App, Hook, Services, Step, StepResponse, StepResult, Workflow};
+    /// async fn create(name: String) -> StepResult<String> { Ok(StepResponse::new(name)) }
+    /// async fn announce(name: String) -> StepResult<String> {
+    ///     Ok(StepResponse::new(format!("announced {name}")))
+    /// }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// // The workflow declares the hook...
+    /// let products_created: Hook<String, String> = Hook::new("products-created");
+    /// let create = Step::new("create", create);
+    /// let create_products = Workflow::define("create-products", |b, name| {
+    ///     let product = b.step(&create, name);
+    ///     b.hook(&products_created, product)
+    /// })?;
+    /// // ...the application binds its handler, then registers.
+    /// let app = App::new(Services::new());
+    /// app.bind_hook(&create_products, &products_created, &Step::new("announce", announce))?;
+    /// app.register(&create_products)?;
+    /// let announced = app.run(&create_products, "tee".to_string()).await?;
+    /// assert_eq!(announced.as_deref(), Some("announced tee"));
+    /// # Ok::<_, anyhow::Error>(())
+    /// # }).unwrap();
+    /// ```
     ///
     /// Errors: [`Error::UnknownHook`] when the workflow declares no such hook,
     /// [`Error::HookType`] when it declares it with other types, [`Error::HookAlreadyBound`]

@@ -3,33 +3,51 @@
 //! `when` / `parallelize`, made type-safe).
 //!
 //! How to use it:
-//! 1. Write steps: [`Step::new`]`(name, async fn(I, StepContext) -> StepResult<O, C>)`, optionally
-//!    [`.compensate(...)`](Step::compensate) and options (`max_retries`, `timeout`, `asynchronous`,
-//!    ...). A [`StepResponse`] carries the output and, separately, the compensation input.
+//! 1. Write steps: [`Step::new`]`(name, async fn(I, ...) -> StepResult<O, C>)`, whose parameters
+//!    after the input are taken by type: the [`StepContext`], and the [`Service`]s the step uses
+//!    (declared once, by naming them: registration checks them). Optionally
+//!    [`.compensate(...)`](Step::compensate) and options (`max_retries`, `timeout`,
+//!    `asynchronous`, ...). A [`StepResponse`] carries the output and, separately, the
+//!    compensation input. Fail with `Err(`[`StepFailure`]`)` (`?` works on any error; a
+//!    [`StepFailure::permanent`] one is never retried); a permanent failure that still hands
+//!    its compensation data over is [`StepResponse::permanent_failure_with`].
 //! 2. Compose a [`Workflow`] with [`Workflow::define`]: the composer gets a [`Builder`] and the
 //!    input as a typed [`Handle`], adds steps ([`Builder::step`]), [`transform`](Builder::transform)s,
 //!    [`when`](Builder::when) blocks and [`parallel`](Builder::parallel) blocks, and returns the
-//!    result's handle. It runs once, at definition, and performs no I/O.
-//!    Beyond those: [`hook`](Builder::hook)s an application binds a handler to
-//!    ([`Workflow::with_hook`]), nested workflows as a step ([`subflow`](Builder::subflow)), and
-//!    fan-out over a runtime `Vec` ([`for_each`](Builder::for_each)), each element a run of its
-//!    own, compensated on its own.
+//!    result's handle. It runs once, at definition, and performs no I/O. A step's input is a
+//!    handle, `()`, a [constant](Builder::constant), a tuple of inputs, or a struct of handles
+//!    made by [`#[derive(Inputs)]`](derive@Inputs) (Medusa's object inputs). Beyond those:
+//!    [`hook`](Builder::hook)s an application binds a handler to ([`App::bind_hook`]), nested
+//!    workflows as a step ([`subflow`](Builder::subflow)), and fan-out over a runtime `Vec`
+//!    ([`for_each`](Builder::for_each)), each element a run of its own, compensated on its own.
 //! 3. Build an [`App`] with the [`Services`] your steps use (resolved by type, no string keys),
-//!    and [`register`](App::register) the workflow: missing services are reported then.
-//! 4. [`run`](App::run) it for a typed result or a [`RunError`] carrying the final state and
-//!    errors; or [`start`](App::start) it with a transaction id, and drive it with
+//!    bind hook handlers, and [`register`](App::register) the workflow: missing services are
+//!    reported then.
+//! 4. [`run`](App::run) it: `app.run(&wf, input).await` gives the typed result or an [`Error`]
+//!    carrying the final state and errors, waiting through the engine's own timers (retry
+//!    intervals, timeouts, background steps); options go on what `run` returns
+//!    (`.transaction_id(..)`, `.context(..)`, `.event_group(..)`, `.idempotent(..)`). A run that
+//!    waits for the outside (an async step) is [`Error::NotFinished`]: drive it with
 //!    [`set_step_success`](App::set_step_success), [`resume`](App::resume),
-//!    [`cancel`](App::cancel); [`subscribe`](App::subscribe) to its events.
+//!    [`cancel`](App::cancel); [`subscribe`](App::subscribe) to its events; list and inspect
+//!    runs with [`executions`](App::executions) and [`execution`](App::execution).
 //! 5. To publish domain events, give the app an event bus
 //!    ([`App::with_event_bus`]`(Arc<dyn gorgon_event_bus::EventBus>)`) and
 //!    [`emit`](StepContext::emit) from steps: events are staged in the run's event group and
 //!    published only when the run succeeds (see [Events](#events)).
 //!
+//! Words, as this crate uses them: a **workflow** is the definition; a **run** (a
+//! *transaction* to the orchestrator, an *execution* in listings, Medusa's word) is one
+//! execution of it under a **transaction id**, which the caller may choose and which stays when
+//! the run is resumed; each run also gets a unique **run id**. A **step** is a node of the
+//! workflow; its **action** is its stable name in the flow; each step has an **invoke** and a
+//! **compensate** handler side.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use parking_lot::Mutex;
 //! use serde::{Deserialize, Serialize};
-//! use gorgon_workflows::{App, Services, Step, StepContext, StepFailure, StepResponse, StepResult,
+//! use gorgon_workflows::{App, Service, Services, Step, StepFailure, StepResponse, StepResult,
 //!     TransactionState, Workflow};
 //!
 //! #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,28 +59,27 @@
 //! #[derive(Default)]
 //! struct Orders { rows: Mutex<Vec<Order>> }
 //!
-//! async fn create_order(input: Restock, ctx: StepContext) -> StepResult<Order, u32> {
-//!     let orders = ctx.service::<Orders>()?;
+//! async fn create_order(input: Restock, orders: Service<Orders>) -> StepResult<Order, u32> {
 //!     let order = Order { id: 1, quantity: input.quantity };
 //!     orders.rows.lock().push(order.clone());
 //!     // The compensation gets the id only.
 //!     Ok(StepResponse::new(order.clone()).with_compensation(order.id))
 //! }
-//! async fn delete_order(id: Option<u32>, ctx: StepContext) -> Result<(), StepFailure> {
+//! async fn delete_order(id: Option<u32>, orders: Service<Orders>) -> Result<(), StepFailure> {
 //!     if let Some(id) = id {
-//!         ctx.service::<Orders>()?.rows.lock().retain(|o| o.id != id);
+//!         orders.rows.lock().retain(|o| o.id != id);
 //!     }
 //!     Ok(())
 //! }
-//! async fn confirm(order: Order, _ctx: StepContext) -> StepResult<String> {
+//! async fn confirm(order: Order) -> StepResult<String> {
 //!     if order.quantity > 100 {
-//!         return Ok(StepResponse::permanent_failure("too many"));
+//!         return Err(StepFailure::permanent("too many"));
 //!     }
 //!     Ok(StepResponse::new(format!("order {} confirmed", order.id)))
 //! }
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! let create = Step::new("create-order", create_order).compensate(delete_order).requires::<Orders>();
+//! let create = Step::new("create-order", create_order).compensate(delete_order);
 //! let confirm = Step::new("confirm", confirm).max_retries(2);
 //! let restock = Workflow::define("restock", |b, input| {
 //!     let order = b.step(&create, input);
@@ -72,13 +89,17 @@
 //!
 //! let orders = Arc::new(Orders::default());
 //! let app = App::new(Services::new().with(orders.clone()));
-//! app.register(&restock)?;
+//! app.register(&restock)?; // checks that `Orders` is registered
 //!
 //! let done = app.run(&restock, Restock { sku: "tee".into(), quantity: 5 }).await?;
 //! assert_eq!(done, "order 1 confirmed (5 units)");
 //!
 //! orders.rows.lock().clear();
-//! let err = app.run(&restock, Restock { sku: "tee".into(), quantity: 500 }).await.unwrap_err();
+//! let err = app
+//!     .run(&restock, Restock { sku: "tee".into(), quantity: 500 })
+//!     .transaction_id("restock-500")
+//!     .await
+//!     .unwrap_err();
 //! assert_eq!(err.state(), Some(TransactionState::Reverted));
 //! assert_eq!(err.errors()[0].error.message, "too many");
 //! assert!(orders.rows.lock().is_empty()); // the order was deleted again
@@ -157,7 +178,7 @@
 //!  run:     App::run ─► Engine::run(payload = {input, context}) ─► WorkflowHandler::call(step index)
 //!              ─► nodes[index]: resolve the input from saved responses (typed: a refcount, no JSON)
 //!              ─► the step's async fn ─► StepOutcome (output + compensation input, saved)
-//!  result:  the result handle resolved against the finished execution ─► Ok(Out) | RunError
+//!  result:  the result handle resolved against the finished execution ─► Ok(Out) | Error
 //! ```
 //!
 //! Contract: values that cross a checkpoint (the input, step outputs and compensation inputs)
