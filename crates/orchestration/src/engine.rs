@@ -521,11 +521,19 @@ fn still_waiting(tx: &Transaction, dispatch: Dispatch) -> bool {
         && run.side().status == crate::state::StepStatus::Waiting
 }
 
+/// The longest transaction id, in bytes: ids are keys in every store (a PostgreSQL index entry,
+/// a Redis key) and travel in every relayed event.
+pub const MAX_TRANSACTION_ID: usize = 256;
+
 fn check_transaction_id(id: &str) -> Result<()> {
     let reason = if id.is_empty() {
         "a transaction id cannot be empty"
     } else if id.contains(KEY_SEPARATOR) {
         "a transaction id cannot contain `:`"
+    } else if id.chars().any(char::is_control) {
+        "a transaction id cannot contain control characters"
+    } else if id.len() > MAX_TRANSACTION_ID {
+        "a transaction id is at most 256 bytes long"
     } else {
         return Ok(());
     };
@@ -533,6 +541,74 @@ fn check_transaction_id(id: &str) -> Result<()> {
         transaction: id.to_string(),
         reason: reason.to_string(),
     })
+}
+
+/// What a call was advancing when its future was dropped.
+enum Unfinished<'a> {
+    /// A transaction in memory.
+    Cell(&'a Arc<Cell>),
+    /// A transaction the call was creating in the store (it may or may not exist there).
+    Key(&'a TransactionKey),
+}
+
+/// Keeps a transaction going when the call advancing it is dropped mid-way: a caller that went
+/// away (an HTTP client disconnecting, a request timeout, `tokio::time::timeout` around the
+/// call). Armed for the length of the call and disarmed when it returns (with a result or an
+/// error). Dropped armed, it marks the copy in memory as possibly behind its store (its last
+/// write may have been cut short; the handlers it was running were cancelled) and has a task
+/// of its own take the transaction again from the store and drive it on: the handlers that were
+/// running run again, with the same idempotency keys (at least once, as after a crash).
+/// Costs nothing until dropped armed: it only borrows.
+struct KeepGoing<'a> {
+    engine: &'a Engine,
+    unfinished: Option<Unfinished<'a>>,
+}
+
+impl<'a> KeepGoing<'a> {
+    fn new(engine: &'a Engine, unfinished: Unfinished<'a>) -> Self {
+        KeepGoing {
+            engine,
+            unfinished: Some(unfinished),
+        }
+    }
+    /// The call returned: nothing to keep going.
+    fn done(mut self) {
+        self.unfinished = None;
+    }
+}
+
+impl Drop for KeepGoing<'_> {
+    fn drop(&mut self) {
+        let Some(unfinished) = self.unfinished.take() else {
+            return;
+        };
+        // Outside a runtime the lease lapses instead, and a serving engine takes it over.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.engine.clone();
+        match unfinished {
+            Unfinished::Cell(cell) => {
+                // The next holder reloads the transaction from the store (a plain copy's
+                // epoch), resetting the handlers that were running.
+                cell.held.store(false, Ordering::Release);
+                cell.epoch.store(0, Ordering::Release);
+                let cell = cell.clone();
+                runtime.spawn(async move { engine.keep_going(cell).await });
+            }
+            Unfinished::Key(key) => {
+                let key = key.clone();
+                runtime.spawn(async move {
+                    match engine.resume(&key.workflow, &key.id).await {
+                        Ok(_) | Err(Error::TransactionNotFound { .. } | Error::Leased { .. }) => {}
+                        Err(error) => {
+                            tracing::warn!(transaction = %key, %error, "going on after a dropped call failed");
+                        }
+                    }
+                });
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -673,14 +749,23 @@ impl Engine {
                 return Err(already_started());
             };
             if !tx.has_finished() {
-                match self.hold(&cell, &mut tx).await {
-                    Err(Error::Leased { .. }) => return Err(already_started()),
-                    other => other?,
+                let going = KeepGoing::new(self, Unfinished::Cell(&cell));
+                let result = async {
+                    match self.hold(&cell, &mut tx).await {
+                        Err(Error::Leased { .. }) => return Err(already_started()),
+                        other => other?,
+                    }
+                    if tx.has_finished() {
+                        return Ok(None); // finished meanwhile, by another worker
+                    }
+                    let driven = self.drive(&cell, &mut tx, true).await;
+                    self.settle(&cell, &mut tx, driven).await.map(Some)
                 }
-            }
-            if !tx.has_finished() {
-                let driven = self.drive(&cell, &mut tx, true).await;
-                return self.settle(&cell, &mut tx, driven).await;
+                .await;
+                going.done();
+                if let Some(execution) = result? {
+                    return Ok(execution);
+                }
             }
             if options
                 .idempotent
@@ -705,10 +790,14 @@ impl Engine {
         let epoch = if deferred {
             1
         } else {
-            self.inner
+            let going = KeepGoing::new(self, Unfinished::Key(&key));
+            let created = self
+                .inner
                 .store
                 .create(&header, Some(&self.lease_at(now)))
-                .await?
+                .await;
+            going.done();
+            created?
         };
         let tx = Transaction::new(registered.flow.clone(), key.id.clone(), run_id, payload);
         let cell = Arc::new(Cell::new(
@@ -724,8 +813,11 @@ impl Engine {
         // task's scheduling budget, which a forced yield would hand to another worker thread).
         let mut tx = cell.tx.try_lock().expect("a new cell is unlocked");
         self.inner.live.lock().insert(key, cell.clone());
+        let going = KeepGoing::new(self, Unfinished::Cell(&cell));
         let driven = self.drive_from(&cell, &mut tx, true, now).await;
-        self.settle(&cell, &mut tx, driven).await
+        let result = self.settle(&cell, &mut tx, driven).await;
+        going.done();
+        result
     }
 
     /// Starts a workflow without running it here: the transaction is stored, due at once, and
@@ -761,7 +853,19 @@ impl Engine {
         let poll = std::time::Duration::from_millis(worker.poll_ms.clamp(1, worker.lease_ms / 3));
         tokio::pin!(shutdown);
         loop {
-            if let Err(error) = self.inner.store.renew(&self.lease()).await {
+            // Only the transactions this engine is advancing: one it let go of without a
+            // release (a failed write) lapses, and is taken over (by this engine too).
+            let held: Vec<TransactionKey> = self
+                .inner
+                .live
+                .lock()
+                .values()
+                .filter(|cell| cell.held())
+                .map(|cell| cell.key.clone())
+                .collect();
+            if !held.is_empty()
+                && let Err(error) = self.inner.store.renew(&self.lease(), &held).await
+            {
                 tracing::warn!(worker = %worker.id, %error, "renewing leases failed");
             }
             self.take_over_due().await;
@@ -852,7 +956,7 @@ impl Engine {
                     transaction: key.id.to_string(),
                 })?;
         let mut tx = replay(registered.flow.clone(), key, &stored)?;
-        let reset = tx.recover_in_flight();
+        let reset = tx.recover_in_flight(true);
         if reset > 0 {
             tracing::info!(transaction = %key, handlers = reset, epoch, "taking over: handlers in flight will run again");
         }
@@ -940,11 +1044,12 @@ impl Engine {
                 }
             })?;
             let mut fresh = replay(tx.shared().flow.clone(), &cell.key, &stored)?;
-            if cell.async_running.load(Ordering::SeqCst) == 0 {
-                let reset = fresh.recover_in_flight();
-                if reset > 0 {
-                    tracing::info!(transaction = %cell.key, handlers = reset, epoch, "taking over: handlers in flight will run again");
-                }
+            // No synchronous handler runs now (they run under the lock this caller holds);
+            // background ones may, in this process's tasks.
+            let background = cell.async_running.load(Ordering::SeqCst) == 0;
+            let reset = fresh.recover_in_flight(background);
+            if reset > 0 {
+                tracing::info!(transaction = %cell.key, handlers = reset, epoch, "taking over: handlers in flight will run again");
             }
             *tx = fresh;
             for (timer, at) in tx.timers().to_vec() {
@@ -970,7 +1075,20 @@ impl Engine {
         let flushed = self.flush(cell).await;
         let outcome = outcome.and(flushed);
         if let Err(error) = outcome {
-            cell.held.store(false, Ordering::Release);
+            if cell.held.swap(false, Ordering::AcqRel) {
+                // The copy in memory may be ahead of the store: it goes, and the lease is given
+                // up so that any worker (this one too) takes the transaction over from its log
+                // at once. Should the release fail as well, the lease lapses: it is no longer
+                // renewed.
+                let released = self
+                    .inner
+                    .store
+                    .release(&cell.key, cell.epoch(), Some(self.now()))
+                    .await;
+                if let Err(release) = released {
+                    tracing::debug!(transaction = %cell.key, %release, "releasing after a failure failed");
+                }
+            }
             self.retire(cell);
             return Err(error);
         }
@@ -995,12 +1113,43 @@ impl Engine {
     /// Resumes an unfinished transaction (a retry after `autoRetry: false`, a lost timer).
     pub async fn resume(&self, workflow: &str, transaction: &str) -> Result<Execution> {
         let cell = self.cell(workflow, transaction).await?;
+        let going = KeepGoing::new(self, Unfinished::Cell(&cell));
+        let result = async {
+            let mut tx = cell.tx.lock().await;
+            let driven = match self.hold(&cell, &mut tx).await {
+                Ok(()) => self.drive(&cell, &mut tx, true).await,
+                Err(error) => return Err(error),
+            };
+            self.settle(&cell, &mut tx, driven).await
+        }
+        .await;
+        going.done();
+        result
+    }
+
+    /// Drives on a transaction whose call was dropped mid-way (see [`KeepGoing`]).
+    async fn keep_going(&self, cell: Arc<Cell>) {
         let mut tx = cell.tx.lock().await;
+        // Back in memory (the call may have let it go), so that its lease is renewed.
+        let live = self
+            .inner
+            .live
+            .lock()
+            .entry(cell.key.clone())
+            .or_insert_with(|| cell.clone())
+            .clone();
+        if !Arc::ptr_eq(&live, &cell) {
+            return; // another copy is being advanced
+        }
         let driven = match self.hold(&cell, &mut tx).await {
             Ok(()) => self.drive(&cell, &mut tx, true).await,
-            Err(error) => return Err(error),
+            // Another worker has it, or it is gone: nothing to keep going.
+            Err(Error::Leased { .. } | Error::TransactionNotFound { .. }) => return,
+            Err(error) => Err(error),
         };
-        self.settle(&cell, &mut tx, driven).await
+        if let Err(error) = self.settle(&cell, &mut tx, driven).await {
+            tracing::warn!(transaction = %cell.key, %error, "going on after a dropped call failed");
+        }
     }
 
     /// Completes a waiting (async) step's handler with a response, then advances.
@@ -1010,13 +1159,19 @@ impl Engine {
         response: Option<Data>,
     ) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
-        let mut tx = cell.tx.lock().await;
-        self.hold(&cell, &mut tx).await?;
-        let driven = match tx.register_success(step, key.handler, response) {
-            Ok(()) => self.drive(&cell, &mut tx, false).await,
-            Err(error) => Err(error),
-        };
-        self.settle_unless_refused(&cell, &mut tx, driven).await
+        let going = KeepGoing::new(self, Unfinished::Cell(&cell));
+        let result = async {
+            let mut tx = cell.tx.lock().await;
+            self.hold(&cell, &mut tx).await?;
+            let driven = match tx.register_success(step, key.handler, response) {
+                Ok(()) => self.drive(&cell, &mut tx, false).await,
+                Err(error) => Err(error),
+            };
+            self.settle_unless_refused(&cell, &mut tx, driven).await
+        }
+        .await;
+        going.done();
+        result
     }
 
     /// Fails a waiting (async) step's handler (retried while retries remain, unless
@@ -1028,40 +1183,58 @@ impl Engine {
         force_permanent: bool,
     ) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
-        let mut tx = cell.tx.lock().await;
-        self.hold(&cell, &mut tx).await?;
-        let now = self.now();
-        let driven = match tx.register_failure(step, key.handler, error, force_permanent, now) {
-            Ok(()) => self.drive(&cell, &mut tx, false).await,
-            Err(error) => Err(error),
-        };
-        self.settle_unless_refused(&cell, &mut tx, driven).await
+        let going = KeepGoing::new(self, Unfinished::Cell(&cell));
+        let result = async {
+            let mut tx = cell.tx.lock().await;
+            self.hold(&cell, &mut tx).await?;
+            let now = self.now();
+            let driven = match tx.register_failure(step, key.handler, error, force_permanent, now) {
+                Ok(()) => self.drive(&cell, &mut tx, false).await,
+                Err(error) => Err(error),
+            };
+            self.settle_unless_refused(&cell, &mut tx, driven).await
+        }
+        .await;
+        going.done();
+        result
     }
 
     /// Invokes a waiting step's handler again (a lost async response).
     pub async fn retry_step(&self, key: &IdempotencyKey) -> Result<Execution> {
         let (cell, step) = self.cell_and_step(key).await?;
-        let mut tx = cell.tx.lock().await;
-        self.hold(&cell, &mut tx).await?;
-        let now = self.now();
-        let applied = match tx.retry_step(step, key.handler, now) {
-            Ok(()) => self.apply_effects(&cell, &mut tx).await,
-            Err(error) => Err(error),
-        };
-        self.settle_unless_refused(&cell, &mut tx, applied).await
+        let going = KeepGoing::new(self, Unfinished::Cell(&cell));
+        let result = async {
+            let mut tx = cell.tx.lock().await;
+            self.hold(&cell, &mut tx).await?;
+            let now = self.now();
+            let applied = match tx.retry_step(step, key.handler, now) {
+                Ok(()) => self.apply_effects(&cell, &mut tx).await,
+                Err(error) => Err(error),
+            };
+            self.settle_unless_refused(&cell, &mut tx, applied).await
+        }
+        .await;
+        going.done();
+        result
     }
 
     /// Cancels a transaction, running or finished: what was done is compensated.
     pub async fn cancel(&self, workflow: &str, transaction: &str) -> Result<Execution> {
         let cell = self.cell(workflow, transaction).await?;
-        let mut tx = cell.tx.lock().await;
-        self.hold(&cell, &mut tx).await?;
-        let now = self.now();
-        let driven = match tx.cancel(now) {
-            Ok(()) => self.drive(&cell, &mut tx, false).await,
-            Err(error) => Err(error),
-        };
-        self.settle_unless_refused(&cell, &mut tx, driven).await
+        let going = KeepGoing::new(self, Unfinished::Cell(&cell));
+        let result = async {
+            let mut tx = cell.tx.lock().await;
+            self.hold(&cell, &mut tx).await?;
+            let now = self.now();
+            let driven = match tx.cancel(now) {
+                Ok(()) => self.drive(&cell, &mut tx, false).await,
+                Err(error) => Err(error),
+            };
+            self.settle_unless_refused(&cell, &mut tx, driven).await
+        }
+        .await;
+        going.done();
+        result
     }
 
     /// [`settle`](Self::settle), except that an operation the machine refused (nothing was

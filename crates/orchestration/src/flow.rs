@@ -669,11 +669,19 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest duration a flow may give (ten years, in seconds): beyond it a deadline is no
+/// longer a time a clock reaches.
+pub const MAX_DURATION_SECONDS: f64 = 10.0 * 365.25 * 24.0 * 3600.0;
+
 fn check_duration(path: &str, seconds: Option<f64>) -> Result<(), Error> {
     match seconds {
         Some(s) if !s.is_finite() || s < 0.0 => Err(Error::InvalidFlow {
             path: path.to_string(),
             reason: format!("expected a non-negative number of seconds, got {s}"),
+        }),
+        Some(s) if s > MAX_DURATION_SECONDS => Err(Error::InvalidFlow {
+            path: path.to_string(),
+            reason: format!("{s} seconds is longer than ten years ({MAX_DURATION_SECONDS})"),
         }),
         _ => Ok(()),
     }
@@ -767,6 +775,12 @@ mod tests {
             path_of(compile(r#"{"next":{"action":"a","timeout":-1}}"#).unwrap_err()),
             "next.timeout"
         );
+        // A duration no clock reaches (it would overflow a deadline) is refused too.
+        assert_eq!(
+            path_of(compile(r#"{"next":{"action":"a","retryInterval":1e300}}"#).unwrap_err()),
+            "next.retryInterval"
+        );
+        assert!(compile(r#"{"next":{"action":"a","timeout":315000000}}"#).is_ok());
         assert_eq!(
             path_of(compile(r#"{"next":{"next":{"action":"b"}}}"#).unwrap_err()),
             "next.action"

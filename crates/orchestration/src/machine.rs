@@ -1119,11 +1119,13 @@ impl Transaction {
         }
     }
 
-    /// Prepares a transaction taken over from a worker that died: every synchronous handler
-    /// that was running then (and every `backgroundExecution` async one, whose result was the
-    /// handler's own) is made ready to be called again, with the same idempotency key. Async
-    /// steps waiting for an outside response keep waiting. Returns how many were reset.
-    pub fn recover_in_flight(&mut self) -> usize {
+    /// Prepares a transaction taken over from a worker that died, or whose advance was cut
+    /// short: every synchronous handler that was running then is made ready to be called again,
+    /// with the same idempotency key, and with `background` every `backgroundExecution` async
+    /// one too (whose result was the handler's own: leave them when they still run in this
+    /// process). Async steps waiting for an outside response keep waiting. Returns how many
+    /// were reset.
+    pub fn recover_in_flight(&mut self, background: bool) -> usize {
         let mut reset = 0;
         for step in 1..self.steps.len() {
             let run = &self.steps[step];
@@ -1131,9 +1133,9 @@ impl Transaction {
                 continue;
             }
             let options = &self.shared.flow.step(step).options;
-            let awaits_outside = options.is_async_side(run.handler_type())
-                && (!options.background_execution() || options.nested());
-            if awaits_outside {
+            let is_async = options.is_async_side(run.handler_type());
+            let awaits_outside = is_async && (!options.background_execution() || options.nested());
+            if awaits_outside || (is_async && !background) {
                 continue;
             }
             let run = self.run_mut(step);
@@ -1692,7 +1694,7 @@ impl Transaction {
         let no_compensation = self.flow().step(step).options.no_compensation();
         let run = self.run_mut(step);
         run.last_attempt = Some(now);
-        run.attempts += 1;
+        run.attempts = run.attempts.saturating_add(1);
         if run.side().state == StepState::NotStarted {
             if run.started_at.is_none() {
                 run.started_at = Some(now);
@@ -2026,7 +2028,8 @@ impl Transaction {
         now: u64,
     ) -> bool {
         let is_timeout = timeout.is_some();
-        self.run_mut(step).failures += 1;
+        let run = self.run_mut(step);
+        run.failures = run.failures.saturating_add(1);
         if !is_timeout && self.steps[step].side().status != StepStatus::PermanentFailure {
             self.change_status(step, StepStatus::TemporaryFailure);
         }
@@ -2206,5 +2209,44 @@ mod position_set_tests {
         assert_eq!(set.first_from(130), Some(200));
         set.reset(10);
         assert_eq!(set.first_from(0), None);
+    }
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use std::sync::Arc;
+
+    use super::{Record, Round, Transaction, TransactionFields};
+    use crate::data::Data;
+    use crate::flow::{Flow, FlowDefinition, WorkflowOptions};
+    use crate::state::{StepRun, StepState, StepStatus, TransactionState};
+
+    /// A record edited by hand to the largest attempt and failure counts: preparing the step
+    /// again saturates instead of overflowing.
+    #[test]
+    fn counts_read_from_a_record_saturate() {
+        let definition =
+            FlowDefinition::from_json(r#"{"next":{"action":"a","maxRetries":5}}"#).unwrap();
+        let flow = Arc::new(Flow::compile("w", definition, WorkflowOptions::default()).unwrap());
+        let mut run = StepRun {
+            attempts: u32::MAX,
+            failures: u32::MAX,
+            ..StepRun::default()
+        };
+        run.invoke.state = StepState::Invoking;
+        run.invoke.status = StepStatus::TemporaryFailure;
+        let records = [
+            Record::Transaction(TransactionFields {
+                state: TransactionState::Invoking,
+                started_at: Some(1),
+                ..TransactionFields::NOT_STARTED
+            }),
+            Record::Step { step: 1, run },
+        ];
+        let mut tx = Transaction::replay(flow, "t".into(), "r".into(), Data::null(), &records)
+            .expect("replays");
+        let round = tx.next_round(10);
+        assert!(matches!(round, Round::Finished | Round::Run { .. }));
+        assert_eq!(tx.step(1).attempts, u32::MAX);
     }
 }

@@ -32,7 +32,8 @@
 //!   the epoch it last held knows no one else wrote in between.
 //! - `append` and `release` carry the writer's epoch and are refused with [`Error::Fenced`] when
 //!   it is not the current one: a worker whose lease was taken over cannot write.
-//! - `renew` extends every lease a worker holds, in one operation.
+//! - `renew` extends the leases a worker holds on the transactions it is advancing, in one
+//!   operation; a transaction it let go of without releasing it lapses.
 //! - Lease times are the workers' clocks: workers sharing a store need clocks that agree to well
 //!   within a lease.
 
@@ -203,8 +204,10 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
         limit: usize,
     ) -> Result<Vec<(TransactionKey, u64)>>;
-    /// Extends every lease `lease.owner` holds to `lease.until`; returns how many.
-    async fn renew(&self, lease: &Lease) -> Result<usize>;
+    /// Extends to `lease.until` the leases `lease.owner` holds on these transactions (those it
+    /// is advancing); returns how many. A lease it no longer holds (released, lapsed and taken
+    /// over) is left alone, so a transaction this worker dropped lapses and is taken over.
+    async fn renew(&self, lease: &Lease, keys: &[TransactionKey]) -> Result<usize>;
     /// Whether the engine may run a transaction's next steps before its last append is
     /// durable (the store's batched mode). The engine then keeps at most one append per
     /// transaction in flight, gathers what the steps record meanwhile into the next one, and
@@ -772,14 +775,15 @@ impl Store for MemoryStore {
         Ok(claimed)
     }
 
-    async fn renew(&self, lease: &Lease) -> Result<usize> {
+    async fn renew(&self, lease: &Lease, keys: &[TransactionKey]) -> Result<usize> {
         let mut renewed = 0;
-        for shard in self.shards.iter() {
-            for entry in shard.lock().0.iter_mut() {
-                if entry.owner.as_ref() == Some(&lease.owner) {
-                    entry.until = lease.until;
-                    renewed += 1;
-                }
+        for key in keys {
+            let (hash, shard) = self.shard(key);
+            if let Some(entry) = shard.lock().get_mut(hash, key)
+                && entry.owner.as_ref() == Some(&lease.owner)
+            {
+                entry.until = lease.until;
+                renewed += 1;
             }
         }
         Ok(renewed)

@@ -462,22 +462,48 @@ pub async fn enqueued_transactions_are_due_at_once(store: Arc<dyn Store>) {
     assert_eq!(claimed, vec![(h.key.clone(), epoch + 1)]);
 }
 
-/// `renew` extends every lease of its owner; a lease that lapsed is taken over by `claim_due`.
+/// `renew` extends the named leases of its owner, and only those (a transaction the owner
+/// dropped lapses); a lease that lapsed is taken over by `claim_due`.
 pub async fn renewed_leases_are_kept_and_lapsed_ones_taken_over(store: Arc<dyn Store>) {
     let workflow: Arc<str> = Arc::from(unique("renew"));
     let owner = unique("owner");
     let a = header(&workflow, "a", "run");
     let b = header(&workflow, "b", "run");
+    let dropped = header(&workflow, "dropped", "run");
+    for h in [&a, &b, &dropped] {
+        store
+            .create(h, Some(&lease(&owner, 100)))
+            .await
+            .expect("create");
+    }
+    let renewed = store
+        .renew(&lease(&owner, 300), &[a.key.clone(), b.key.clone()])
+        .await
+        .expect("renew");
+    assert_eq!(renewed, 2);
+    let workflows = [workflow.clone()];
+    let orphan = store
+        .claim_due(&workflows, &lease(&owner, 1_000), 150, 10)
+        .await
+        .expect("claim_due");
+    assert_eq!(
+        orphan,
+        vec![(dropped.key.clone(), 2)],
+        "a lease its owner stopped renewing lapses, and the owner itself may take it again"
+    );
+    let stranger = header(&workflow, "stranger", "run");
     store
-        .create(&a, Some(&lease(&owner, 100)))
+        .create(&stranger, Some(&lease("someone-else", 10_000)))
         .await
         .expect("create");
-    store
-        .create(&b, Some(&lease(&owner, 100)))
-        .await
-        .expect("create");
-    assert_eq!(store.renew(&lease(&owner, 300)).await.expect("renew"), 2);
-    let workflows = [workflow];
+    assert_eq!(
+        store
+            .renew(&lease(&owner, 300), std::slice::from_ref(&stranger.key))
+            .await
+            .expect("renew"),
+        0,
+        "another owner's lease is not renewed"
+    );
     assert!(
         store
             .claim_due(&workflows, &lease("thief", 1_000), 200, 10)
@@ -496,6 +522,7 @@ pub async fn renewed_leases_are_kept_and_lapsed_ones_taken_over(store: Arc<dyn S
             .await
             .expect("claim_due"),
     );
+    claimed.retain(|(key, _)| *key != stranger.key);
     claimed.sort();
     assert_eq!(
         claimed.len(),

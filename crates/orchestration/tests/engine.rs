@@ -529,10 +529,19 @@ async fn bad_input_gets_typed_errors() {
             |_c: StepCall| async { StepOutcome::Success(None) },
         )
         .unwrap();
-    assert!(matches!(
-        engine.run("ok", run_with_id("a:b", json!({}))).await,
-        Err(Error::InvalidTransactionId { .. })
-    ));
+    let too_long = "x".repeat(257);
+    for bad in ["a:b", "evil\u{0}", "line\nbreak", too_long.as_str()] {
+        let refused = engine.run("ok", run_with_id(bad, json!({}))).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidTransactionId { .. })),
+            "{bad:?}: {refused:?}"
+        );
+    }
+    let longest = "x".repeat(256);
+    engine
+        .run("ok", run_with_id(&longest, json!({})))
+        .await
+        .unwrap();
     let different = flow("ok", r#"{"next":{"action":"b"}}"#, "{}");
     assert!(matches!(
         engine.register(different, |_c: StepCall| async {

@@ -32,7 +32,7 @@
 //! `search_path`), so several stores (or tests) share one database without meeting:
 //!
 //! ```text
-//!  transactions     one row per (workflow, transaction_id): run_id, state, payload (jsonb),
+//!  transactions     one row per (workflow, transaction_id): run_id, state, payload (json),
 //!                   created_at, updated_at (ms), next_seq; owner, lease_until, epoch, wake_at
 //!                   (leases, migrations/0003). The summary, for listings and for claims.
 //!  transaction_log  one row per record: (workflow, transaction_id, run_id, seq) primary key,
@@ -543,7 +543,7 @@ enum Written {
 const CREATE_MANY_SQL: &str = r#"
 INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
                           updated_at, next_seq, owner, lease_until, epoch, wake_at)
-SELECT d.workflow, d.transaction_id, d.run_id, 'not_started', d.payload::jsonb, d.created_at,
+SELECT d.workflow, d.transaction_id, d.run_id, 'not_started', d.payload::json, d.created_at,
        $6, 0, NULLIF(d.owner, ''), d.until, 1, NULL
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::text[], $8::int8[])
        AS d(workflow, transaction_id, run_id, payload, created_at, owner, until)
@@ -557,7 +557,7 @@ const CREATE_WITH_LOG_SQL: &str = r#"
 WITH ins AS (
     INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
                               updated_at, next_seq, owner, lease_until, epoch, wake_at)
-    VALUES ($1, $2, $3, COALESCE(NULLIF($9, ''), 'not_started'), $4::jsonb, $5, $6, $10,
+    VALUES ($1, $2, $3, COALESCE(NULLIF($9, ''), 'not_started'), $4::json, $5, $6, $10,
             CASE WHEN $9 IN ('done', 'reverted', 'failed') THEN NULL ELSE NULLIF($7, '') END,
             $8, 1, NULL)
     ON CONFLICT (workflow, transaction_id) DO NOTHING
@@ -762,31 +762,58 @@ async fn run_writer(
             .iter()
             .map(|p| (&p.key, p.epoch, &p.append, p.create.as_ref()))
             .collect();
-        let result = write_batch_creating(&pool, &refs).await;
+        let outcomes = write_isolating(&pool, &refs, &counters).await;
         drop(refs);
-        match result {
-            Ok(written) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                for (pending, written) in batch.drain(..).zip(written) {
-                    let _ = pending.reply.send(Ok(written));
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, appends = batch.len(), "a batched commit failed");
-                let reason = error.to_string();
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(reason.clone()));
-                }
-            }
+        for (pending, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = pending.reply.send(outcome);
         }
     }
+}
+
+/// What one append of a batch came to: written (or refused), or the error of the commit it
+/// failed in.
+type AppendOutcome = Result<Written, String>;
+
+/// Writes a batch in one commit; when that commit fails, writes each half on its own, down to
+/// single appends, so an append the database refuses (a value it cannot hold) fails alone and
+/// the others of its batch are written.
+fn write_isolating<'a>(
+    pool: &'a PgPool,
+    batch: &'a [(
+        &'a TransactionKey,
+        u64,
+        &'a EncodedAppend,
+        Option<&'a NewTransaction>,
+    )],
+    counters: &'a Counters,
+) -> futures::future::BoxFuture<'a, Vec<AppendOutcome>> {
+    Box::pin(async move {
+        match write_batch_creating(pool, batch).await {
+            Ok(written) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                written.into_iter().map(Ok).collect()
+            }
+            Err(error) if batch.len() == 1 => {
+                let key = batch[0].0;
+                tracing::warn!(transaction = %key, %error, "an append was refused");
+                vec![Err(error.to_string())]
+            }
+            Err(error) => {
+                tracing::warn!(%error, appends = batch.len(), "a batched commit failed; writing its halves apart");
+                let (first, second) = batch.split_at(batch.len() / 2);
+                let mut outcomes = write_isolating(pool, first, counters).await;
+                outcomes.extend(write_isolating(pool, second, counters).await);
+                outcomes
+            }
+        }
+    })
 }
 
 const CREATE_SQL: &str = r#"
 WITH up AS (
     INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
                               updated_at, next_seq, owner, lease_until, epoch, wake_at)
-    VALUES ($1, $2, $3, 'not_started', $4::jsonb, $5, $6, 0, $7, $8, 1,
+    VALUES ($1, $2, $3, 'not_started', $4::json, $5, $6, 0, $7, $8, 1,
             CASE WHEN $7::text IS NULL THEN $5 END)
     ON CONFLICT (workflow, transaction_id) DO UPDATE
        SET run_id = EXCLUDED.run_id, state = EXCLUDED.state, payload = EXCLUDED.payload,
@@ -981,10 +1008,21 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
-        let done = sqlx::query("UPDATE transactions SET lease_until = $2 WHERE owner = $1")
+    async fn renew(
+        &self,
+        lease: &Lease,
+        keys: &[TransactionKey],
+    ) -> gorgon_orchestration::Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let workflows: Vec<&str> = keys.iter().map(|k| k.workflow.as_ref()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_ref()).collect();
+        let done = sqlx::query(RENEW_SQL)
             .bind(lease.owner.as_ref())
             .bind(millis(lease.until))
+            .bind(&workflows)
+            .bind(&ids)
             .execute(&self.inner.pool)
             .await
             .map_err(|e| StoreError::Store {
@@ -1093,6 +1131,13 @@ fn bind_all<'q, O>(
     }
     query
 }
+
+/// Extends owner `$1`'s leases on the transactions named by `$3` (workflows) and `$4` (ids).
+const RENEW_SQL: &str = r#"
+UPDATE transactions t SET lease_until = $2
+  FROM unnest($3::text[], $4::text[]) AS k(workflow, transaction_id)
+ WHERE t.owner = $1 AND t.workflow = k.workflow AND t.transaction_id = k.transaction_id
+"#;
 
 const CLAIM_SQL: &str = r#"
 UPDATE transactions

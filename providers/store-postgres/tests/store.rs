@@ -420,3 +420,66 @@ async fn bad_options_are_typed_errors() {
     assert_eq!(parsed.durability, Durability::Batched);
     assert!(serde_json::from_value::<Options>(json!({"durability": "sometimes"})).is_err());
 }
+
+/// One payload carrying a NUL character among 20 concurrent creations with their first append
+/// (one batch): all 20 are stored, the NUL kept as given. A value the database cannot hold (a NUL
+/// in a transaction id, which PostgreSQL's text refuses) fails its own append only.
+#[tokio::test]
+async fn a_nul_character_fails_nothing_else_in_its_batch() {
+    let (store, _cleanup) = connect(Durability::Batched).await;
+    let run = |id: String, payload: serde_json::Value| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let h = TransactionHeader {
+                payload: Data::json(payload),
+                ..header(&id)
+            };
+            store
+                .create_and_append(&h, None, &[state(TransactionState::Invoking)])
+                .await
+        })
+    };
+    let ids: Vec<String> = (0..20)
+        .map(|i| format!("nul-{i}-{}", uuid::Uuid::new_v4()))
+        .collect();
+    let tasks: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let note = if i == 7 { "evil\u{0}" } else { "fine" };
+            run(id.clone(), json!({ "note": note }))
+        })
+        .collect();
+    for result in futures::future::join_all(tasks).await {
+        result.expect("task").expect("every creation is stored");
+    }
+    let evil = store
+        .load(&TransactionKey::new("pg-test", ids[7].as_str()))
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(
+        evil.header.payload.to_json().unwrap(),
+        json!({"note": "evil\u{0}"})
+    );
+
+    // Now an append PostgreSQL refuses, among 19 it accepts.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let id = if i == 3 {
+                format!("bad\u{0}id-{}", uuid::Uuid::new_v4())
+            } else {
+                format!("good-{i}-{}", uuid::Uuid::new_v4())
+            };
+            run(id, json!({}))
+        })
+        .collect();
+    let outcomes: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let failed: Vec<usize> = (0..20).filter(|&i| outcomes[i].is_err()).collect();
+    assert_eq!(failed, [3], "only the refused append fails");
+    store.drop_schema().await.expect("drop");
+}

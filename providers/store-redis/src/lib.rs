@@ -816,22 +816,33 @@ impl Store for RedisStore {
         self.inner.batch.is_some()
     }
 
-    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
+    async fn renew(
+        &self,
+        lease: &Lease,
+        keys: &[TransactionKey],
+    ) -> gorgon_orchestration::Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
         let mut connection = self.inner.connection.clone();
-        let renewed: i64 = redis::cmd("EVAL")
+        let mut command = redis::cmd("EVAL");
+        command
             .arg(scripts::RENEW)
             .arg(1)
             .arg(self.owned_key(&lease.owner))
             .arg(&self.inner.prefix)
             .arg(lease.owner.as_ref())
-            .arg(lease.until)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| gorgon_orchestration::Error::Store {
+            .arg(lease.until);
+        for key in keys {
+            command.arg(member(key));
+        }
+        let renewed: i64 = command.query_async(&mut connection).await.map_err(|e| {
+            gorgon_orchestration::Error::Store {
                 operation: "renew",
                 transaction: format!("every one leased by {}", lease.owner),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         Ok(usize::try_from(renewed).unwrap_or(0))
     }
 

@@ -214,12 +214,13 @@ return out
 ";
 
 /// KEYS: the owner's set.
-/// ARGV: prefix, owner, until.
-/// Extends every lease the owner holds; returns how many.
+/// ARGV: prefix, owner, until, then the members to renew.
+/// Extends the owner's leases on these members; returns how many.
 pub(crate) const RENEW: &str = r"
 local prefix, owner, lease_end = ARGV[1], ARGV[2], ARGV[3]
 local n = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for i = 4, #ARGV do
+  local member = ARGV[i]
   local key = prefix .. 'h:' .. member
   local h = redis.call('HMGET', key, 'owner', 'state')
   if h[1] == owner then

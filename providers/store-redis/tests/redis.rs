@@ -492,8 +492,15 @@ async fn two_workers_never_claim_a_transaction_twice() {
             }
         );
     }
-    let held = first.renew(&lease("w1", 30_000)).await.expect("renew")
-        + second.renew(&lease("w2", 30_000)).await.expect("renew");
+    let keys: Vec<TransactionKey> = all.iter().map(|((key, _), _)| key.clone()).collect();
+    let held = first
+        .renew(&lease("w1", 30_000), &keys)
+        .await
+        .expect("renew")
+        + second
+            .renew(&lease("w2", 30_000), &keys)
+            .await
+            .expect("renew");
     assert_eq!(held, 100);
     first.clear().await.expect("clear");
 }
@@ -533,7 +540,13 @@ async fn the_lease_indexes_follow_the_transaction() {
         .expect("create");
     assert_eq!(score("leased:idx").await, Some(100.0));
     assert_eq!(score("parked:idx").await, None);
-    assert_eq!(store.renew(&lease("w", 250)).await.expect("renew"), 1);
+    assert_eq!(
+        store
+            .renew(&lease("w", 250), std::slice::from_ref(&key))
+            .await
+            .expect("renew"),
+        1
+    );
     assert_eq!(score("leased:idx").await, Some(250.0));
     let owned: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("{p}owned:w"))
@@ -551,7 +564,13 @@ async fn the_lease_indexes_follow_the_transaction() {
         .expect("release");
     assert_eq!(score("leased:idx").await, None);
     assert_eq!(score("parked:idx").await, Some(400.0));
-    assert_eq!(store.renew(&lease("w", 300)).await.expect("renew"), 0);
+    assert_eq!(
+        store
+            .renew(&lease("w", 300), std::slice::from_ref(&key))
+            .await
+            .expect("renew"),
+        0
+    );
     let Claim::Granted { epoch } = store
         .claim(&key, &lease("v", 900), 200)
         .await
@@ -567,7 +586,13 @@ async fn the_lease_indexes_follow_the_transaction() {
         .expect("append");
     assert_eq!(score("leased:idx").await, None);
     assert_eq!(score("parked:idx").await, None);
-    assert_eq!(store.renew(&lease("v", 1_000)).await.expect("renew"), 0);
+    assert_eq!(
+        store
+            .renew(&lease("v", 1_000), std::slice::from_ref(&key))
+            .await
+            .expect("renew"),
+        0
+    );
     let exists: i64 = redis::cmd("EXISTS")
         .arg(format!("{p}owned:v"))
         .query_async(&mut raw)

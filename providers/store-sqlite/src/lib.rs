@@ -613,24 +613,44 @@ async fn run_writer(
             batch.iter().map(|p| (&p.key, p.epoch, &p.append)).collect();
         let creates: Vec<Option<&NewTransaction>> =
             batch.iter().map(|p| p.create.as_ref()).collect();
-        let result = write_batch_creating(&pool, &refs, &creates).await;
+        let outcomes = write_isolating(&pool, &refs, &creates, &counters).await;
         drop(refs);
-        match result {
-            Ok(outcomes) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = pending.reply.send(Ok(outcome));
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, appends = batch.len(), "a batched commit failed");
-                let reason = error.to_string();
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(reason.clone()));
-                }
-            }
+        for (pending, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = pending.reply.send(outcome);
         }
     }
+}
+
+/// Writes a batch in one commit; when that commit fails, writes each half on its own, down to
+/// single appends, so an append the database refuses fails alone and the others of its batch
+/// are written.
+fn write_isolating<'a>(
+    pool: &'a SqlitePool,
+    batch: &'a [BatchAppend<'a>],
+    creates: &'a [Option<&'a NewTransaction>],
+    counters: &'a Counters,
+) -> futures::future::BoxFuture<'a, Vec<Result<Outcome, String>>> {
+    Box::pin(async move {
+        match write_batch_creating(pool, batch, creates).await {
+            Ok(outcomes) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                outcomes.into_iter().map(Ok).collect()
+            }
+            Err(error) if batch.len() == 1 => {
+                tracing::warn!(transaction = %batch[0].0, %error, "an append was refused");
+                vec![Err(error.to_string())]
+            }
+            Err(error) => {
+                tracing::warn!(%error, appends = batch.len(), "a batched commit failed; writing its halves apart");
+                let half = batch.len() / 2;
+                let (first, second) = batch.split_at(half);
+                let (creates_first, creates_second) = creates.split_at(half.min(creates.len()));
+                let mut outcomes = write_isolating(pool, first, creates_first, counters).await;
+                outcomes.extend(write_isolating(pool, second, creates_second, counters).await);
+                outcomes
+            }
+        }
+    })
 }
 
 /// Creates a transaction, or replaces a finished one with a new run (one epoch later);
@@ -662,7 +682,12 @@ const RELEASE_SQL: &str = "UPDATE transactions
  WHERE workflow = ?1 AND transaction_id = ?2 AND epoch = ?3";
 
 /// Extends every lease owner `?1` holds to `?2` (through the `transactions_by_owner` index).
-const RENEW_SQL: &str = "UPDATE transactions SET lease_until = ?2 WHERE owner = ?1";
+/// Extends owner `?1`'s leases on the transactions named in `?3`, a JSON array of
+/// `[workflow, transaction id]` pairs.
+const RENEW_SQL: &str = "UPDATE transactions SET lease_until = ?2
+ WHERE owner = ?1 AND EXISTS (
+   SELECT 1 FROM json_each(?3) AS k
+    WHERE k.value ->> 0 = transactions.workflow AND k.value ->> 1 = transactions.transaction_id)";
 
 /// Claims up to `?5` unfinished transactions of the workflows in `?1` (a JSON array) due at
 /// `?4` for owner `?2` until `?3`, each one epoch later. The inner query reads the
@@ -871,10 +896,23 @@ impl Store for SqliteStore {
         self.inner.queue.is_some()
     }
 
-    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
+    async fn renew(
+        &self,
+        lease: &Lease,
+        keys: &[TransactionKey],
+    ) -> gorgon_orchestration::Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let pairs: Vec<[&str; 2]> = keys
+            .iter()
+            .map(|k| [k.workflow.as_ref(), k.id.as_ref()])
+            .collect();
+        let pairs = serde_json::to_string(&pairs).expect("strings serialize");
         let renewed = sqlx::query(RENEW_SQL)
             .bind(lease.owner.as_ref())
             .bind(until(lease.until))
+            .bind(pairs)
             .execute(&self.inner.writer)
             .await
             .map_err(|e| StoreError::Store {

@@ -382,8 +382,15 @@ async fn two_workers_on_one_file_never_claim_a_transaction_twice() {
             }
         );
     }
-    let held = first.renew(&lease("w1", 30_000)).await.expect("renew")
-        + second.renew(&lease("w2", 30_000)).await.expect("renew");
+    let keys: Vec<TransactionKey> = all.iter().map(|((key, _), _)| key.clone()).collect();
+    let held = first
+        .renew(&lease("w1", 30_000), &keys)
+        .await
+        .expect("renew")
+        + second
+            .renew(&lease("w2", 30_000), &keys)
+            .await
+            .expect("renew");
     assert_eq!(held, 100);
 }
 

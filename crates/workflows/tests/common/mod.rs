@@ -112,8 +112,12 @@ impl Store for JsonStore {
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         self.inner.claim_due(workflows, lease, now, limit).await
     }
-    async fn renew(&self, lease: &Lease) -> gorgon_orchestration::Result<usize> {
-        self.inner.renew(lease).await
+    async fn renew(
+        &self,
+        lease: &Lease,
+        keys: &[TransactionKey],
+    ) -> gorgon_orchestration::Result<usize> {
+        self.inner.renew(lease, keys).await
     }
     async fn list(
         &self,
