@@ -1,5 +1,6 @@
 //! The local-disk provider and its presigned-URL signer.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub struct LocalOptions {
     pub presign_base_url: String,
     /// Secret that signs presigned URLs. When absent a random one is made at start, so URLs stop
     /// working when the process restarts and differ between instances: set it in production.
-    pub signing_secret: Option<String>,
+    pub signing_secret: Option<SecretString>,
     /// Longest lifetime of a presigned URL, in seconds. Default 7 days.
     pub max_presign_expiry_secs: u64,
 }
@@ -92,11 +93,11 @@ impl LocalFileStore {
         if options.max_presign_expiry_secs == 0 {
             return Err(invalid("max_presign_expiry_secs must be positive".into()));
         }
-        let secret = match options.signing_secret {
+        let secret = match options.signing_secret.as_ref().map(|s| s.expose_secret()) {
             Some(secret) if secret.len() < 16 => {
                 return Err(invalid("signing_secret must be at least 16 bytes".into()));
             }
-            Some(secret) => secret.into_bytes(),
+            Some(secret) => secret.as_bytes().to_vec(),
             None => {
                 tracing::warn!(
                     "local file store: no signing_secret configured, presigned URLs will stop working on restart"

@@ -17,6 +17,7 @@
 //! fact arrived. `2xx` is success; `4xx` other than `429` is [`Error::Rejected`]; `429`, `5xx`
 //! and transport errors are [`Error::Delivery`] (the batcher retries those).
 
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,7 +36,7 @@ const PROVIDER: &str = "posthog";
 #[serde(default, deny_unknown_fields)]
 pub struct PosthogOptions {
     /// Project API key (required).
-    pub api_key: String,
+    pub api_key: SecretString,
     /// PostHog host. Default `https://us.i.posthog.com`.
     pub host: String,
     /// Request timeout in seconds. Default 10.
@@ -47,7 +48,7 @@ pub struct PosthogOptions {
 impl Default for PosthogOptions {
     fn default() -> Self {
         Self {
-            api_key: String::new(),
+            api_key: SecretString::from(""),
             host: "https://us.i.posthog.com".into(),
             timeout_secs: 10,
             batch: BatchOptions::default(),
@@ -78,7 +79,7 @@ impl PosthogSink {
             provider: PROVIDER,
             reason,
         };
-        if options.api_key.is_empty() {
+        if options.api_key.expose_secret().is_empty() {
             return Err(invalid("`api_key` is required".into()));
         }
         if !(options.host.starts_with("http://") || options.host.starts_with("https://")) {
@@ -94,7 +95,7 @@ impl PosthogSink {
         Ok(Self {
             client,
             endpoint: format!("{}/batch/", options.host.trim_end_matches('/')),
-            api_key: options.api_key,
+            api_key: options.api_key.expose_secret().to_string(),
         })
     }
 

@@ -41,7 +41,7 @@ const INVALIDATE_BATCH: usize = 256;
 
 /// Configuration of a [`RedisCache`], deserializable from the application config:
 /// `{ "url": "redis://127.0.0.1:6379", "namespace": "gorgon:cache:" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// Connection URL, for example `redis://127.0.0.1:6379`.
@@ -50,6 +50,16 @@ pub struct Options {
     /// namespace. Default `gorgon:cache:`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+}
+
+/// The URL may carry a password: it is shown as `[redacted]`.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &"[redacted]")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
 }
 
 fn default_namespace() -> String {

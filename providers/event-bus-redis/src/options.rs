@@ -17,7 +17,7 @@ use crate::Error;
 /// })).unwrap();
 /// assert_eq!(options.consumer_group, "gorgon");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0`. Default `redis://127.0.0.1:6379`.
@@ -53,6 +53,26 @@ pub struct Options {
     /// Approximate cap on the stream length (`XADD MAXLEN ~`). Trimming can drop events some
     /// subscriber has not read yet, so it trades at-least-once for memory. Default `None` (no cap).
     pub max_len: Option<u64>,
+}
+
+/// The URL may carry a password: it is shown as `[redacted]`.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &"[redacted]")
+            .field("prefix", &self.prefix)
+            .field("consumer_group", &self.consumer_group)
+            .field("consumer_name", &self.consumer_name)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_initial_ms", &self.backoff_initial_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("claim_idle_ms", &self.claim_idle_ms)
+            .field("read_block_ms", &self.read_block_ms)
+            .field("batch_size", &self.batch_size)
+            .field("group_ttl_secs", &self.group_ttl_secs)
+            .field("max_len", &self.max_len)
+            .finish()
+    }
 }
 
 impl Default for Options {

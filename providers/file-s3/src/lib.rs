@@ -22,6 +22,7 @@
 //! - Public URLs are `<public_base_url>/<prefix>/public/<path>`; the default base is the bucket's
 //!   own URL, set `public_base_url` to put a CDN in front.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -69,9 +70,9 @@ pub struct S3Options {
     /// Access key id; default from the environment / instance credentials.
     pub access_key_id: Option<String>,
     /// Secret access key; default from the environment / instance credentials.
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<SecretString>,
     /// Session token for temporary credentials.
-    pub session_token: Option<String>,
+    pub session_token: Option<SecretString>,
     /// Folder inside the bucket holding all files, e.g. `prod`. Default none.
     pub prefix: Option<String>,
     /// Base of public URLs (a CDN or website endpoint). Default: the bucket's URL.
@@ -160,10 +161,10 @@ impl S3FileStore {
             builder = builder.with_access_key_id(id);
         }
         if let Some(secret) = &options.secret_access_key {
-            builder = builder.with_secret_access_key(secret);
+            builder = builder.with_secret_access_key(secret.expose_secret());
         }
         if let Some(token) = &options.session_token {
-            builder = builder.with_token(token);
+            builder = builder.with_token(token.expose_secret());
         }
         let s3 = builder.build().map_err(|e| invalid(e.to_string()))?;
         let public_base_url = match (&options.public_base_url, &options.endpoint) {

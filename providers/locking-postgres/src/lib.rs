@@ -48,7 +48,7 @@ use tokio::time::Instant;
 
 /// Configuration of a [`PostgresLocker`], deserializable from the application config:
 /// `{ "url": "postgres://...", "table": "gorgon_locks" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// Connection URL, for example `postgres://postgres@127.0.0.1:5432/app`.
@@ -69,6 +69,20 @@ pub struct Options {
     /// LISTEN for releases to wake waiters at once (one extra connection). Default true.
     #[serde(default = "default_listen")]
     pub listen: bool,
+}
+
+/// The URL may carry a password: it is shown as `[redacted]`.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &"[redacted]")
+            .field("table", &self.table)
+            .field("max_connections", &self.max_connections)
+            .field("poll_min_ms", &self.poll_min_ms)
+            .field("poll_max_ms", &self.poll_max_ms)
+            .field("listen", &self.listen)
+            .finish()
+    }
 }
 
 fn default_table() -> String {

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 /// Configuration of a [`RedisLocker`], deserializable from the application config:
 /// `{ "url": "redis://127.0.0.1:6379", "namespace": "gorgon:lock:" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// Connection URL, for example `redis://127.0.0.1:6379`.
@@ -59,6 +59,18 @@ pub struct Options {
     /// Longest retry delay of a waiting acquisition. Default 100 ms.
     #[serde(default = "default_poll_max_ms")]
     pub poll_max_ms: u64,
+}
+
+/// The URL may carry a password: it is shown as `[redacted]`.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &"[redacted]")
+            .field("namespace", &self.namespace)
+            .field("poll_min_ms", &self.poll_min_ms)
+            .field("poll_max_ms", &self.poll_max_ms)
+            .finish()
+    }
 }
 
 fn default_namespace() -> String {

@@ -18,6 +18,7 @@
 //! `X-Message-Id` becomes the receipt's external id. A `4xx` other than `429` is
 //! [`Error::Rejected`]; `429`, `5xx`, timeouts and connection errors are [`Error::Delivery`].
 
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ const PROVIDER: &str = "sendgrid";
 #[serde(default, deny_unknown_fields)]
 pub struct SendgridOptions {
     /// API key with the Mail Send permission (required).
-    pub api_key: String,
+    pub api_key: SecretString,
     /// Sender address, verified in SendGrid (required).
     pub from: String,
     /// Sender display name.
@@ -54,7 +55,7 @@ pub struct SendgridOptions {
 impl Default for SendgridOptions {
     fn default() -> Self {
         Self {
-            api_key: String::new(),
+            api_key: SecretString::from(""),
             from: String::new(),
             from_name: None,
             reply_to: None,
@@ -110,7 +111,7 @@ fn address(raw: &str) -> Option<Value> {
 impl SendgridProvider {
     /// Builds the provider.
     pub fn new(options: SendgridOptions) -> Result<Self, Error> {
-        if options.api_key.is_empty() {
+        if options.api_key.expose_secret().is_empty() {
             return Err(invalid("`api_key` is required"));
         }
         let mut from = address(&options.from)
@@ -138,7 +139,7 @@ impl SendgridProvider {
         Ok(Self {
             client,
             endpoint: format!("{}/v3/mail/send", options.base_url.trim_end_matches('/')),
-            api_key: options.api_key,
+            api_key: options.api_key.expose_secret().to_string(),
             from,
             reply_to,
         })
@@ -242,7 +243,7 @@ mod tests {
         assert!(SendgridProvider::new(ok.clone()).is_ok());
         for bad in [
             SendgridOptions {
-                api_key: String::new(),
+                api_key: "".into(),
                 ..ok.clone()
             },
             SendgridOptions {

@@ -15,6 +15,7 @@
 //! A `5xx` reply or an unparsable address is [`Error::Rejected`]; connection failures, timeouts
 //! and `4xx` replies are [`Error::Delivery`] and may be retried. Connections are pooled.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,7 +58,7 @@ pub struct SmtpOptions {
     /// User name for `AUTH`, if the server needs it.
     pub username: Option<String>,
     /// Password for `AUTH`.
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// Sender, `Name <address>` or a bare address (required).
     pub from: String,
     /// `Reply-To` address, if any.
@@ -150,6 +151,7 @@ impl SmtpProvider {
             .pool_config(PoolConfig::new().max_size(options.pool_max_size.max(1)));
         match (options.username, options.password) {
             (Some(user), Some(password)) => {
+                let password = password.expose_secret().to_string();
                 builder = builder.credentials(Credentials::new(user, password));
             }
             (None, None) => {}

@@ -129,7 +129,7 @@ pub enum Durability {
 }
 
 /// How to reach and use the database. Deserializable, so the store is chosen by configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// The connection URL (default: `DATABASE_URL`, else [`DEFAULT_URL`]).
@@ -150,6 +150,21 @@ pub struct Options {
     pub batch_writers: usize,
     /// How long to wait for a connection, connecting included, in milliseconds (default 30,000).
     pub acquire_timeout_ms: u64,
+}
+
+/// The URL may carry a password: it is shown without it.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("durability", &self.durability)
+            .field("batch_max_appends", &self.batch_max_appends)
+            .field("batch_writers", &self.batch_writers)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .finish()
+    }
 }
 
 impl Default for Options {

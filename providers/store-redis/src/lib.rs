@@ -204,7 +204,7 @@ pub enum Durability {
 
 /// Configuration of a [`RedisStore`], deserializable from the application config:
 /// `{ "url": "redis://127.0.0.1:6379", "prefix": "gorgon:store:", "durability": "batched" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// Connection URL. Default: `REDIS_URL`, else `redis://127.0.0.1:6379`.
@@ -222,6 +222,20 @@ pub struct Options {
     /// How many times `connect` and a broken connection retry (exponential backoff from
     /// 100 ms) before giving up. Default 3.
     pub connect_retries: usize,
+}
+
+/// The URL may carry a password: it is shown without it.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("durability", &self.durability)
+            .field("max_batch", &self.max_batch)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("connect_retries", &self.connect_retries)
+            .finish()
+    }
 }
 
 impl Default for Options {
