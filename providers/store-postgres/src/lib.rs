@@ -230,6 +230,9 @@ pub struct Stats {
     pub records: u64,
     /// Database commits that wrote appends (in batched mode, fewer than `appends`).
     pub commits: u64,
+    /// Writes tried again after PostgreSQL aborted them for a deadlock or a serialization
+    /// failure (in batched mode, the whole commit).
+    pub retries: u64,
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +240,17 @@ struct Counters {
     appends: AtomicU64,
     records: AtomicU64,
     commits: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// How many times a write PostgreSQL aborted for a deadlock or a serialization failure is
+/// tried again.
+const WRITE_RETRIES: u32 = 3;
+
+/// Whether PostgreSQL aborted a statement for a deadlock or a serialization failure: trying the
+/// whole transaction again may succeed.
+fn retryable(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
 }
 
 /// A [`Store`] in PostgreSQL. Cheap to clone; clones share the pool and the batch writer.
@@ -494,6 +508,7 @@ impl PostgresStore {
             appends: c.appends.load(Ordering::Relaxed),
             records: c.records.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
         }
     }
 
@@ -702,8 +717,7 @@ async fn write_batch(
             record.push(row.record.as_str());
         }
     }
-    let mut tries = 0;
-    let found: Vec<i64> = loop {
+    let found: Vec<i64> = {
         let result = sqlx::query_scalar(APPEND_SQL)
             .bind(&workflows)
             .bind(&ids)
@@ -720,16 +734,9 @@ async fn write_batch(
             .bind(&epochs)
             .fetch_all(&mut *conn)
             .await;
-        match result {
-            Ok(found) => break found,
-            // Two writers locking summary rows in different orders: PostgreSQL aborts one.
-            Err(sqlx::Error::Database(e))
-                if tries < 3 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
-            {
-                tries += 1;
-            }
-            Err(e) => return Err(e),
-        }
+        // A deadlock is left to the caller, who tries the whole transaction again (retrying
+        // here, inside an aborted transaction, could never succeed).
+        result?
     };
     let mut written = vec![Written::Missing; workflows.len()];
     for k in found {
@@ -803,7 +810,16 @@ fn write_isolating<'a>(
     counters: &'a Counters,
 ) -> futures::future::BoxFuture<'a, Vec<AppendOutcome>> {
     Box::pin(async move {
-        match write_batch_creating(pool, batch).await {
+        let mut result = write_batch_creating(pool, batch).await;
+        // A deadlock aborts the whole database transaction: it is the commit that is tried
+        // again, never a statement inside the aborted transaction.
+        let mut tries = 0;
+        while tries < WRITE_RETRIES && result.as_ref().is_err_and(retryable) {
+            tries += 1;
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+            result = write_batch_creating(pool, batch).await;
+        }
+        match result {
             Ok(written) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 written.into_iter().map(Ok).collect()
@@ -1255,9 +1271,15 @@ impl PostgresStore {
                 let mut held = Held::take(&self.inner)
                     .await
                     .map_err(|e| store_error("append", key, e))?;
-                let written = write_batch(held.conn(), &[(key, epoch, &append)])
-                    .await
-                    .map_err(|e| store_error("append", key, e))?;
+                // One statement in its own transaction: a deadlock aborts it alone.
+                let mut written = write_batch(held.conn(), &[(key, epoch, &append)]).await;
+                let mut tries = 0;
+                while tries < WRITE_RETRIES && written.as_ref().is_err_and(retryable) {
+                    tries += 1;
+                    self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    written = write_batch(held.conn(), &[(key, epoch, &append)]).await;
+                }
+                let written = written.map_err(|e| store_error("append", key, e))?;
                 held.keep();
                 self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
                 written[0]

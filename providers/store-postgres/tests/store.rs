@@ -483,3 +483,81 @@ async fn a_nul_character_fails_nothing_else_in_its_batch() {
     assert_eq!(failed, [3], "only the refused append fails");
     store.drop_schema().await.expect("drop");
 }
+
+/// A batched commit that PostgreSQL aborts for a deadlock is tried again whole (a retry inside
+/// the aborted transaction could never succeed), and its appends are written. The deadlock is
+/// made on purpose: another connection locks transaction `b`, the batch (appends to `a` and
+/// `b`) locks `a` and waits for `b`, then the other connection asks for `a`.
+#[tokio::test]
+async fn a_deadlocked_batch_is_tried_again_whole() {
+    use sqlx::Connection;
+    let (store, cleanup) = connect(Durability::Batched).await;
+    let (a, b) = (header("dead-a"), header("dead-b"));
+    for h in [&a, &b] {
+        store.create(h, None).await.expect("create");
+    }
+    let mut other = sqlx::PgConnection::connect(&Options::default().url)
+        .await
+        .expect("connect");
+    let lock = |id: &str| {
+        format!(
+            "UPDATE \"{}\".transactions SET updated_at = updated_at WHERE transaction_id = '{id}'",
+            cleanup.0
+        )
+    };
+    sqlx::query("BEGIN")
+        .execute(&mut other)
+        .await
+        .expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(lock("dead-b")))
+        .execute(&mut other)
+        .await
+        .expect("lock b");
+    // Both appends queued before the writer runs: one batch, one commit, locking a then b.
+    let appends = {
+        let store = store.clone();
+        let (ka, kb) = (a.key.clone(), b.key.clone());
+        tokio::spawn(async move {
+            futures::future::join(
+                store.append(&ka, 1, &[state(TransactionState::Invoking)]),
+                store.append(&kb, 1, &[state(TransactionState::Invoking)]),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Now `a` is the batch's: asking for it closes the cycle; PostgreSQL aborts the batch,
+    // which waited first.
+    let locked_a = sqlx::query(sqlx::AssertSqlSafe(lock("dead-a")))
+        .execute(&mut other)
+        .await;
+    sqlx::query(if locked_a.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    })
+    .execute(&mut other)
+    .await
+    .expect("end");
+    let (first, second) = appends.await.expect("task");
+    first.expect("a is written");
+    second.expect("b is written");
+    let stats = store.stats();
+    // PostgreSQL aborts the side whose wait outlasted `deadlock_timeout` first: the batch.
+    assert!(locked_a.is_ok(), "the other side went on: {locked_a:?}");
+    assert_eq!(
+        stats.retries, 1,
+        "the batch was tried again once: {stats:?}"
+    );
+    assert_eq!(
+        store
+            .load(&a.key)
+            .await
+            .expect("load")
+            .expect("a")
+            .records
+            .len(),
+        1
+    );
+    store.drop_schema().await.expect("drop");
+}
