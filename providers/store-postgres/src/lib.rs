@@ -372,11 +372,55 @@ fn valid_schema(schema: &str) -> bool {
         && schema.len() <= 63
 }
 
-fn store_error(operation: &'static str, key: &TransactionKey, reason: impl ToString) -> StoreError {
+fn store_error(operation: &'static str, key: &TransactionKey, reason: impl Reason) -> StoreError {
     StoreError::Store {
         operation,
         transaction: key.to_string(),
-        reason: reason.to_string(),
+        reason: reason.reason(operation),
+    }
+}
+
+/// What a caller is told about a failure. The database's own text (which may quote data or
+/// internals) goes to the log; callers get its kind and, for a refusal, the SQLSTATE code.
+trait Reason {
+    fn reason(self, operation: &'static str) -> String;
+}
+
+impl Reason for &str {
+    fn reason(self, _: &'static str) -> String {
+        self.to_string()
+    }
+}
+
+impl Reason for String {
+    fn reason(self, _: &'static str) -> String {
+        self
+    }
+}
+
+impl Reason for sqlx::Error {
+    fn reason(self, operation: &'static str) -> String {
+        tracing::warn!(operation, error = %self, "a database operation failed");
+        coarse(&self)
+    }
+}
+
+/// The kind of a database error, without its text.
+fn coarse(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(e) => match e.code() {
+            Some(code) => format!("the database refused it (code {code})"),
+            None => "the database refused it".to_string(),
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed => "the database could not be reached".to_string(),
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => "a stored value could not be read".to_string(),
+        _ => "the database operation failed".to_string(),
     }
 }
 
@@ -827,7 +871,7 @@ fn write_isolating<'a>(
             Err(error) if batch.len() == 1 => {
                 let key = batch[0].0;
                 tracing::warn!(transaction = %key, %error, "an append was refused");
-                vec![Err(error.to_string())]
+                vec![Err(error.reason("append"))]
             }
             Err(error) => {
                 tracing::warn!(%error, appends = batch.len(), "a batched commit failed; writing its halves apart");
@@ -1026,7 +1070,7 @@ impl Store for PostgresStore {
             .map_err(|e| StoreError::Store {
                 operation: "claim_due",
                 transaction: String::new(),
-                reason: e.to_string(),
+                reason: e.reason("claim_due"),
             })?;
         Ok(claimed
             .into_iter()
@@ -1059,7 +1103,7 @@ impl Store for PostgresStore {
             .map_err(|e| StoreError::Store {
                 operation: "renew",
                 transaction: format!("leases of {}", lease.owner),
-                reason: e.to_string(),
+                reason: e.reason("renew"),
             })?;
         Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
@@ -1142,10 +1186,10 @@ impl Store for PostgresStore {
     }
 }
 
-fn query_error(operation: &'static str, error: impl ToString) -> StoreError {
+fn query_error(operation: &'static str, error: impl Reason) -> StoreError {
     StoreError::StoreQuery {
         operation,
-        reason: error.to_string(),
+        reason: error.reason(operation),
     }
 }
 

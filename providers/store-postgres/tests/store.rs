@@ -481,6 +481,13 @@ async fn a_nul_character_fails_nothing_else_in_its_batch() {
         .collect();
     let failed: Vec<usize> = (0..20).filter(|&i| outcomes[i].is_err()).collect();
     assert_eq!(failed, [3], "only the refused append fails");
+    // The caller is told what kind of failure it was; the database's own text is logged.
+    let message = outcomes[3].as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains("the database refused it (code 22021)"),
+        "{message}"
+    );
+    assert!(!message.contains("invalid byte sequence"), "{message}");
     store.drop_schema().await.expect("drop");
 }
 

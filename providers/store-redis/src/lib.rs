@@ -364,12 +364,41 @@ fn member(key: &TransactionKey) -> String {
 fn store_error(
     operation: &'static str,
     key: &TransactionKey,
-    reason: impl ToString,
+    reason: impl Reason,
 ) -> gorgon_orchestration::Error {
     gorgon_orchestration::Error::Store {
         operation,
         transaction: key.to_string(),
-        reason: reason.to_string(),
+        reason: reason.reason(operation),
+    }
+}
+
+/// What a caller is told about a failure. Redis's own text (a script's error may quote
+/// values) goes to the log; callers get its kind.
+pub(crate) trait Reason {
+    fn reason(self, operation: &'static str) -> String;
+}
+
+impl Reason for &str {
+    fn reason(self, _: &'static str) -> String {
+        self.to_string()
+    }
+}
+
+impl Reason for String {
+    fn reason(self, _: &'static str) -> String {
+        self
+    }
+}
+
+impl Reason for redis::RedisError {
+    fn reason(self, operation: &'static str) -> String {
+        tracing::warn!(operation, error = %self, "a Redis operation failed");
+        if self.is_io_error() || self.is_timeout() || self.is_connection_dropped() {
+            "Redis could not be reached".to_string()
+        } else {
+            format!("Redis refused it ({:?})", self.kind())
+        }
     }
 }
 
@@ -489,11 +518,11 @@ impl RedisStore {
         key
     }
 
-    fn redis_error(&self, operation: &'static str, error: impl ToString) -> Error {
+    fn redis_error(&self, operation: &'static str, error: impl Reason) -> Error {
         Error::Redis {
             operation,
             prefix: self.inner.prefix.clone(),
-            reason: error.to_string(),
+            reason: error.reason(operation),
         }
     }
 
@@ -854,7 +883,7 @@ impl Store for RedisStore {
             gorgon_orchestration::Error::Store {
                 operation: "renew",
                 transaction: format!("every one leased by {}", lease.owner),
-                reason: e.to_string(),
+                reason: e.reason("renew"),
             }
         })?;
         Ok(usize::try_from(renewed).unwrap_or(0))

@@ -25,10 +25,10 @@ use crate::{RedisStore, member, parse_state};
 /// Index entries read per round trip.
 const CHUNK: usize = 200;
 
-fn query_error(operation: &'static str, error: impl ToString) -> Error {
+fn query_error(operation: &'static str, error: impl crate::Reason) -> Error {
     Error::StoreQuery {
         operation,
-        reason: error.to_string(),
+        reason: error.reason(operation),
     }
 }
 
