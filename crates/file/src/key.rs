@@ -40,8 +40,9 @@ impl fmt::Display for Access {
 ///
 /// Its string form (the file id handed to callers) is `<access>/<path>`, e.g.
 /// `private/invoices/2026/1.pdf`, so the access level travels with the id and can never be
-/// confused. A path is one or more `/`-separated segments; a segment is non-empty, is neither `.`
-/// nor `..`, and holds only letters, digits, spaces and `-_.+=@,()!'`. Everything else (`\`, `%`,
+/// confused. A path is one or more `/`-separated segments; a segment is non-empty, does not start
+/// with `.` (no `.`, `..`, nor hidden files such as `.htaccess`, which a web server serving the
+/// public folder would act on), and holds only letters, digits, spaces and `-_.+=@,()!'`. Everything else (`\`, `%`,
 /// `?`, `#`, control characters, a leading `/`) is refused with [`Error::InvalidKey`], so a key can
 /// never escape the store's root or need escaping rules that differ between providers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -70,8 +71,10 @@ impl FileKey {
                     "empty segment (leading, trailing or double `/`)".into(),
                 ));
             }
-            if segment == "." || segment == ".." {
-                return Err(invalid(format!("`{segment}` segments are not allowed")));
+            if segment.starts_with('.') {
+                return Err(invalid(format!(
+                    "segment `{segment}` starts with `.` (hidden files and `.`/`..` are not allowed)"
+                )));
             }
             if let Some(c) = segment.chars().find(|c| !allowed_char(*c)) {
                 return Err(invalid(format!("character {c:?} is not allowed")));

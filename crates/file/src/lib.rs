@@ -190,6 +190,25 @@ pub enum Error {
         /// The operation that looked for it.
         operation: Operation,
     },
+    /// A content type that is not a `type/subtype`, or an active one (HTML, SVG, script)
+    /// for a public file that would be served as is from the application's origin.
+    #[error("file {key}: content type {content_type:?} refused: {reason}")]
+    InvalidContentType {
+        /// The file's key.
+        key: String,
+        /// The refused content type.
+        content_type: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An upload larger than the store accepts; nothing was stored.
+    #[error("file {key}: larger than the {limit} bytes this store accepts")]
+    TooLarge {
+        /// The file's key.
+        key: String,
+        /// The store's limit, in bytes.
+        limit: u64,
+    },
     /// A private file was asked for its public URL.
     #[error("file {key} is private and has no public URL")]
     NotPublic {
@@ -262,6 +281,65 @@ pub fn check_expiry(key: &FileKey, requested: Duration, max: Duration) -> Result
             requested,
             max,
         });
+    }
+    Ok(())
+}
+
+/// Content types a browser runs (markup, SVG, scripts): a public file of one of these served
+/// as is from the application's own origin is stored cross-site scripting.
+pub const ACTIVE_CONTENT_TYPES: &[&str] = &[
+    "text/html",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "text/xml",
+    "application/xml",
+    "text/javascript",
+    "application/javascript",
+    "application/x-javascript",
+    "text/ecmascript",
+    "application/ecmascript",
+    "text/xsl",
+    "application/xslt+xml",
+];
+
+/// Checks an upload's content type: a `type/subtype` of token characters (parameters after
+/// `;` allowed), and, unless `allow_active`, not one of [`ACTIVE_CONTENT_TYPES`] for a public
+/// file.
+pub fn check_content_type(
+    key: &FileKey,
+    content_type: Option<&str>,
+    allow_active: bool,
+) -> Result<(), Error> {
+    let Some(content_type) = content_type else {
+        return Ok(());
+    };
+    let refuse = |reason| Error::InvalidContentType {
+        key: key.to_string(),
+        content_type: content_type.to_string(),
+        reason,
+    };
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let token = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match essence.split_once('/') {
+        Some((kind, subtype)) if token(kind) && token(subtype) => {}
+        _ => return Err(refuse("expected `type/subtype`")),
+    }
+    if content_type.len() > 255 || content_type.chars().any(char::is_control) {
+        return Err(refuse("too long, or holds control characters"));
+    }
+    let essence = essence.to_ascii_lowercase();
+    if !allow_active
+        && key.access() == Access::Public
+        && ACTIVE_CONTENT_TYPES.contains(&essence.as_str())
+    {
+        return Err(refuse(
+            "a public file of an active type would run in the application's origin",
+        ));
     }
     Ok(())
 }

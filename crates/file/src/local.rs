@@ -46,6 +46,13 @@ pub struct LocalOptions {
     pub signing_secret: Option<SecretString>,
     /// Longest lifetime of a presigned URL, in seconds. Default 7 days.
     pub max_presign_expiry_secs: u64,
+    /// Accept public files of active content types (HTML, SVG, scripts; see
+    /// [`ACTIVE_CONTENT_TYPES`](crate::ACTIVE_CONTENT_TYPES)). Default `false`: the public
+    /// folder is served as is from the application's origin, where such a file would run.
+    pub allow_active_content: bool,
+    /// The largest file accepted, in bytes; a larger upload is refused with
+    /// [`Error::TooLarge`](crate::Error::TooLarge) and nothing is stored. Default 100 MiB.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for LocalOptions {
@@ -56,6 +63,8 @@ impl Default for LocalOptions {
             presign_base_url: "http://localhost:9000/files".into(),
             signing_secret: None,
             max_presign_expiry_secs: 7 * 24 * 3600,
+            allow_active_content: false,
+            max_upload_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -71,7 +80,19 @@ pub struct LocalFileStore {
     public_base_url: String,
     signer: UrlSigner,
     max_expiry: Duration,
+    allow_active_content: bool,
+    max_upload_bytes: u64,
+    /// Uploads to one key take its stripe's lock, so that a file and its content type are
+    /// placed together (two concurrent uploads cannot leave one's type on the other's bytes).
+    placing: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// How many locks the uploads of a store are spread over, by key.
+const PLACING_STRIPES: usize = 64;
+
+/// How old a leftover in `.tmp` (a crashed or cancelled upload) must be to be removed at start:
+/// younger ones may belong to another process's upload in progress.
+const TMP_LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
@@ -115,7 +136,13 @@ impl LocalFileStore {
                 ))
             })?;
         }
+        sweep_leftovers(&options.root.join(".tmp"), TMP_LEFTOVER_AGE);
         Ok(Self {
+            allow_active_content: options.allow_active_content,
+            max_upload_bytes: options.max_upload_bytes,
+            placing: (0..PLACING_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             root: options.root,
             public_base_url: options.public_base_url.trim_end_matches('/').to_owned(),
             signer: UrlSigner {
@@ -157,13 +184,24 @@ impl LocalFileStore {
         }
     }
 
-    /// Writes `stream` to a temporary file, then moves the metadata and the file into place.
+    /// The lock of `key`'s stripe.
+    fn placing(&self, key: &FileKey) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key);
+        &self.placing[(hash as usize) % self.placing.len()]
+    }
+
+    /// Writes `stream` to a temporary file (synced), then, under the key's lock, moves the file
+    /// and then its metadata into place and syncs their folders: what an upload returned is
+    /// durable, and a file's content type is its own.
     async fn store(
         &self,
         key: &FileKey,
         mut stream: ByteStream,
         content_type: Option<&str>,
     ) -> Result<StoredFile, Error> {
+        crate::check_content_type(key, content_type, self.allow_active_content)?;
         let io_err = |e| self.backend(Operation::Upload, key, e);
         let tmp = self.tmp_path();
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
@@ -175,6 +213,12 @@ impl LocalFileStore {
                     source,
                 })?;
                 size += chunk.len() as u64;
+                if size > self.max_upload_bytes {
+                    return Err(Error::TooLarge {
+                        key: key.to_string(),
+                        limit: self.max_upload_bytes,
+                    });
+                }
                 file.write_all(&chunk).await.map_err(io_err)?;
             }
             file.flush().await.map_err(io_err)?;
@@ -194,8 +238,18 @@ impl LocalFileStore {
             .map_err(io::Error::other)?;
             let meta_tmp = self.tmp_path();
             tokio::fs::write(&meta_tmp, meta).await?;
-            rename_into(&meta_tmp, &self.meta_path(key)).await?;
-            rename_into(&tmp, &self.data_path(key)).await
+            let _placing = self.placing(key).lock().await;
+            let placed = async {
+                rename_into(&tmp, &self.data_path(key)).await?;
+                rename_into(&meta_tmp, &self.meta_path(key)).await
+            }
+            .await;
+            if placed.is_err() {
+                let _ = tokio::fs::remove_file(&meta_tmp).await;
+            }
+            placed?;
+            sync_parent(&self.data_path(key)).await?;
+            sync_parent(&self.meta_path(key)).await
         }
         .await;
         if let Err(error) = placed {
@@ -207,6 +261,38 @@ impl LocalFileStore {
             size,
             public_url: self.public_url(key).ok(),
         })
+    }
+}
+
+/// Syncs the folder holding `path`, so that a rename into it survives a power loss.
+async fn sync_parent(path: &Path) -> io::Result<()> {
+    let Some(parent) = path.parent().map(Path::to_path_buf) else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || std::fs::File::open(parent)?.sync_all())
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Removes what crashed or cancelled uploads left in `tmp`, older than `age`.
+fn sweep_leftovers(tmp: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|elapsed| elapsed >= age);
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, folder = %tmp.display(), "removed leftovers of interrupted uploads");
     }
 }
 
