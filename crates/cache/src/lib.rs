@@ -102,13 +102,23 @@ impl Error {
     }
 }
 
-/// Checks a key or tag is not empty.
+/// The longest key or tag, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Checks a key or tag is neither empty nor longer than [`MAX_NAME_BYTES`].
 pub fn validate_name(operation: &'static str, what: &str, name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return Err(Error::InvalidRequest {
             operation,
             target: name.to_owned(),
             reason: format!("the {what} is empty"),
+        });
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Error::InvalidRequest {
+            operation,
+            target: name.chars().take(64).collect::<String>() + "…",
+            reason: format!("the {what} is longer than {MAX_NAME_BYTES} bytes"),
         });
     }
     Ok(())

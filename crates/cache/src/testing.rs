@@ -252,7 +252,8 @@ pub async fn json_of_the_wrong_type_is_a_decode_error(cache: Arc<dyn Cache>) {
     cache.invalidate(&key).await.unwrap();
 }
 
-/// Empty keys or tags and zero TTLs are `InvalidRequest`, not panics, and store nothing.
+/// Empty or oversized keys or tags and zero TTLs are `InvalidRequest`, not panics, and store
+/// nothing.
 pub async fn invalid_requests_are_typed_errors(cache: Arc<dyn Cache>) {
     #[track_caller]
     fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Error>) {
@@ -269,5 +270,9 @@ pub async fn invalid_requests_are_typed_errors(cache: Arc<dyn Cache>) {
     assert_invalid(cache.set(&key, value.clone(), LONG, &["ok", ""]).await);
     assert_invalid(cache.invalidate("").await);
     assert_invalid(cache.invalidate_tag("").await);
+    let huge = "k".repeat(crate::MAX_NAME_BYTES + 1);
+    assert_invalid(cache.set(&huge, value.clone(), LONG, &[]).await);
+    assert_invalid(cache.get(&huge).await);
+    assert_invalid(cache.set(&key, value.clone(), LONG, &[huge.as_str()]).await);
     assert_eq!(cache.get(&key).await.unwrap(), None);
 }

@@ -351,6 +351,12 @@ impl Error {
     }
 }
 
+/// The longest lock key, in bytes (keys are database rows and Redis keys).
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// The most keys one call takes.
+pub const MAX_KEYS: usize = 1024;
+
 /// Validates a key list for `operation` and returns it sorted and deduplicated: the order in
 /// which every provider takes keys.
 pub fn normalize_keys(operation: &'static str, keys: &[LockKey]) -> Result<Vec<LockKey>, Error> {
@@ -364,6 +370,21 @@ pub fn normalize_keys(operation: &'static str, keys: &[LockKey]) -> Result<Vec<L
         return Err(Error::InvalidRequest {
             operation,
             reason: format!("key #{empty} is empty"),
+        });
+    }
+    if let Some(long) = keys
+        .iter()
+        .position(|key| key.as_str().len() > MAX_KEY_BYTES)
+    {
+        return Err(Error::InvalidRequest {
+            operation,
+            reason: format!("key #{long} is longer than {MAX_KEY_BYTES} bytes"),
+        });
+    }
+    if keys.len() > MAX_KEYS {
+        return Err(Error::InvalidRequest {
+            operation,
+            reason: format!("{} keys at once, more than {MAX_KEYS}", keys.len()),
         });
     }
     let mut sorted = keys.to_vec();

@@ -529,7 +529,8 @@ pub async fn a_stalled_holder_loses_the_lock_and_its_fenced_write_is_refused(
     assert!(locker.release(&keys, &fresh_owner).await.unwrap());
 }
 
-/// No keys, an empty key, an empty owner or a zero lease are `InvalidRequest`, not panics.
+/// No keys, an empty or oversized key, too many keys, an empty owner or a zero lease are
+/// `InvalidRequest`, not panics.
 pub async fn invalid_requests_are_typed_errors(locker: Arc<dyn Locker>) {
     #[track_caller]
     fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Error>) {
@@ -543,6 +544,12 @@ pub async fn invalid_requests_are_typed_errors(locker: Arc<dyn Locker>) {
     let opts = options(0, 1_000);
     assert_invalid(locker.acquire(&[], &owner, &opts).await);
     assert_invalid(locker.acquire(&[LockKey::from("")], &owner, &opts).await);
+    let huge = LockKey::new("k".repeat(crate::MAX_KEY_BYTES + 1));
+    assert_invalid(locker.acquire(&[huge], &owner, &opts).await);
+    let many: Vec<LockKey> = (0..=crate::MAX_KEYS)
+        .map(|i| unique_key(&format!("many-{i}")))
+        .collect();
+    assert_invalid(locker.acquire(&many, &owner, &opts).await);
     assert_invalid(locker.acquire(&good, &OwnerId::from(""), &opts).await);
     assert_invalid(locker.acquire(&good, &owner, &options(0, 0)).await);
     assert_invalid(locker.renew(&[], &owner, Duration::from_secs(1)).await);

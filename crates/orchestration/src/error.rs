@@ -71,6 +71,21 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A value larger than a durable store holds ([`MAX_VALUE_BYTES`](crate::store::MAX_VALUE_BYTES)):
+    /// a workflow input or a step's response.
+    #[error(
+        "{transaction}: the {what} is {bytes} bytes of JSON, more than the {limit} a store holds"
+    )]
+    TooLarge {
+        /// What was too large: `payload` or `record`.
+        what: &'static str,
+        /// The transaction (`workflow:id`).
+        transaction: String,
+        /// Its size as JSON.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A transaction id is empty or contains `:`.
     #[error("invalid transaction id `{transaction}`: {reason}")]
     InvalidTransactionId {

@@ -45,6 +45,7 @@ pub fn encode(key: &TransactionKey, records: &[Record]) -> Result<EncodedAppend,
     let mut state = None;
     for record in records {
         let json = serde_json::to_string(record).map_err(|e| store_error("append", key, e))?;
+        crate::store::check_size("record", key, json.len())?;
         let row = match record {
             Record::Transaction(fields) => {
                 state = Some(fields.state.as_str());
@@ -105,6 +106,7 @@ pub fn encode_packed(
         _ => None,
     });
     let record = serde_json::to_string(records).map_err(|e| store_error("append", key, e))?;
+    crate::store::check_size("record", key, record.len())?;
     Ok(EncodedAppend {
         rows: vec![LogRow {
             kind: "records",
@@ -185,9 +187,11 @@ impl NewTransaction {
             )
         })?;
         let saturate = |at: u64| i64::try_from(at).unwrap_or(i64::MAX);
+        let payload = payload.to_string();
+        crate::store::check_size("payload", &header.key, payload.len())?;
         Ok(NewTransaction {
             run_id: header.run_id.to_string(),
-            payload: payload.to_string(),
+            payload,
             created_at: saturate(header.created_at),
             owner: lease.map(|l| l.owner.to_string()),
             until: lease.map_or(0, |l| saturate(l.until)),

@@ -277,6 +277,24 @@ pub trait Store: Send + Sync + 'static {
     // ---- executions listing and retention (issue 4): end ----
 }
 
+/// The largest value (a workflow input, a step's response, as JSON) a durable store holds: it is
+/// loaded whole on every takeover and kept in memory while the run lives. Larger ones are
+/// refused with [`Error::TooLarge`] before anything is written.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Refuses a value of `bytes` bytes of JSON over [`MAX_VALUE_BYTES`].
+pub fn check_size(what: &'static str, key: &TransactionKey, bytes: usize) -> Result<()> {
+    if bytes > MAX_VALUE_BYTES {
+        return Err(Error::TooLarge {
+            what,
+            transaction: key.to_string(),
+            bytes,
+            limit: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// The error of an append or release with a stale epoch.
 pub fn fenced(key: &TransactionKey, epoch: u64) -> Error {
     Error::Fenced {

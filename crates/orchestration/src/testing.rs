@@ -86,6 +86,37 @@ where
     the_engine_lists_details_and_purges_runs(make().await).await;
 }
 
+/// For durable stores: a workflow input or a record larger than
+/// [`MAX_VALUE_BYTES`](crate::store::MAX_VALUE_BYTES) is refused with [`Error::TooLarge`] and
+/// nothing is written; the transaction stays as it was.
+pub async fn oversized_values_are_refused(store: Arc<dyn Store>) {
+    let huge = || Data::json(json!("x".repeat(crate::store::MAX_VALUE_BYTES + 1)));
+    let h = TransactionHeader {
+        payload: huge(),
+        ..header("suite", &unique("huge"), "run")
+    };
+    match store.create(&h, None).await {
+        Err(Error::TooLarge {
+            what: "payload", ..
+        }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(store.load(&h.key).await.expect("load").is_none());
+    let h = header("suite", &unique("huge-record"), "run");
+    let epoch = store.create(&h, None).await.expect("create");
+    let record = Record::Response {
+        step: 1,
+        handler: HandlerType::Invoke,
+        data: Some(huge()),
+    };
+    match store.append(&h.key, epoch, &[record]).await {
+        Err(Error::TooLarge { what: "record", .. }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let stored = store.load(&h.key).await.expect("load").expect("exists");
+    assert!(stored.records.is_empty());
+}
+
 /// Records come back in append order, responses and errors included, after the header.
 pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
     let id = unique("order");

@@ -95,6 +95,16 @@ async fn every_step_store_passes_the_suite() {
 }
 
 #[tokio::test]
+async fn oversized_values_are_refused_in_both_modes() {
+    for durability in [Durability::EveryStep, Durability::Batched] {
+        let (store, _cleanup) = connect(durability).await;
+        let shared: Arc<dyn Store> = Arc::new(store.clone());
+        gorgon_orchestration::testing::oversized_values_are_refused(shared).await;
+        store.drop_schema().await.expect("drop");
+    }
+}
+
+#[tokio::test]
 async fn batched_store_passes_the_suite() {
     let (store, _cleanup) = connect(Durability::Batched).await;
     let shared: Arc<dyn Store> = Arc::new(store.clone());

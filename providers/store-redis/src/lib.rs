@@ -683,7 +683,9 @@ impl Store for RedisStore {
         let payload = header
             .payload
             .to_json()
-            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
+            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?
+            .to_string();
+        gorgon_orchestration::store::check_size("payload", key, payload.len())?;
         let call = Call::Create(CreateCall {
             header: self.header_key(&member),
             log: self.log_key(&member),
@@ -723,6 +725,9 @@ impl Store for RedisStore {
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| store_error("append", key, format!("a record is not JSON: {e}")))?;
+        for record in &encoded {
+            gorgon_orchestration::store::check_size("record", key, record.len())?;
+        }
         let call = Call::Append(AppendCall {
             header: self.header_key(&member),
             log: self.log_key(&member),

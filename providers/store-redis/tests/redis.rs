@@ -64,6 +64,8 @@ async fn every_step_mode_passes_the_store_suite() {
         }
     };
     gorgon_orchestration::testing::store_suite(make).await;
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    gorgon_orchestration::testing::oversized_values_are_refused(shared).await;
     assert!(store.clear().await.expect("clear") > 0);
 }
 

@@ -767,7 +767,9 @@ impl Store for SqliteStore {
         let payload = header
             .payload
             .to_json()
-            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?;
+            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?
+            .to_string();
+        gorgon_orchestration::store::check_size("payload", key, payload.len())?;
         let created_at = i64::try_from(header.created_at)
             .map_err(|_| store_error("create", key, "created_at is out of range"))?;
         let result: Result<Option<i64>, sqlx::Error> = async {

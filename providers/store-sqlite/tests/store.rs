@@ -59,6 +59,7 @@ async fn suite(store: SqliteStore) {
         async move { shared }
     })
     .await;
+    gorgon_orchestration::testing::oversized_values_are_refused(shared).await;
 }
 
 #[tokio::test]
