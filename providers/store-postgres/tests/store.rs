@@ -503,64 +503,82 @@ async fn a_nul_character_fails_nothing_else_in_its_batch() {
 
 /// A batched commit that PostgreSQL aborts for a deadlock is tried again whole (a retry inside
 /// the aborted transaction could never succeed), and its appends are written. The deadlock is
-/// made on purpose: another connection locks transaction `b`, the batch (appends to `a` and
-/// `b`) locks `a` and waits for `b`, then the other connection asks for `a`.
+/// made on purpose, with one batch writer: connection X1 holds transaction `z`, so the writer's
+/// commit of an append to `z` waits while appends to `a` and `b` queue up behind it; connection
+/// X2 holds `b`; X1 lets go, the writer takes `a` and `b` in one commit, locks `a` and waits for
+/// `b`; then X2 asks for `a`.
 #[tokio::test]
 async fn a_deadlocked_batch_is_tried_again_whole() {
     use sqlx::Connection;
-    let (store, cleanup) = connect(Durability::Batched).await;
-    let (a, b) = (header("dead-a"), header("dead-b"));
-    for h in [&a, &b] {
+    let options = Options {
+        batch_writers: 1,
+        ..options(Durability::Batched)
+    };
+    let cleanup = Cleanup(options.schema.clone());
+    let store = PostgresStore::connect(options).await.expect("connect");
+    let (a, b, z) = (header("dead-a"), header("dead-b"), header("dead-z"));
+    for h in [&a, &b, &z] {
         store.create(h, None).await.expect("create");
     }
-    let mut other = sqlx::PgConnection::connect(&Options::default().url)
-        .await
-        .expect("connect");
     let lock = |id: &str| {
         format!(
             "UPDATE \"{}\".transactions SET updated_at = updated_at WHERE transaction_id = '{id}'",
             cleanup.0
         )
     };
-    sqlx::query("BEGIN")
-        .execute(&mut other)
-        .await
-        .expect("begin");
-    sqlx::query(sqlx::AssertSqlSafe(lock("dead-b")))
-        .execute(&mut other)
-        .await
-        .expect("lock b");
-    // Both appends queued before the writer runs: one batch, one commit, locking a then b.
-    let appends = {
-        let store = store.clone();
-        let (ka, kb) = (a.key.clone(), b.key.clone());
-        tokio::spawn(async move {
-            futures::future::join(
-                store.append(&ka, 1, &[state(TransactionState::Invoking)]),
-                store.append(&kb, 1, &[state(TransactionState::Invoking)]),
-            )
+    let connect = || async {
+        let mut connection = sqlx::PgConnection::connect(&Options::default().url)
             .await
+            .expect("connect");
+        sqlx::query("BEGIN")
+            .execute(&mut connection)
+            .await
+            .expect("begin");
+        connection
+    };
+    let (mut x1, mut x2) = (connect().await, connect().await);
+    sqlx::query(sqlx::AssertSqlSafe(lock("dead-z")))
+        .execute(&mut x1)
+        .await
+        .expect("lock z");
+    let append = |key: TransactionKey| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(&key, 1, &[state(TransactionState::Invoking)])
+                .await
         })
     };
+    let blocked = append(z.key.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (to_a, to_b) = (append(a.key.clone()), append(b.key.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    sqlx::query(sqlx::AssertSqlSafe(lock("dead-b")))
+        .execute(&mut x2)
+        .await
+        .expect("lock b");
+    sqlx::query("COMMIT")
+        .execute(&mut x1)
+        .await
+        .expect("commit");
+    blocked.await.expect("task").expect("z is written");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // Now `a` is the batch's: asking for it closes the cycle; PostgreSQL aborts the batch,
-    // which waited first.
+    // The batch holds `a` and waits for `b`: asking for `a` closes the cycle, and PostgreSQL
+    // aborts the side whose wait outlasted `deadlock_timeout` first, the batch.
     let locked_a = sqlx::query(sqlx::AssertSqlSafe(lock("dead-a")))
-        .execute(&mut other)
+        .execute(&mut x2)
         .await;
     sqlx::query(if locked_a.is_ok() {
         "COMMIT"
     } else {
         "ROLLBACK"
     })
-    .execute(&mut other)
+    .execute(&mut x2)
     .await
     .expect("end");
-    let (first, second) = appends.await.expect("task");
-    first.expect("a is written");
-    second.expect("b is written");
+    to_a.await.expect("task").expect("a is written");
+    to_b.await.expect("task").expect("b is written");
     let stats = store.stats();
-    // PostgreSQL aborts the side whose wait outlasted `deadlock_timeout` first: the batch.
     assert!(locked_a.is_ok(), "the other side went on: {locked_a:?}");
     assert_eq!(
         stats.retries, 1,
