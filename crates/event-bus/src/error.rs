@@ -66,6 +66,15 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Staging these events would pass the bus's bound on staged events (groups of runs that
+    /// have not finished); nothing was staged.
+    #[error(
+        "emit: {staged} events are staged in unsettled groups, the bus's bound; the run's events are refused"
+    )]
+    StagedFull {
+        /// How many events are staged.
+        staged: usize,
+    },
     /// The bus was shut down; it accepts no more subscriptions.
     #[error("{operation}: the event bus is shut down")]
     ShutDown {

@@ -55,7 +55,7 @@ pub mod testing;
 
 pub use bus::{Envelope, EventBus, EventGroup, Handler, HandlerError, HandlerResult, handler_fn};
 pub use error::Error;
-pub use local::LocalEventBus;
+pub use local::{LocalEventBus, LocalLimits};
 pub use message::{
     Event, EventGroupId, EventId, MAX_NAME_LEN, Message, Metadata, Pattern, SubscriberId,
     validate_event_name,

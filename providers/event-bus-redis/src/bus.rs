@@ -135,6 +135,8 @@ struct Inner {
     shared: Arc<Shared>,
     subscriptions: Mutex<HashMap<(String, SubscriberId), Subscription>>,
     shut_down: AtomicBool,
+    /// Acknowledged events trimmed from the stream so far.
+    trimmed: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -194,7 +196,7 @@ impl RedisEventBus {
             let random = uuid::Uuid::new_v4().simple().to_string();
             format!("{}-{}", std::process::id(), &random[..12])
         });
-        Ok(Self {
+        let bus = Self {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared {
                     keys: Keys::new(&options.prefix),
@@ -205,8 +207,111 @@ impl RedisEventBus {
                 }),
                 subscriptions: Mutex::new(HashMap::new()),
                 shut_down: AtomicBool::new(false),
+                trimmed: std::sync::atomic::AtomicU64::new(0),
             }),
-        })
+        };
+        Ok(bus.with_trimming())
+    }
+
+    /// Starts the task trimming acknowledged events (when configured and in a runtime); it
+    /// ends with the last handle to the bus.
+    fn with_trimming(self) -> Self {
+        let every = self.inner.shared.options.trim_interval_ms;
+        if every == 0 {
+            return self;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self;
+        };
+        let bus = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(every));
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(inner) = bus.upgrade() else { return };
+                let bus = RedisEventBus { inner };
+                if let Err(error) = bus.trim_acknowledged().await {
+                    tracing::warn!(%error, "trimming acknowledged events failed");
+                }
+            }
+        });
+        self
+    }
+
+    /// Trims from the stream the events every consumer group has acknowledged (`XTRIM MINID`
+    /// at the oldest entry a group still has pending or not yet delivered); returns how many.
+    /// Without any group nothing is trimmed (a subscriber may yet come). Runs every
+    /// `trim_interval_ms` by itself.
+    pub async fn trim_acknowledged(&self) -> Result<u64, Error> {
+        let shared = &self.inner.shared;
+        let mut conn = shared.conn.clone();
+        let groups: Vec<HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&shared.keys.stream)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(groups) => groups,
+            // No stream yet: nothing to trim.
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(0);
+            }
+            Err(e) => {
+                return Err(Error::Redis {
+                    operation: "trim",
+                    source: e,
+                });
+            }
+        };
+        let mut keep_from: Option<StreamId> = None;
+        for group in &groups {
+            let text = |field: &str| match group.get(field) {
+                Some(redis::Value::BulkString(bytes)) => String::from_utf8(bytes.clone()).ok(),
+                Some(redis::Value::SimpleString(text)) => Some(text.clone()),
+                _ => None,
+            };
+            let (Some(name), Some(delivered)) = (text("name"), text("last-delivered-id")) else {
+                continue;
+            };
+            let pending = matches!(group.get("pending"), Some(redis::Value::Int(n)) if *n > 0);
+            let oldest = if pending {
+                let summary: (u64, Option<String>, Option<String>, redis::Value) =
+                    redis::cmd("XPENDING")
+                        .arg(&shared.keys.stream)
+                        .arg(&name)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(Error::redis("trim"))?;
+                summary.1.as_deref().and_then(StreamId::parse)
+            } else {
+                StreamId::parse(&delivered).map(StreamId::next)
+            };
+            let Some(oldest) = oldest else { continue };
+            keep_from = Some(keep_from.map_or(oldest, |k| k.min(oldest)));
+        }
+        let Some(keep_from) = keep_from else {
+            return Ok(0);
+        };
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(&shared.keys.stream)
+            .arg("MINID")
+            .arg(keep_from.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::redis("trim"))?;
+        self.inner.trimmed.fetch_add(trimmed, Ordering::Relaxed);
+        if trimmed > 0 {
+            tracing::debug!(trimmed, "trimmed acknowledged events from the stream");
+        }
+        Ok(trimmed)
+    }
+
+    /// Acknowledged events trimmed from the stream by this handle's bus so far.
+    pub fn trimmed(&self) -> u64 {
+        self.inner.trimmed.load(Ordering::Relaxed)
     }
 
     /// This instance's consumer name in the Redis consumer groups.
@@ -529,5 +634,29 @@ mod tests {
         assert!(Options::default().validate().is_ok());
         let unknown = serde_json::from_value::<Options>(serde_json::json!({"urll": "x"}));
         assert!(unknown.is_err(), "unknown option keys are refused");
+    }
+}
+
+/// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+    /// The smallest id after this one.
+    fn next(self) -> Self {
+        match self.1.checked_add(1) {
+            Some(seq) => StreamId(self.0, seq),
+            None => StreamId(self.0.saturating_add(1), 0),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
     }
 }

@@ -357,6 +357,8 @@ impl Consumer {
             .atomic()
             .cmd("XADD")
             .arg(&keys.dead)
+            .arg("MAXLEN")
+            .arg(self.shared.options.dead_letter_max_len.max(1))
             .arg("*")
             .arg("subscriber_id")
             .arg(self.subscriber.as_str())

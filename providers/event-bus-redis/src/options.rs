@@ -50,9 +50,17 @@ pub struct Options {
     /// Staged groups expire this long after their last `emit`; `None` keeps them until released
     /// or cleared. Default 7 days.
     pub group_ttl_secs: Option<u64>,
-    /// Approximate cap on the stream length (`XADD MAXLEN ~`). Trimming can drop events some
-    /// subscriber has not read yet, so it trades at-least-once for memory. Default `None` (no cap).
+    /// Approximate cap on the stream length (`XADD MAXLEN ~`): a safety bound for a subscriber
+    /// that stopped reading, since trimming to it can drop events that subscriber has not read
+    /// yet (at-least-once traded for memory). Acknowledged events are trimmed anyway (see
+    /// `trim_interval_ms`). Default 1,000,000; `None`: no cap.
     pub max_len: Option<u64>,
+    /// How often the events every consumer group has acknowledged are trimmed from the stream
+    /// (`XTRIM MINID`), in milliseconds; 0 never. Default 60,000.
+    pub trim_interval_ms: u64,
+    /// Cap on the dead-letter stream (`XADD MAXLEN`): the oldest dead letters go first.
+    /// Default 10,000.
+    pub dead_letter_max_len: u64,
 }
 
 /// The URL may carry a password: it is shown as `[redacted]`.
@@ -71,6 +79,8 @@ impl std::fmt::Debug for Options {
             .field("batch_size", &self.batch_size)
             .field("group_ttl_secs", &self.group_ttl_secs)
             .field("max_len", &self.max_len)
+            .field("trim_interval_ms", &self.trim_interval_ms)
+            .field("dead_letter_max_len", &self.dead_letter_max_len)
             .finish()
     }
 }
@@ -89,7 +99,9 @@ impl Default for Options {
             read_block_ms: 1_000,
             batch_size: 32,
             group_ttl_secs: Some(7 * 24 * 3600),
-            max_len: None,
+            max_len: Some(1_000_000),
+            trim_interval_ms: 60_000,
+            dead_letter_max_len: 10_000,
         }
     }
 }

@@ -552,3 +552,110 @@ async fn grouped_events_survive_the_emitting_process() {
     assert_eq!(names, ["order.placed", "order.paid"]);
     assert_eq!(restarted.release_group(&group).await.unwrap(), 0);
 }
+
+async fn stream_length(prefix: &str, stream: &str) -> u64 {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg(format!("{{{prefix}}}:{stream}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Events every subscriber acknowledged are trimmed from the stream; one a subscriber still
+/// holds (pending) is kept, with everything after it.
+#[tokio::test]
+async fn acknowledged_events_are_trimmed_and_pending_ones_kept() {
+    let cleanup = Cleanup::default();
+    let prefix = cleanup.prefix();
+    let bus = connect(Options {
+        trim_interval_ms: 0, // trimmed by hand below
+        ..options(&prefix)
+    })
+    .await;
+    let rec = Recorder::new();
+    bus.subscribe("order.*", "fast", rec.handler("fast"))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        bus.emit_one(Message::new("order.placed", json!(i)))
+            .await
+            .unwrap();
+    }
+    wait_until("20 delivered", DELIVERY_TIMEOUT, || async {
+        rec.events_of("fast").len() == 20
+    })
+    .await;
+    tokio::time::sleep(QUIET_PERIOD).await;
+    assert_eq!(bus.trim_acknowledged().await.unwrap(), 20);
+    assert_eq!(stream_length(&prefix, "stream").await, 0);
+
+    // A subscriber that holds its first event: nothing from there on is trimmed.
+    let held = Arc::new(tokio::sync::Notify::new());
+    let holding = held.clone();
+    bus.subscribe(
+        "order.*",
+        "slow",
+        handler_fn(move |_event| {
+            let holding = holding.clone();
+            async move {
+                holding.notified().await;
+                Ok(())
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    for i in 0..5 {
+        bus.emit_one(Message::new("order.placed", json!(i)))
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "5 more delivered to the fast one",
+        DELIVERY_TIMEOUT,
+        || async { rec.events_of("fast").len() == 25 },
+    )
+    .await;
+    tokio::time::sleep(QUIET_PERIOD).await;
+    bus.trim_acknowledged().await.unwrap();
+    assert_eq!(
+        stream_length(&prefix, "stream").await,
+        5,
+        "the slow one holds them"
+    );
+    held.notify_waiters();
+}
+
+/// The dead-letter stream keeps the newest `dead_letter_max_len` dead letters.
+#[tokio::test]
+async fn the_dead_letter_stream_is_capped() {
+    let cleanup = Cleanup::default();
+    let prefix = cleanup.prefix();
+    let bus = connect(Options {
+        max_attempts: 1,
+        dead_letter_max_len: 3,
+        ..options(&prefix)
+    })
+    .await;
+    let rec = Recorder::new();
+    bus.subscribe(
+        "stock.*",
+        "broken",
+        rec.handler_with("broken", |_| Err("down".into())),
+    )
+    .await
+    .unwrap();
+    for i in 0..6 {
+        bus.emit_one(Message::new("stock.reserved", json!(i)))
+            .await
+            .unwrap();
+    }
+    wait_until("6 attempts", DELIVERY_TIMEOUT, || async {
+        rec.events_of("broken").len() == 6
+    })
+    .await;
+    tokio::time::sleep(QUIET_PERIOD).await;
+    assert_eq!(stream_length(&prefix, "dead").await, 3);
+}
