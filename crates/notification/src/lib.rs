@@ -31,11 +31,13 @@
 //!   one reaches the provider. Reusing a key for a different request (recipient, channel,
 //!   template or data) is [`Error::IdempotencyConflict`], not a silent skip. A failed send is
 //!   not recorded, so retrying it sends (Medusa re-sends failures too).
-//! - **The idempotency record is in memory** in this version: it belongs to one [`Notifier`]
-//!   value (shared by its clones), lasts `idempotency_retention_secs` (default 24 h), and is lost
-//!   on restart. Two processes, or one process before and after a restart, can each send once
-//!   for the same key. A durable record (a table with a unique key, written before sending) is
-//!   the planned fix; until then derive keys so duplicates are harmless.
+//! - **The idempotency record** ([`SentRecord`]) is by default in memory ([`MemoryRecord`]): it
+//!   belongs to one [`Notifier`] value (shared by its clones), lasts `idempotency_retention_secs`
+//!   (default 24 h), keeps at most 100,000 keys and is lost on restart. Across workers give the
+//!   notifier a [`SharedRecord`] ([`NotifierBuilder::record`]) over the application's shared
+//!   cache and lock service (Redis, PostgreSQL): the key is held across the cluster while it is
+//!   sent and the send is kept for the retention, so a step re-run on another worker after a
+//!   takeover does not send again. The record keeps a hash of the request, not the request.
 //! - **Delivery** is at-most-once per successful call from this crate's side: the provider call
 //!   is not retried here. A provider that times out after the backend accepted the message
 //!   reports an error, and a retry may deliver twice.
@@ -44,6 +46,7 @@
 
 mod local;
 mod notifier;
+mod record;
 mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -58,6 +61,7 @@ use serde_json::Value;
 
 pub use local::{LocalOptions, LocalProvider};
 pub use notifier::{Notifier, NotifierBuilder, NotifierOptions};
+pub use record::{Held, Hold, MemoryRecord, SentEntry, SentRecord, SharedRecord};
 pub use template::{Content, Template, Templates, render};
 
 /// Boxed error of a provider's backend.
@@ -305,6 +309,13 @@ pub enum Error {
         notification_id: NotificationId,
         /// The backend's reason.
         reason: String,
+    },
+    /// The idempotency record (its cache or its locks) failed: nothing was sent.
+    #[error("the notification record failed")]
+    Record {
+        /// The cache's or the lock service's error.
+        #[source]
+        source: BoxError,
     },
     /// The backend could not be reached or failed; a retry may succeed.
     #[error("{provider} failed to deliver notification {notification_id}")]

@@ -2,14 +2,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
+use crate::record::{Held, MemoryRecord, SentEntry, SentRecord};
 use crate::{
     Channel, Error, IdempotencyKey, Message, NotificationId, Provider, Receipt, Templates,
 };
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Configuration of a [`Notifier`].
 ///
@@ -35,11 +42,12 @@ impl Default for NotifierOptions {
     }
 }
 
-/// Builds a [`Notifier`]: one provider per channel.
+/// Builds a [`Notifier`]: one provider per channel, and where sent keys are remembered.
 #[derive(Debug)]
 pub struct NotifierBuilder {
     options: NotifierOptions,
     providers: HashMap<Channel, Arc<dyn Provider>>,
+    record: Option<Arc<dyn SentRecord>>,
 }
 
 impl NotifierBuilder {
@@ -56,25 +64,31 @@ impl NotifierBuilder {
         Ok(self)
     }
 
+    /// Remembers sent keys in `record` (a [`SharedRecord`](crate::SharedRecord) across the
+    /// workers of a cluster) instead of this process's memory.
+    pub fn record(mut self, record: Arc<dyn SentRecord>) -> Self {
+        self.record = Some(record);
+        self
+    }
+
     /// The notifier.
     pub fn build(self) -> Notifier {
+        let retention = Duration::from_secs(self.options.idempotency_retention_secs);
         Notifier {
             inner: Arc::new(Inner {
                 providers: self.providers,
                 templates: self.options.templates,
-                retention: Duration::from_secs(self.options.idempotency_retention_secs),
-                record: parking_lot::Mutex::new(Record {
-                    slots: HashMap::new(),
-                    last_prune: Instant::now(),
-                }),
+                record: self
+                    .record
+                    .unwrap_or_else(|| Arc::new(MemoryRecord::new(retention))),
             }),
         }
     }
 }
 
 /// The notification module: renders templates, routes by channel, sends each idempotency key
-/// once. Cheap to clone; clones share the idempotency record. See the crate docs for the
-/// contract.
+/// once. Cheap to clone; clones share the idempotency record ([`SentRecord`]). See the crate
+/// docs for the contract.
 #[derive(Debug, Clone)]
 pub struct Notifier {
     inner: Arc<Inner>,
@@ -84,43 +98,7 @@ pub struct Notifier {
 struct Inner {
     providers: HashMap<Channel, Arc<dyn Provider>>,
     templates: Templates,
-    retention: Duration,
-    record: parking_lot::Mutex<Record>,
-}
-
-#[derive(Debug)]
-struct Record {
-    slots: HashMap<IdempotencyKey, Arc<tokio::sync::Mutex<Option<Sent>>>>,
-    last_prune: Instant,
-}
-
-#[derive(Debug)]
-struct Sent {
-    request: String,
-    receipt: Receipt,
-    at: Instant,
-}
-
-impl Record {
-    /// Drops slots nobody is using that hold no send or a send older than `retention`.
-    fn prune(&mut self, retention: Duration) {
-        let now = Instant::now();
-        if now.duration_since(self.last_prune) < retention.min(Duration::from_secs(60)) {
-            return;
-        }
-        self.last_prune = now;
-        self.slots.retain(|_, slot| {
-            if Arc::strong_count(slot) > 1 {
-                return true;
-            }
-            match slot.try_lock() {
-                Ok(sent) => sent
-                    .as_ref()
-                    .is_some_and(|sent| now.duration_since(sent.at) < retention),
-                Err(_) => true,
-            }
-        });
-    }
+    record: Arc<dyn SentRecord>,
 }
 
 impl Notifier {
@@ -129,6 +107,7 @@ impl Notifier {
         NotifierBuilder {
             options,
             providers: HashMap::new(),
+            record: None,
         }
     }
 
@@ -171,26 +150,20 @@ impl Notifier {
                 })?;
         let request = serde_json::to_string(&(to, channel, template, data))
             .expect("strings and JSON values serialize");
-        let slot = {
-            let mut record = self.inner.record.lock();
-            record.prune(self.inner.retention);
-            record
-                .slots
-                .entry(idempotency_key.clone())
-                .or_default()
-                .clone()
-        };
+        let request_hash = hex(&Sha256::digest(request.as_bytes()));
         // Held across the provider call: a concurrent send with this key waits, then replays.
-        let mut sent = slot.lock().await;
-        if let Some(previous) = sent.as_ref() {
-            if previous.request != request {
+        let hold = match self.inner.record.hold(idempotency_key).await? {
+            Held::Sent(previous) if previous.request_hash != request_hash => {
                 return Err(Error::IdempotencyConflict {
                     key: idempotency_key.clone(),
                 });
             }
-            tracing::debug!(key = %idempotency_key, "notification already sent, replaying receipt");
-            return Ok(previous.receipt.clone());
-        }
+            Held::Sent(previous) => {
+                tracing::debug!(key = %idempotency_key, "notification already sent, replaying receipt");
+                return Ok(previous.receipt);
+            }
+            Held::Free(hold) => hold,
+        };
         let content = self.inner.templates.render(template, data)?;
         let message = Message {
             id: NotificationId::new(),
@@ -215,11 +188,11 @@ impl Notifier {
             external_id: delivery.external_id,
             sent_at: chrono::Utc::now(),
         };
-        *sent = Some(Sent {
-            request,
+        hold.sent(SentEntry {
             receipt: receipt.clone(),
-            at: Instant::now(),
-        });
+            request_hash,
+        })
+        .await?;
         Ok(receipt)
     }
 }

@@ -136,3 +136,115 @@ fn options_deserialize_from_configuration() {
     assert_eq!(local.channel, Channel::SMS);
     assert!(serde_json::from_value::<NotifierOptions>(json!({"templatez": {}})).is_err());
 }
+
+/// Two workers (two notifiers, each with its own provider) sharing a record in Redis: a key is
+/// sent once across both, concurrently or one after the other, as a step re-run on another
+/// worker after a takeover would send it.
+#[tokio::test]
+async fn a_shared_record_sends_each_key_once_across_workers() {
+    use gorgon_notification::SharedRecord;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let namespace = format!("gorgon-test:notify:{}:", uuid_like());
+    let cache = gorgon_cache_redis::RedisCache::connect(&gorgon_cache_redis::Options {
+        namespace: namespace.clone(),
+        ..gorgon_cache_redis::Options::new(&url)
+    })
+    .await
+    .expect("Redis must run at REDIS_URL or redis://127.0.0.1:6379");
+    let locker = gorgon_locking_redis::RedisLocker::connect(&gorgon_locking_redis::Options {
+        namespace,
+        ..gorgon_locking_redis::Options::new(&url)
+    })
+    .await
+    .expect("locker");
+    let record = Arc::new(SharedRecord::new(
+        Arc::new(cache),
+        Arc::new(locker),
+        std::time::Duration::from_secs(60),
+    ));
+    let worker = || {
+        let provider = Arc::new(LocalProvider::new());
+        let notifier = Notifier::builder(options())
+            .provider(Channel::EMAIL, provider.clone())
+            .unwrap()
+            .record(record.clone())
+            .build();
+        (notifier, provider)
+    };
+    let ((a, sent_a), (b, sent_b)) = (worker(), worker());
+    let key = IdempotencyKey::new(format!("milestone-{}", uuid_like())).unwrap();
+    let send = |notifier: Notifier, key: IdempotencyKey| async move {
+        notifier
+            .send(
+                "ada@example.com",
+                &Channel::EMAIL,
+                "order-placed",
+                &data(),
+                &key,
+            )
+            .await
+    };
+    let (first, second) =
+        futures::future::join(send(a.clone(), key.clone()), send(b.clone(), key.clone())).await;
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first, second, "the same receipt on both workers");
+    assert_eq!(
+        sent_a.sent().len() + sent_b.sent().len(),
+        1,
+        "sent once in all"
+    );
+    // Later, on worker b: replayed, not sent.
+    assert_eq!(send(b.clone(), key.clone()).await.unwrap(), first);
+    assert_eq!(sent_a.sent().len() + sent_b.sent().len(), 1);
+    // Another request under the same key is a conflict on every worker.
+    let other = b
+        .send(
+            "bob@example.com",
+            &Channel::EMAIL,
+            "order-placed",
+            &data(),
+            &key,
+        )
+        .await;
+    assert!(matches!(other, Err(Error::IdempotencyConflict { .. })));
+}
+
+/// The in-memory record keeps at most its capacity of sends.
+#[tokio::test]
+async fn the_memory_record_is_bounded() {
+    use gorgon_notification::{MemoryRecord, SentRecord};
+    let record = Arc::new(MemoryRecord::with_capacity(
+        std::time::Duration::from_secs(60),
+        3,
+    ));
+    let provider = Arc::new(LocalProvider::new());
+    let notifier = Notifier::builder(options())
+        .provider(Channel::EMAIL, provider.clone())
+        .unwrap()
+        .record(record.clone() as Arc<dyn SentRecord>)
+        .build();
+    for i in 0..10 {
+        let key = IdempotencyKey::new(format!("k-{i}")).unwrap();
+        notifier
+            .send(
+                "ada@example.com",
+                &Channel::EMAIL,
+                "order-placed",
+                &data(),
+                &key,
+            )
+            .await
+            .unwrap();
+    }
+    assert!(record.len() <= 4, "{} kept", record.len());
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
