@@ -386,6 +386,7 @@ impl EngineOptions {
                 relay, // relay
                 subscribed: AtomicBool::new(false),
                 timer_ids: AtomicU64::new(0),
+                lease_clock: LeaseClock(std::time::Instant::now()),
             }),
         }
     }
@@ -420,6 +421,7 @@ struct Inner {
     /// channel's lock (which every core running a transaction would take per event) is skipped.
     subscribed: AtomicBool,
     timer_ids: AtomicU64,
+    lease_clock: LeaseClock,
 }
 
 struct Registered {
@@ -442,6 +444,19 @@ struct Cell {
     held: AtomicBool,
     writes: Mutex<WriteQueue>,
     written: tokio::sync::Notify,
+    /// When the store last confirmed this engine's lease ([`LeaseClock`] ms, read before the
+    /// request): durable stores only.
+    confirmed: AtomicU64,
+}
+
+/// A monotonic clock in milliseconds from the engine's start: what lease ages are measured
+/// on (a wall clock may step).
+struct LeaseClock(std::time::Instant);
+
+impl LeaseClock {
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// Records waiting for the transaction's append in flight, with pipelined stores.
@@ -466,6 +481,7 @@ impl Cell {
             held: AtomicBool::new(epoch > 0),
             writes: Mutex::new(WriteQueue::default()),
             written: tokio::sync::Notify::new(),
+            confirmed: AtomicU64::new(0),
         }
     }
     fn epoch(&self) -> u64 {
@@ -787,15 +803,14 @@ impl Engine {
         // A generated id cannot be taken, so its creation travels with its first append (one
         // write fewer); a chosen id is created first, so a taken one is refused up front.
         let deferred = !chosen;
+        // For a generated id the lease is taken with the first append, after this reading.
+        let mut asked = self.lease_asked();
         let epoch = if deferred {
             1
         } else {
             let going = KeepGoing::new(self, Unfinished::Key(&key));
-            let created = self
-                .inner
-                .store
-                .create(&header, Some(&self.lease_at(now)))
-                .await;
+            asked = self.lease_asked();
+            let created = self.inner.store.create(&header, Some(&self.lease())).await;
             going.done();
             created?
         };
@@ -806,8 +821,9 @@ impl Engine {
             registered.handler.clone(),
             epoch,
         ));
+        cell.confirmed.store(asked, Ordering::Release);
         if deferred {
-            cell.writes.lock().create = Some((header, self.lease_at(now)));
+            cell.writes.lock().create = Some((header, self.lease()));
         }
         // Nobody else can see the cell yet: the lock is free (and `try_lock` spends none of the
         // task's scheduling budget, which a forced yield would hand to another worker thread).
@@ -863,10 +879,14 @@ impl Engine {
                 .filter(|cell| cell.held())
                 .map(|cell| cell.key.clone())
                 .collect();
-            if !held.is_empty()
-                && let Err(error) = self.inner.store.renew(&self.lease(), &held).await
-            {
-                tracing::warn!(worker = %worker.id, %error, "renewing leases failed");
+            if !held.is_empty() {
+                let asked = self.inner.lease_clock.now();
+                match self.inner.store.renew(&self.lease(), &held).await {
+                    Ok(_) => self.confirm_leases(&held, asked),
+                    Err(error) => {
+                        tracing::warn!(worker = %worker.id, %error, "renewing leases failed");
+                    }
+                }
             }
             self.take_over_due().await;
             tokio::select! {
@@ -884,13 +904,11 @@ impl Engine {
             return 0;
         }
         let worker = &self.inner.worker;
-        // Waiting transactions whose timer is armed in some engine's memory are left to that
-        // timer for one poll, so that only forgotten ones are taken over.
-        let now = self.now().saturating_sub(worker.poll_ms);
+        let asked = self.lease_asked();
         let claimed = match self
             .inner
             .store
-            .claim_due(&workflows, &self.lease(), now, worker.claim_batch)
+            .claim_due(&workflows, &self.lease(), worker.claim_batch)
             .await
         {
             Ok(claimed) => claimed,
@@ -903,7 +921,7 @@ impl Engine {
         for (key, epoch) in claimed {
             let engine = self.clone();
             tokio::spawn(async move {
-                if let Err(error) = engine.take_over(&key, epoch).await {
+                if let Err(error) = engine.take_over(&key, epoch, asked).await {
                     tracing::warn!(transaction = %key, %error, "taking a transaction over failed");
                 }
             });
@@ -912,7 +930,7 @@ impl Engine {
     }
 
     /// Advances a transaction this engine has just claimed at `epoch`.
-    async fn take_over(&self, key: &TransactionKey, epoch: u64) -> Result<Execution> {
+    async fn take_over(&self, key: &TransactionKey, epoch: u64, asked: u64) -> Result<Execution> {
         let registered = self.registered(&key.workflow)?;
         let live = self.inner.live.lock().get(key).cloned();
         let (cell, loaded) = match live {
@@ -920,6 +938,7 @@ impl Engine {
             None => self.load_claimed(key, &registered, epoch).await?,
         };
         let mut tx = cell.tx.lock().await;
+        cell.confirmed.fetch_max(asked, Ordering::AcqRel);
         let adopted = if loaded {
             // Loaded after the claim, so current at `epoch`: only its timers are left to arm.
             for (timer, at) in tx.timers().to_vec() {
@@ -972,15 +991,83 @@ impl Engine {
         Ok((cell.clone(), loaded))
     }
 
-    fn lease(&self) -> Lease {
-        self.lease_at(self.now())
+    /// The lease clock's reading before asking the store for a lease (zero with a volatile
+    /// store, whose leases are never checked).
+    fn lease_asked(&self) -> u64 {
+        if self.inner.volatile {
+            0
+        } else {
+            self.inner.lease_clock.now()
+        }
     }
 
-    /// The lease this engine takes at `now`.
-    fn lease_at(&self, now: u64) -> Lease {
+    /// The lease this engine takes: its worker id, for `lease_ms` of the store's time.
+    fn lease(&self) -> Lease {
         Lease {
             owner: self.inner.worker.id.clone(),
-            until: now + self.inner.worker.lease_ms,
+            ms: self.inner.worker.lease_ms,
+        }
+    }
+
+    /// When a transaction released at `now` with its earliest timer at `wake_at` is due again,
+    /// from now: at that timer, plus one poll, so that a timer still armed in some engine's
+    /// memory fires first and only a forgotten one is taken over by `serve`.
+    fn wake_in(&self, wake_at: Option<u64>, now: u64) -> Option<u64> {
+        wake_at.map(|at| {
+            at.saturating_sub(now)
+                .saturating_add(self.inner.worker.poll_ms)
+        })
+    }
+
+    /// Notes that the store confirmed these transactions' leases to this engine as asked at
+    /// `asked` (the lease clock's reading before the request).
+    fn confirm_leases(&self, keys: &[TransactionKey], asked: u64) {
+        let live = self.inner.live.lock();
+        for key in keys {
+            if let Some(cell) = live.get(key) {
+                cell.confirmed.fetch_max(asked, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Before handlers start: with a durable store, makes sure the transaction's lease still
+    /// runs. A lease confirmed more than a third of its length ago is renewed here; one that
+    /// cannot be renewed and may have lapsed (or that another worker took) stops the drive, so
+    /// that no step runs on two workers at once.
+    async fn ensure_lease(&self, cell: &Arc<Cell>) -> Result<()> {
+        if self.inner.volatile {
+            return Ok(());
+        }
+        let lease_ms = self.inner.worker.lease_ms;
+        let asked = self.inner.lease_clock.now();
+        let age = asked.saturating_sub(cell.confirmed.load(Ordering::Acquire));
+        if age < lease_ms / 3 {
+            return Ok(());
+        }
+        let lost = || Error::Leased {
+            workflow: cell.key.workflow.to_string(),
+            transaction: cell.key.id.to_string(),
+            owner: "(lease lapsed)".to_string(),
+        };
+        match self
+            .inner
+            .store
+            .renew(&self.lease(), std::slice::from_ref(&cell.key))
+            .await
+        {
+            Ok(1) => {
+                cell.confirmed.fetch_max(asked, Ordering::AcqRel);
+                Ok(())
+            }
+            Ok(_) => Err(lost()),
+            Err(error) if age >= lease_ms => {
+                tracing::warn!(transaction = %cell.key, %error, "the lease may have lapsed and cannot be renewed: stopping");
+                Err(lost())
+            }
+            Err(error) => {
+                tracing::warn!(transaction = %cell.key, %error, "renewing a lease failed; trying again before the next step");
+                Ok(())
+            }
         }
     }
 
@@ -1007,13 +1094,12 @@ impl Engine {
 
     /// [`hold`](Self::hold) when the lease is not held: claims it and adopts the transaction.
     async fn claim_into(&self, cell: &Arc<Cell>, tx: &mut Transaction) -> Result<()> {
-        match self
-            .inner
-            .store
-            .claim(&cell.key, &self.lease(), self.now())
-            .await?
-        {
-            Claim::Granted { epoch } => self.adopt(cell, tx, epoch).await,
+        let asked = self.lease_asked();
+        match self.inner.store.claim(&cell.key, &self.lease()).await? {
+            Claim::Granted { epoch } => {
+                cell.confirmed.fetch_max(asked, Ordering::AcqRel);
+                self.adopt(cell, tx, epoch).await
+            }
             Claim::Leased { owner } => Err(Error::Leased {
                 workflow: cell.key.workflow.to_string(),
                 transaction: cell.key.id.to_string(),
@@ -1083,7 +1169,7 @@ impl Engine {
                 let released = self
                     .inner
                     .store
-                    .release(&cell.key, cell.epoch(), Some(self.now()))
+                    .release(&cell.key, cell.epoch(), Some(0))
                     .await;
                 if let Err(release) = released {
                     tracing::debug!(transaction = %cell.key, %release, "releasing after a failure failed");
@@ -1100,7 +1186,11 @@ impl Engine {
             if let Err(error) = self
                 .inner
                 .store
-                .release(&cell.key, cell.epoch(), tx.wake_at())
+                .release(
+                    &cell.key,
+                    cell.epoch(),
+                    self.wake_in(tx.wake_at(), self.now()),
+                )
                 .await
             {
                 self.retire(cell);
@@ -1382,6 +1472,9 @@ impl Engine {
                     continue_after,
                 } => (calls, steps, continue_after),
             };
+            if !calls.is_empty() {
+                self.ensure_lease(cell).await?;
+            }
             let sync_count = calls.iter().filter(|c| !c.is_async).count();
             if sync_count == 1 {
                 let only = *calls.iter().find(|c| !c.is_async).expect("one sync call");

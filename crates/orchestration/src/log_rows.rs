@@ -172,8 +172,9 @@ pub struct NewTransaction {
     pub created_at: i64,
     /// The creator's worker id, when it takes the lease.
     pub owner: Option<String>,
-    /// When that lease lapses (clock ms, saturated to `i64::MAX`; 0 without a lease).
-    pub until: i64,
+    /// How long that lease runs from the commit, in milliseconds of the database's clock
+    /// (saturated to `i64::MAX`; 0 without a lease).
+    pub lease_ms: i64,
 }
 
 impl NewTransaction {
@@ -194,7 +195,8 @@ impl NewTransaction {
             payload,
             created_at: saturate(header.created_at),
             owner: lease.map(|l| l.owner.to_string()),
-            until: lease.map_or(0, |l| saturate(l.until)),
+            // Ten years at most: the database adds it to its clock.
+            lease_ms: lease.map_or(0, |l| saturate(l.ms.min(315_576_000_000))),
         })
     }
 }

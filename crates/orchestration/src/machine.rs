@@ -1978,6 +1978,22 @@ impl Transaction {
             for &step in current {
                 self.set_step_timeout(step, StepError::transaction_timeout(), true, now);
             }
+            // A step parked after a temporary failure (waiting for a resume or a retry) is not
+            // among the scan's current steps, yet it is the run's work in flight: it times out
+            // too. (Medusa times out the current steps only, so a run whose only step in flight
+            // was parked spent its timeout without failing and could wait for good.)
+            let parked: Vec<StepIndex> = (1..self.steps.len())
+                .filter(|&step| {
+                    let run = &self.steps[step];
+                    !run.compensating
+                        && run.invoke.state == StepState::Invoking
+                        && run.invoke.status == StepStatus::TemporaryFailure
+                        && !current.contains(&step)
+                })
+                .collect();
+            for step in parked {
+                self.set_step_timeout(step, StepError::transaction_timeout(), true, now);
+            }
             self.emit(EventKind::Timeout, None);
             return true;
         }

@@ -15,17 +15,22 @@
 //! # Leases, epochs and fencing
 //!
 //! Several workers (processes) may share a store; each transaction is advanced by one worker at
-//! a time. The summary of a transaction carries an **owner** with a lease (`until`, in clock
-//! milliseconds), an **epoch** and a **wake-up time**:
+//! a time. The summary of a transaction carries an **owner** with a lease (`until`), an
+//! **epoch** and a **wake-up time**:
 //!
 //! ```text
 //!   create(lease) ──► owned by the creator, epoch 1 ──► append(epoch) … ──► finished: no owner
-//!          │                  │ release(epoch, wake_at)          ▲
+//!          │                  │ release(epoch, wake_in)          ▲
 //!   create(None) ─► no owner, due now                            │
 //!                             ▼                                  │
 //!                   parked: no owner, wakes at `wake_at` ── claim / claim_due ──► epoch + 1
 //!   owner dies ──► lease lapses (until < now) ─────────────── claim_due ──► epoch + 1
 //! ```
+//!
+//! **Times are the store's.** Workers hand over durations (a lease's length, a wake-up delay);
+//! the store turns them into times on its own clock (PostgreSQL's `clock_timestamp()`, SQLite's
+//! `unixepoch`, Redis's `TIME`, the memory store's [`Clock`](crate::Clock)) and compares them
+//! with that clock, so workers whose clocks disagree never misjudge each other's leases.
 //!
 //! - Every claim that changes hands increments the epoch; a claim by the current owner while its
 //!   lease runs is re-entrant and keeps the epoch. A worker whose claim returned `epoch + 1` of
@@ -34,8 +39,9 @@
 //!   it is not the current one: a worker whose lease was taken over cannot write.
 //! - `renew` extends the leases a worker holds on the transactions it is advancing, in one
 //!   operation; a transaction it let go of without releasing it lapses.
-//! - Lease times are the workers' clocks: workers sharing a store need clocks that agree to well
-//!   within a lease.
+//! - A worker's lease runs `lease.ms` from when the store grants or renews it. A worker that
+//!   cannot renew stops starting handlers once that time may have passed (the engine tracks it on
+//!   a monotonic clock), so no step runs on two workers at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -150,13 +156,14 @@ pub struct TransactionSummary {
     pub updated_at: u64,
 }
 
-/// A worker's lease: who holds it and until when (clock milliseconds).
+/// A worker's lease: who holds it and for how long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The worker's id, unique per process.
     pub owner: Arc<str>,
-    /// When the lease lapses unless renewed.
-    pub until: u64,
+    /// How long the lease runs from when the store grants or renews it, in milliseconds of
+    /// the store's clock.
+    pub ms: u64,
 }
 
 /// The answer to a [`Store::claim`].
@@ -190,23 +197,23 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>>;
     /// The summary of a transaction, if it exists.
     async fn summary(&self, key: &TransactionKey) -> Result<Option<TransactionSummary>>;
-    /// Takes (or keeps) a transaction's lease, unless another worker's lease runs at `now`.
-    async fn claim(&self, key: &TransactionKey, lease: &Lease, now: u64) -> Result<Claim>;
+    /// Takes (or keeps) a transaction's lease, unless another worker's lease runs now.
+    async fn claim(&self, key: &TransactionKey, lease: &Lease) -> Result<Claim>;
     /// Gives a transaction's lease up (if `epoch` is current); an unfinished transaction is due
-    /// again at `wake_at` (never, without one, until something claims it).
-    async fn release(&self, key: &TransactionKey, epoch: u64, wake_at: Option<u64>) -> Result<()>;
-    /// Claims up to `limit` unfinished transactions of these workflows that are due at `now`:
-    /// parked ones whose wake-up time has come, and ones whose owner's lease lapsed.
+    /// again `wake_in` milliseconds from now (never, without one, until something claims it).
+    async fn release(&self, key: &TransactionKey, epoch: u64, wake_in: Option<u64>) -> Result<()>;
+    /// Claims up to `limit` unfinished transactions of these workflows that are due now: parked
+    /// ones whose wake-up time has come, and ones whose owner's lease lapsed.
     async fn claim_due(
         &self,
         workflows: &[Arc<str>],
         lease: &Lease,
-        now: u64,
         limit: usize,
     ) -> Result<Vec<(TransactionKey, u64)>>;
-    /// Extends to `lease.until` the leases `lease.owner` holds on these transactions (those it
-    /// is advancing); returns how many. A lease it no longer holds (released, lapsed and taken
-    /// over) is left alone, so a transaction this worker dropped lapses and is taken over.
+    /// Extends by `lease.ms` from now the leases `lease.owner` holds on these transactions
+    /// (those it is advancing); returns how many. A lease it no longer holds (released, lapsed
+    /// and taken over) is left alone, so a transaction this worker dropped lapses and is taken
+    /// over.
     async fn renew(&self, lease: &Lease, keys: &[TransactionKey]) -> Result<usize>;
     /// Whether the engine may run a transaction's next steps before its last append is
     /// durable (the store's batched mode). The engine then keeps at most one append per
@@ -340,6 +347,17 @@ pub struct MemoryStore {
     keep_finished: usize,
     keep_records: usize,
     hasher: KeyHasher,
+    /// The store's clock: lease ends and wake-up times are its.
+    clock: StoreClock,
+}
+
+/// The clock a memory store keeps its lease times on.
+struct StoreClock(Arc<dyn crate::Clock>);
+
+impl std::fmt::Debug for StoreClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreClock")
+    }
 }
 
 /// The finished transactions a memory store may drop, oldest first (key hash, run id and how
@@ -458,13 +476,13 @@ struct MemoryEntry {
 }
 
 impl MemoryEntry {
-    fn take(&mut self, lease: &Lease) -> u64 {
+    fn take(&mut self, lease: &Lease, now: u64) -> u64 {
         let keeps = self.owner.as_ref() == Some(&lease.owner);
         if !keeps {
             self.epoch += 1;
             self.owner = Some(lease.owner.clone());
         }
-        self.until = lease.until;
+        self.until = now.saturating_add(lease.ms);
         self.wake_at = None;
         self.epoch
     }
@@ -500,7 +518,18 @@ impl MemoryStore {
             keep_finished,
             keep_records: Self::DEFAULT_KEEP_RECORDS,
             hasher: KeyHasher::default(),
+            clock: StoreClock(Arc::new(crate::SystemClock)),
         }
+    }
+    /// The same store keeping its lease times on `clock` (the system clock by default): the
+    /// store's own time, as a database's is, whatever clocks the engines sharing it read. Tests
+    /// that move a [`ManualClock`](crate::ManualClock) to lapse leases give the store that clock.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::Clock>) -> Self {
+        self.clock = StoreClock(clock);
+        self
+    }
+    fn now(&self) -> u64 {
+        self.clock.0.now_ms()
     }
     /// The same store keeping finished transactions only while their logs hold at most
     /// `records` records together (the newest finished one is always kept).
@@ -569,12 +598,12 @@ impl MemoryStore {
             records: Vec::with_capacity(32),
             state: TransactionState::NotStarted,
             owner: lease.map(|l| l.owner.clone()),
-            until: lease.map_or(0, |l| l.until),
+            until: lease.map_or(0, |l| self.now().saturating_add(l.ms)),
             epoch,
             wake_at: if lease.is_some() {
                 None
             } else {
-                Some(header.created_at)
+                Some(self.now())
             },
             updated_at: wall_clock_ms(), // listing
         };
@@ -729,7 +758,8 @@ impl Store for MemoryStore {
         Ok(shard.get(hash, key).map(summary_of))
     }
 
-    async fn claim(&self, key: &TransactionKey, lease: &Lease, now: u64) -> Result<Claim> {
+    async fn claim(&self, key: &TransactionKey, lease: &Lease) -> Result<Claim> {
+        let now = self.now();
         let (hash, shard) = self.shard(key);
         let mut shard = shard.lock();
         let Some(entry) = shard.get_mut(hash, key) else {
@@ -744,11 +774,12 @@ impl Store for MemoryStore {
             });
         }
         Ok(Claim::Granted {
-            epoch: entry.take(lease),
+            epoch: entry.take(lease, now),
         })
     }
 
-    async fn release(&self, key: &TransactionKey, epoch: u64, wake_at: Option<u64>) -> Result<()> {
+    async fn release(&self, key: &TransactionKey, epoch: u64, wake_in: Option<u64>) -> Result<()> {
+        let wake_at = wake_in.map(|ms| self.now().saturating_add(ms));
         let (hash, shard) = self.shard(key);
         let mut shard = shard.lock();
         match shard.get_mut(hash, key) {
@@ -765,9 +796,9 @@ impl Store for MemoryStore {
         &self,
         workflows: &[Arc<str>],
         lease: &Lease,
-        now: u64,
         limit: usize,
     ) -> Result<Vec<(TransactionKey, u64)>> {
+        let now = self.now();
         let mut claimed = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
@@ -785,7 +816,7 @@ impl Store for MemoryStore {
                 {
                     // A lapsed lease changes hands even when the claimer held it before.
                     entry.owner = None;
-                    let epoch = entry.take(lease);
+                    let epoch = entry.take(lease, now);
                     claimed.push((entry.header.key.clone(), epoch));
                 }
             }
@@ -794,13 +825,14 @@ impl Store for MemoryStore {
     }
 
     async fn renew(&self, lease: &Lease, keys: &[TransactionKey]) -> Result<usize> {
+        let until = self.now().saturating_add(lease.ms);
         let mut renewed = 0;
         for key in keys {
             let (hash, shard) = self.shard(key);
             if let Some(entry) = shard.lock().get_mut(hash, key)
                 && entry.owner.as_ref() == Some(&lease.owner)
             {
-                entry.until = lease.until;
+                entry.until = until;
                 renewed += 1;
             }
         }

@@ -48,12 +48,19 @@ fn header(workflow: &str, id: &str, run: &str) -> TransactionHeader {
     }
 }
 
-fn lease(owner: &str, until: u64) -> Lease {
+fn lease(owner: &str, ms: u64) -> Lease {
     Lease {
         owner: Arc::from(owner),
-        until,
+        ms,
     }
 }
+
+/// A lease that outlives any test.
+const LONG: u64 = 3_600_000;
+/// A lease the lease tests let lapse, and how long they wait for that (the store's clock runs on
+/// its own: a database's, or the memory store's).
+const SHORT: u64 = 150;
+const LAPSE: std::time::Duration = std::time::Duration::from_millis(300);
 
 fn fields(state: TransactionState) -> Record {
     Record::Transaction(TransactionFields {
@@ -122,7 +129,7 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
     let id = unique("order");
     let h = header("suite", &id, "run-1");
     let epoch = store
-        .create(&h, Some(&lease("w1", u64::MAX)))
+        .create(&h, Some(&lease("w1", LONG)))
         .await
         .expect("create");
     let mut run = StepRun::default();
@@ -195,7 +202,7 @@ pub async fn unfinished_ids_cannot_be_created_twice(store: Arc<dyn Store>) {
         .await
         .expect("create");
     match store
-        .create(&header("suite", &id, "b"), Some(&lease("w", 9)))
+        .create(&header("suite", &id, "b"), Some(&lease("w", LONG)))
         .await
     {
         Err(Error::AlreadyStarted { transaction, .. }) => assert_eq!(transaction, id),
@@ -208,7 +215,7 @@ pub async fn a_finished_id_starts_a_new_run(store: Arc<dyn Store>) {
     let id = unique("again");
     let first = header("suite", &id, "first");
     let epoch = store
-        .create(&first, Some(&lease("w", u64::MAX)))
+        .create(&first, Some(&lease("w", LONG)))
         .await
         .expect("create");
     store
@@ -225,7 +232,7 @@ pub async fn a_finished_id_starts_a_new_run(store: Arc<dyn Store>) {
         TransactionState::Done
     );
     let second = store
-        .create(&header("suite", &id, "second"), Some(&lease("w", u64::MAX)))
+        .create(&header("suite", &id, "second"), Some(&lease("w", LONG)))
         .await
         .expect("a finished id runs again");
     assert!(second > epoch, "a new run has a newer epoch");
@@ -352,22 +359,17 @@ pub async fn an_engine_run_replays_from_the_log(store: Arc<dyn Store>) {
 pub async fn a_taken_over_lease_fences_the_old_writer(store: Arc<dyn Store>) {
     let h = header(&unique("fence"), "t", "run");
     let first = store
-        .create(&h, Some(&lease("a", 100)))
+        .create(&h, Some(&lease("a", SHORT)))
         .await
         .expect("create");
     assert_eq!(
-        store
-            .claim(&h.key, &lease("b", 200), 50)
-            .await
-            .expect("claim"),
+        store.claim(&h.key, &lease("b", LONG)).await.expect("claim"),
         Claim::Leased {
             owner: "a".to_string()
         }
     );
-    let Claim::Granted { epoch } = store
-        .claim(&h.key, &lease("b", 300), 101)
-        .await
-        .expect("claim")
+    tokio::time::sleep(LAPSE).await;
+    let Claim::Granted { epoch } = store.claim(&h.key, &lease("b", LONG)).await.expect("claim")
     else {
         panic!("a lapsed lease is granted to another worker");
     };
@@ -388,11 +390,9 @@ pub async fn a_taken_over_lease_fences_the_old_writer(store: Arc<dyn Store>) {
         .await
         .expect("the new holder writes");
     assert_eq!(
-        store
-            .claim(&h.key, &lease("b", 400), 150)
-            .await
-            .expect("claim"),
-        Claim::Granted { epoch }
+        store.claim(&h.key, &lease("b", LONG)).await.expect("claim"),
+        Claim::Granted { epoch },
+        "a claim by the holder is re-entrant"
     );
     let stored = store.load(&h.key).await.expect("load").expect("exists");
     assert_eq!(stored.records.len(), 1, "the fenced append wrote nothing");
@@ -400,8 +400,7 @@ pub async fn a_taken_over_lease_fences_the_old_writer(store: Arc<dyn Store>) {
         store
             .claim(
                 &TransactionKey::new("suite", unique("none")),
-                &lease("b", 1),
-                0
+                &lease("b", LONG)
             )
             .await
             .expect("claim"),
@@ -414,7 +413,7 @@ pub async fn released_transactions_are_due_at_their_wake_up_time(store: Arc<dyn 
     let workflow: Arc<str> = Arc::from(unique("wake"));
     let h = header(&workflow, "t", "run");
     let epoch = store
-        .create(&h, Some(&lease("a", 1_000)))
+        .create(&h, Some(&lease("a", LONG)))
         .await
         .expect("create");
     store
@@ -422,26 +421,27 @@ pub async fn released_transactions_are_due_at_their_wake_up_time(store: Arc<dyn 
         .await
         .expect("append");
     store
-        .release(&h.key, epoch, Some(500))
+        .release(&h.key, epoch, Some(SHORT))
         .await
         .expect("release");
     let workflows = [workflow.clone()];
     assert!(
         store
-            .claim_due(&workflows, &lease("b", 2_000), 499, 10)
+            .claim_due(&workflows, &lease("b", LONG), 10)
             .await
             .expect("claim_due")
             .is_empty(),
         "not due before its wake-up time"
     );
+    tokio::time::sleep(LAPSE).await;
     let claimed = store
-        .claim_due(&workflows, &lease("b", 2_000), 500, 10)
+        .claim_due(&workflows, &lease("b", LONG), 10)
         .await
         .expect("claim_due");
     assert_eq!(claimed, vec![(h.key.clone(), epoch + 1)]);
     assert!(
         store
-            .claim_due(&workflows, &lease("c", 2_000), 600, 10)
+            .claim_due(&workflows, &lease("c", LONG), 10)
             .await
             .expect("claim_due")
             .is_empty(),
@@ -449,7 +449,7 @@ pub async fn released_transactions_are_due_at_their_wake_up_time(store: Arc<dyn 
     );
     let released = header(&workflow, "never", "run");
     let e = store
-        .create(&released, Some(&lease("a", 1_000)))
+        .create(&released, Some(&lease("a", LONG)))
         .await
         .expect("create");
     store
@@ -458,7 +458,7 @@ pub async fn released_transactions_are_due_at_their_wake_up_time(store: Arc<dyn 
         .expect("release");
     assert!(
         store
-            .claim_due(&workflows, &lease("c", 5_000), 1_500, 10)
+            .claim_due(&workflows, &lease("c", LONG), 10)
             .await
             .expect("claim_due")
             .is_empty(),
@@ -466,7 +466,7 @@ pub async fn released_transactions_are_due_at_their_wake_up_time(store: Arc<dyn 
     );
     assert_eq!(
         store
-            .claim(&released.key, &lease("c", 5_000), 1_500)
+            .claim(&released.key, &lease("c", LONG))
             .await
             .expect("claim"),
         Claim::Granted { epoch: e + 1 }
@@ -481,13 +481,13 @@ pub async fn enqueued_transactions_are_due_at_once(store: Arc<dyn Store>) {
     let epoch = store.create(&h, None).await.expect("create");
     assert!(
         store
-            .claim_due(&[other], &lease("b", 100), 10, 10)
+            .claim_due(&[other], &lease("b", LONG), 10)
             .await
             .expect("claim_due")
             .is_empty()
     );
     let claimed = store
-        .claim_due(&[workflow], &lease("b", 100), h.created_at, 10)
+        .claim_due(&[workflow], &lease("b", LONG), 10)
         .await
         .expect("claim_due");
     assert_eq!(claimed, vec![(h.key.clone(), epoch + 1)]);
@@ -503,63 +503,59 @@ pub async fn renewed_leases_are_kept_and_lapsed_ones_taken_over(store: Arc<dyn S
     let dropped = header(&workflow, "dropped", "run");
     for h in [&a, &b, &dropped] {
         store
-            .create(h, Some(&lease(&owner, 100)))
+            .create(h, Some(&lease(&owner, SHORT)))
             .await
             .expect("create");
     }
     let renewed = store
-        .renew(&lease(&owner, 300), &[a.key.clone(), b.key.clone()])
+        .renew(&lease(&owner, LONG), &[a.key.clone(), b.key.clone()])
         .await
         .expect("renew");
     assert_eq!(renewed, 2);
-    let workflows = [workflow.clone()];
-    let orphan = store
-        .claim_due(&workflows, &lease(&owner, 1_000), 150, 10)
-        .await
-        .expect("claim_due");
-    assert_eq!(
-        orphan,
-        vec![(dropped.key.clone(), 2)],
-        "a lease its owner stopped renewing lapses, and the owner itself may take it again"
-    );
     let stranger = header(&workflow, "stranger", "run");
     store
-        .create(&stranger, Some(&lease("someone-else", 10_000)))
+        .create(&stranger, Some(&lease("someone-else", LONG)))
         .await
         .expect("create");
     assert_eq!(
         store
-            .renew(&lease(&owner, 300), std::slice::from_ref(&stranger.key))
+            .renew(&lease(&owner, LONG), std::slice::from_ref(&stranger.key))
             .await
             .expect("renew"),
         0,
         "another owner's lease is not renewed"
     );
-    assert!(
-        store
-            .claim_due(&workflows, &lease("thief", 1_000), 200, 10)
-            .await
-            .expect("claim_due")
-            .is_empty(),
-        "renewed leases still run"
-    );
-    let mut claimed = store
-        .claim_due(&workflows, &lease("heir", 1_000), 301, 1)
+    tokio::time::sleep(LAPSE).await;
+    let workflows = [workflow.clone()];
+    let orphan = store
+        .claim_due(&workflows, &lease(&owner, LONG), 10)
         .await
         .expect("claim_due");
+    assert_eq!(
+        orphan,
+        vec![(dropped.key.clone(), 2)],
+        "a lease its owner stopped renewing lapses (and the owner itself may take it again); \
+         the renewed ones and the stranger's still run"
+    );
+    // Renewed for a short while only: both lapse and are taken over, the limit holding.
+    store
+        .renew(&lease(&owner, SHORT), &[a.key.clone(), b.key.clone()])
+        .await
+        .expect("renew");
+    tokio::time::sleep(LAPSE).await;
+    let mut claimed = store
+        .claim_due(&workflows, &lease("heir", LONG), 1)
+        .await
+        .expect("claim_due");
+    assert_eq!(claimed.len(), 1, "the limit holds");
     claimed.extend(
         store
-            .claim_due(&workflows, &lease("heir", 1_000), 301, 10)
+            .claim_due(&workflows, &lease("heir", LONG), 10)
             .await
             .expect("claim_due"),
     );
-    claimed.retain(|(key, _)| *key != stranger.key);
     claimed.sort();
-    assert_eq!(
-        claimed.len(),
-        2,
-        "the limit holds and both are taken over: {claimed:?}"
-    );
+    assert_eq!(claimed.len(), 2, "both are taken over: {claimed:?}");
     assert_eq!(claimed[0].0, a.key);
     assert_eq!(claimed[1].0, b.key);
 }
@@ -569,16 +565,17 @@ pub async fn finishing_ends_the_lease(store: Arc<dyn Store>) {
     let workflow: Arc<str> = Arc::from(unique("finish"));
     let h = header(&workflow, "t", "run");
     let epoch = store
-        .create(&h, Some(&lease("a", 10)))
+        .create(&h, Some(&lease("a", SHORT)))
         .await
         .expect("create");
     store
         .append(&h.key, epoch, &[fields(TransactionState::Done)])
         .await
         .expect("append");
+    tokio::time::sleep(LAPSE).await;
     assert!(
         store
-            .claim_due(&[workflow], &lease("b", 1_000), 500, 10)
+            .claim_due(&[workflow], &lease("b", LONG), 10)
             .await
             .expect("claim_due")
             .is_empty()
@@ -949,7 +946,7 @@ pub async fn create_and_append_writes_both(store: Arc<dyn Store>) {
     let epoch = store
         .create_and_append(
             &h,
-            Some(&lease("a", u64::MAX)),
+            Some(&lease("a", LONG)),
             &[fields(TransactionState::Invoking)],
         )
         .await

@@ -273,3 +273,50 @@ proptest! {
         run_case(nodes, timeout_ms, choices)?;
     }
 }
+
+/// Found by the property test: a run whose only step in flight was parked after a temporary
+/// failure (an async step with `autoRetry: false` and a retry interval) when the transaction
+/// timeout fired spent its timeout without failing anything, then waited for good. The parked
+/// step times out with the transaction, and the run is rolled back.
+#[tokio::test(flavor = "current_thread")]
+async fn a_transaction_timeout_fails_a_step_parked_after_a_temporary_failure() {
+    let definition = FlowDefinition::from_json(
+        r#"{"next":{"action":"s0","async":true,"next":{"action":"s1","async":true,
+            "retryInterval":0.033,"autoRetry":false,"maxRetries":1}}}"#,
+    )
+    .expect("valid");
+    let options = WorkflowOptions {
+        timeout: Some(0.033),
+        ..WorkflowOptions::default()
+    };
+    let flow = Flow::compile("parked", definition, options).expect("compiles");
+    let clock = Arc::new(ManualClock::default());
+    let engine = EngineOptions {
+        clock: clock.clone(),
+        ..EngineOptions::default()
+    }
+    .build();
+    engine
+        .register(flow, |_call: StepCall| async {
+            StepOutcome::ok(serde_json::json!(1))
+        })
+        .expect("register");
+    let run = RunOptions {
+        transaction_id: Some("t".into()),
+        ..RunOptions::default()
+    };
+    engine.run("parked", run).await.expect("runs");
+    let key = |action: &str| IdempotencyKey::new("parked", "t", action, HandlerType::Invoke);
+    engine
+        .set_step_success(&key("s0"), Some(serde_json::json!(1).into()))
+        .await
+        .expect("s0 completes");
+    engine
+        .set_step_failure(&key("s1"), StepError::new("later"), false)
+        .await
+        .expect("s1 fails for now");
+    clock.advance(Duration::from_millis(34));
+    quiesce().await;
+    let tx = stored(&engine, &TransactionKey::new("parked", "t")).await;
+    assert_eq!(tx.state(), gorgon_orchestration::TransactionState::Reverted);
+}

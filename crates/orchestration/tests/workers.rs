@@ -87,8 +87,9 @@ mod futures_like {
 
 #[tokio::test]
 async fn a_dead_workers_transaction_is_taken_over_and_only_its_step_in_flight_runs_again() {
-    let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::new(1_000_000));
+    // The store's time is the clock the test moves: leases lapse when it says.
+    let store = Arc::new(MemoryStore::new().with_clock(clock.clone()));
     let calls: Calls = Arc::default();
     let definition = r#"{"next":{"action":"a","next":{"action":"b","next":{"action":"c"}}}}"#;
     let a = engine(&store, &clock, "worker-a");
@@ -131,10 +132,11 @@ async fn a_dead_workers_transaction_is_taken_over_and_only_its_step_in_flight_ru
 
 #[tokio::test]
 async fn a_retry_timer_outlives_its_worker() {
-    let store = Arc::new(MemoryStore::new());
-    // Two clocks that agree: the dead worker's never moves again, so its timer never fires.
+    // Two clocks that agree: the dead worker's never moves again, so its timer never fires;
+    // the store keeps time with the other.
     let clock_a = Arc::new(ManualClock::new(5_000_000));
     let clock_b = Arc::new(ManualClock::new(5_000_000));
+    let store = Arc::new(MemoryStore::new().with_clock(clock_b.clone()));
     let attempts = Arc::new(Mutex::new(0));
     let handler = {
         let attempts = attempts.clone();

@@ -618,9 +618,9 @@ const CREATE_MANY_SQL: &str = r#"
 INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
                           updated_at, next_seq, owner, lease_until, epoch, wake_at)
 SELECT d.workflow, d.transaction_id, d.run_id, 'not_started', d.payload::json, d.created_at,
-       $6, 0, NULLIF(d.owner, ''), d.until, 1, NULL
+       $6, 0, NULLIF(d.owner, ''), gorgon_now_ms() + d.lease_ms, 1, NULL
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::text[], $8::int8[])
-       AS d(workflow, transaction_id, run_id, payload, created_at, owner, until)
+       AS d(workflow, transaction_id, run_id, payload, created_at, owner, lease_ms)
 ON CONFLICT (workflow, transaction_id) DO NOTHING
 RETURNING workflow, transaction_id
 "#;
@@ -633,7 +633,7 @@ WITH ins AS (
                               updated_at, next_seq, owner, lease_until, epoch, wake_at)
     VALUES ($1, $2, $3, COALESCE(NULLIF($9, ''), 'not_started'), $4::json, $5, $6, $10,
             CASE WHEN $9 IN ('done', 'reverted', 'failed') THEN NULL ELSE NULLIF($7, '') END,
-            $8, 1, NULL)
+            gorgon_now_ms() + $8, 1, NULL)
     ON CONFLICT (workflow, transaction_id) DO NOTHING
     RETURNING run_id
 ), log AS (
@@ -676,9 +676,9 @@ async fn write_batch_creating(
             .iter()
             .map(|&i| batch[i].3.expect("a create").created_at)
             .collect();
-        let until: Vec<i64> = creates
+        let lease_ms: Vec<i64> = creates
             .iter()
-            .map(|&i| batch[i].3.expect("a create").until)
+            .map(|&i| batch[i].3.expect("a create").lease_ms)
             .collect();
         let inserted: Vec<(String, String)> = sqlx::query_as(CREATE_MANY_SQL)
             .bind(&workflows)
@@ -688,7 +688,7 @@ async fn write_batch_creating(
             .bind(&created)
             .bind(now_millis())
             .bind(&owners)
-            .bind(&until)
+            .bind(&lease_ms)
             .fetch_all(&mut *conn)
             .await?;
         let inserted: std::collections::HashSet<(String, String)> = inserted.into_iter().collect();
@@ -888,8 +888,9 @@ const CREATE_SQL: &str = r#"
 WITH up AS (
     INSERT INTO transactions (workflow, transaction_id, run_id, state, payload, created_at,
                               updated_at, next_seq, owner, lease_until, epoch, wake_at)
-    VALUES ($1, $2, $3, 'not_started', $4::json, $5, $6, 0, $7, $8, 1,
-            CASE WHEN $7::text IS NULL THEN $5 END)
+    VALUES ($1, $2, $3, 'not_started', $4::json, $5, $6, 0, $7,
+            CASE WHEN $7::text IS NULL THEN 0 ELSE gorgon_now_ms() + $8 END, 1,
+            CASE WHEN $7::text IS NULL THEN gorgon_now_ms() END)
     ON CONFLICT (workflow, transaction_id) DO UPDATE
        SET run_id = EXCLUDED.run_id, state = EXCLUDED.state, payload = EXCLUDED.payload,
            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, next_seq = 0,
@@ -940,7 +941,7 @@ impl Store for PostgresStore {
             .bind(created_at)
             .bind(now_millis())
             .bind(lease.map(|l| l.owner.as_ref()))
-            .bind(lease.map_or(0, |l| millis(l.until)))
+            .bind(lease.map_or(0, |l| duration_ms(l.ms)))
             .fetch_optional(&self.inner.pool)
             .await
             .map_err(|e| store_error("create", key, e))?;
@@ -1019,10 +1020,9 @@ impl Store for PostgresStore {
         &self,
         key: &TransactionKey,
         lease: &Lease,
-        now: u64,
     ) -> gorgon_orchestration::Result<Claim> {
         for _ in 0..3 {
-            if let Some(claim) = self.claim_once(key, lease, now).await? {
+            if let Some(claim) = self.claim_once(key, lease).await? {
                 return Ok(claim);
             }
         }
@@ -1037,13 +1037,13 @@ impl Store for PostgresStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        wake_at: Option<u64>,
+        wake_in: Option<u64>,
     ) -> gorgon_orchestration::Result<()> {
         let done = sqlx::query(RELEASE_SQL)
             .bind(key.workflow.as_ref())
             .bind(key.id.as_ref())
             .bind(millis(epoch))
-            .bind(wake_at.map(millis))
+            .bind(wake_in.map(duration_ms))
             .execute(&self.inner.pool)
             .await
             .map_err(|e| store_error("release", key, e))?;
@@ -1057,16 +1057,14 @@ impl Store for PostgresStore {
         &self,
         workflows: &[Arc<str>],
         lease: &Lease,
-        now: u64,
         limit: usize,
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         let names: Vec<&str> = workflows.iter().map(|w| w.as_ref()).collect();
         let claimed: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
             .bind(&names)
-            .bind(millis(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(lease.owner.as_ref())
-            .bind(millis(lease.until))
+            .bind(duration_ms(lease.ms))
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| StoreError::Store {
@@ -1097,7 +1095,7 @@ impl Store for PostgresStore {
         let ids: Vec<&str> = keys.iter().map(|k| k.id.as_ref()).collect();
         let done = sqlx::query(RENEW_SQL)
             .bind(lease.owner.as_ref())
-            .bind(millis(lease.until))
+            .bind(duration_ms(lease.ms))
             .bind(&workflows)
             .bind(&ids)
             .execute(&self.inner.pool)
@@ -1209,26 +1207,29 @@ fn bind_all<'q, O>(
     query
 }
 
-/// Extends owner `$1`'s leases on the transactions named by `$3` (workflows) and `$4` (ids).
+/// Extends by `$2` ms owner `$1`'s leases on the transactions named by `$3` (workflows) and `$4`
+/// (ids). Times here are the database's (`gorgon_now_ms()`, migration 0006).
 const RENEW_SQL: &str = r#"
-UPDATE transactions t SET lease_until = $2
+UPDATE transactions t SET lease_until = gorgon_now_ms() + $2
   FROM unnest($3::text[], $4::text[]) AS k(workflow, transaction_id)
  WHERE t.owner = $1 AND t.workflow = k.workflow AND t.transaction_id = k.transaction_id
 "#;
 
+/// Owner `$3` takes (or keeps) the lease for `$4` ms, unless another owner's runs.
 const CLAIM_SQL: &str = r#"
 UPDATE transactions
    SET epoch = CASE WHEN owner = $3 THEN epoch ELSE epoch + 1 END,
-       owner = $3, lease_until = $4, wake_at = NULL
+       owner = $3, lease_until = gorgon_now_ms() + $4, wake_at = NULL
  WHERE workflow = $1 AND transaction_id = $2
-   AND (owner IS NULL OR owner = $3 OR lease_until < $5)
+   AND (owner IS NULL OR owner = $3 OR lease_until < gorgon_now_ms())
 RETURNING epoch
 "#;
 
 const RELEASE_SQL: &str = r#"
 UPDATE transactions
    SET owner = NULL,
-       wake_at = CASE WHEN state IN ('done', 'reverted', 'failed') THEN NULL ELSE $4 END
+       wake_at = CASE WHEN state IN ('done', 'reverted', 'failed') THEN NULL
+                      ELSE gorgon_now_ms() + $4 END
  WHERE workflow = $1 AND transaction_id = $2 AND epoch = $3
 "#;
 
@@ -1236,20 +1237,27 @@ const CLAIM_DUE_SQL: &str = r#"
 WITH due AS (
     SELECT workflow, transaction_id FROM transactions
      WHERE workflow = ANY($1) AND state NOT IN ('done', 'reverted', 'failed')
-       AND ((owner IS NULL AND wake_at <= $2) OR (owner IS NOT NULL AND lease_until < $2))
-     LIMIT $3
+       AND ((owner IS NULL AND wake_at <= gorgon_now_ms())
+            OR (owner IS NOT NULL AND lease_until < gorgon_now_ms()))
+     LIMIT $2
      FOR UPDATE SKIP LOCKED
 )
 UPDATE transactions t
-   SET epoch = t.epoch + 1, owner = $4, lease_until = $5, wake_at = NULL
+   SET epoch = t.epoch + 1, owner = $3, lease_until = gorgon_now_ms() + $4, wake_at = NULL
   FROM due
  WHERE t.workflow = due.workflow AND t.transaction_id = due.transaction_id
 RETURNING t.workflow, t.transaction_id, t.epoch
 "#;
 
-/// A time in clock milliseconds as a column value.
+/// A count (an epoch, a time) as a column value.
 fn millis(at: u64) -> i64 {
     i64::try_from(at).unwrap_or(i64::MAX)
+}
+
+/// A duration in milliseconds as a column value, capped to ten years (a lease or a delay that
+/// long never runs out, and the database adds it to its clock without overflowing).
+fn duration_ms(ms: u64) -> i64 {
+    millis(ms.min(315_576_000_000))
 }
 
 impl PostgresStore {
@@ -1280,7 +1288,7 @@ impl PostgresStore {
                     .bind(new.created_at)
                     .bind(now_millis())
                     .bind(new.owner.as_deref().unwrap_or(""))
-                    .bind(new.until)
+                    .bind(new.lease_ms)
                     .bind(append.state.unwrap_or(""))
                     .bind(rows.len() as i64)
                     .bind((0..rows.len() as i64).collect::<Vec<_>>())
@@ -1378,15 +1386,13 @@ impl PostgresStore {
         &self,
         key: &TransactionKey,
         lease: &Lease,
-        now: u64,
     ) -> gorgon_orchestration::Result<Option<Claim>> {
         let pool = &self.inner.pool;
         let epoch: Option<i64> = sqlx::query_scalar(CLAIM_SQL)
             .bind(key.workflow.as_ref())
             .bind(key.id.as_ref())
             .bind(lease.owner.as_ref())
-            .bind(millis(lease.until))
-            .bind(millis(now))
+            .bind(duration_ms(lease.ms))
             .fetch_optional(pool)
             .await
             .map_err(|e| store_error("claim", key, e))?;

@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 };
                 let lease = Lease {
                     owner: Arc::from("throughput"),
-                    until: u64::MAX,
+                    ms: 3_600_000,
                 };
                 let epoch = store.create(&header, Some(&lease)).await?;
                 store

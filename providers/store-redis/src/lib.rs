@@ -40,8 +40,8 @@
 //!  create     header exists and unfinished? → AlreadyStarted (0); else clear the old run from
 //!             the indexes and its owner's set, DEL old header + log, HSET header (state
 //!             not_started, epoch = old epoch + 1 or 1), RPUSH run marker, ZADD indexes; with a
-//!             lease: owner/until, ZADD leased, SADD owned; without: wake_at = created_at,
-//!             ZADD parked (due at once)
+//!             lease: owner/until = now + lease ms, ZADD leased, SADD owned; without:
+//!             wake_at = now, ZADD parked (due at once)
 //!  append     header missing? → -1; epoch ≠ ARGV epoch? → -2 (Fenced), nothing written;
 //!             RPUSH each record, HSET state and move <member> between the state indexes;
 //!             a finished state drops owner and wake_at (SREM owned, ZREM leased/parked)
@@ -52,7 +52,11 @@
 //!             time (and unfinished) HSET wake_at, ZADD parked
 //!  claim_due  per workflow: ZRANGEBYSCORE parked -inf now, then leased -inf (now, up to the
 //!             limit; each is taken as by claim, always epoch + 1
-//!  renew      SMEMBERS owned:<owner>; for each still held: HSET until, ZADD leased
+//!  renew      for each named member still held: HSET until = now + lease ms, ZADD leased;
+//!             one no longer held leaves owned:<owner>
+//!
+//!  `now` is always Redis's `TIME`, read inside the script: engines hand over durations (a
+//!  lease's length, a wake-up delay), never their own clock's times.
 //!  load       (MULTI/EXEC) HMGET header + LRANGE log, one consistent snapshot
 //! ```
 //! Every write is one Lua script (the `scripts` module), so each check-and-set (the epoch of an
@@ -359,6 +363,12 @@ fn member(key: &TransactionKey) -> String {
     out.push(':');
     encode(&key.id, &mut out);
     out
+}
+
+/// A duration in milliseconds as a script argument, capped to ten years (added to Redis's
+/// clock in a script, whose numbers are doubles).
+fn lease_ms(ms: u64) -> u64 {
+    ms.min(315_576_000_000)
 }
 
 fn store_error(
@@ -698,7 +708,7 @@ impl Store for RedisStore {
             created_at: header.created_at,
             workflow: key.workflow.to_string(),
             id: key.id.to_string(),
-            lease: lease.map(|l| (l.owner.to_string(), l.until)),
+            lease: lease.map(|l| (l.owner.to_string(), lease_ms(l.ms))),
         });
         let epoch = self
             .write(call)
@@ -754,7 +764,6 @@ impl Store for RedisStore {
         &self,
         key: &TransactionKey,
         lease: &Lease,
-        now: u64,
     ) -> gorgon_orchestration::Result<Claim> {
         let member = member(key);
         let mut connection = self.inner.connection.clone();
@@ -767,8 +776,7 @@ impl Store for RedisStore {
             .arg(&member)
             .arg(&self.inner.prefix)
             .arg(lease.owner.as_ref())
-            .arg(lease.until)
-            .arg(now)
+            .arg(lease_ms(lease.ms))
             .query_async(&mut connection)
             .await
             .map_err(|e| store_error("claim", key, e))?;
@@ -785,7 +793,7 @@ impl Store for RedisStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        wake_at: Option<u64>,
+        wake_in: Option<u64>,
     ) -> gorgon_orchestration::Result<()> {
         let member = member(key);
         let mut connection = self.inner.connection.clone();
@@ -798,7 +806,7 @@ impl Store for RedisStore {
             .arg(&member)
             .arg(&self.inner.prefix)
             .arg(epoch)
-            .arg(wake_at.map_or_else(String::new, |at| at.to_string()))
+            .arg(wake_in.map_or_else(String::new, |ms| lease_ms(ms).to_string()))
             .query_async(&mut connection)
             .await
             .map_err(|e| store_error("release", key, e))?;
@@ -813,7 +821,6 @@ impl Store for RedisStore {
         &self,
         workflows: &[Arc<str>],
         lease: &Lease,
-        now: u64,
         limit: usize,
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         if workflows.is_empty() || limit == 0 {
@@ -839,8 +846,7 @@ impl Store for RedisStore {
         }
         cmd.arg(&self.inner.prefix)
             .arg(lease.owner.as_ref())
-            .arg(lease.until)
-            .arg(now)
+            .arg(lease_ms(lease.ms))
             .arg(limit);
         let mut connection = self.inner.connection.clone();
         let flat: Vec<String> = cmd
@@ -880,7 +886,7 @@ impl Store for RedisStore {
             .arg(self.owned_key(&lease.owner))
             .arg(&self.inner.prefix)
             .arg(lease.owner.as_ref())
-            .arg(lease.until);
+            .arg(lease_ms(lease.ms));
         for key in keys {
             command.arg(member(key));
         }

@@ -27,7 +27,7 @@ pub(crate) const STATES: [&str; 7] = [
 
 /// KEYS: header, log, workflow index, the 7 state indexes, parked index, leased index.
 /// ARGV: member, run_id, payload JSON, created_at, workflow, id, prefix, '1' with a lease (else
-/// '0'), owner, until.
+/// '0'), owner, lease ms. Lease ends and wake-up times are Redis's time (`TIME`).
 /// Returns the new run's epoch (one more than the finished run it replaces, else 1), or 0 when
 /// an unfinished run holds the id. The new log starts with the run id as its marker entry.
 pub(crate) const CREATE: &str = r"
@@ -45,16 +45,18 @@ if old[1] then
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'workflow', ARGV[5], 'id', ARGV[6], 'run_id', ARGV[2],
            'payload', ARGV[3], 'created_at', ARGV[4], 'state', 'not_started', 'epoch', epoch,
-           'updated_at', t[1] * 1000 + math.floor(t[2] / 1000))
+           'updated_at', now)
 if ARGV[8] == '1' then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[9], 'until', ARGV[10])
-  redis.call('ZADD', KEYS[12], ARGV[10], ARGV[1])
+  local lease_end = now + tonumber(ARGV[10])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[9], 'until', lease_end)
+  redis.call('ZADD', KEYS[12], lease_end, ARGV[1])
   redis.call('SADD', ARGV[7] .. 'owned:' .. ARGV[9], ARGV[1])
 else
-  redis.call('HSET', KEYS[1], 'until', 0, 'wake_at', ARGV[4])
-  redis.call('ZADD', KEYS[11], ARGV[4], ARGV[1])
+  redis.call('HSET', KEYS[1], 'until', 0, 'wake_at', now)
+  redis.call('ZADD', KEYS[11], now, ARGV[1])
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
@@ -122,14 +124,17 @@ return 1
 ";
 
 /// KEYS: header, parked index, leased index.
-/// ARGV: member, prefix, owner, until, now.
+/// ARGV: member, prefix, owner, lease ms.
 /// Returns `{1, epoch, ''}` when granted (the epoch moves on when the lease changes hands),
-/// `{2, 0, owner}` when another owner's lease runs at `now`, `{0, 0, ''}` when not found.
+/// `{2, 0, owner}` when another owner's lease runs now, `{0, 0, ''}` when not found.
 pub(crate) const CLAIM: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease_end = now + tonumber(ARGV[4])
 local h = redis.call('HMGET', KEYS[1], 'state', 'owner', 'until', 'epoch')
 if not h[1] then return {0, 0, ''} end
 local owner = h[2]
-if owner and owner ~= ARGV[3] and tonumber(h[3] or '0') >= tonumber(ARGV[5]) then
+if owner and owner ~= ARGV[3] and tonumber(h[3] or '0') >= now then
   return {2, 0, owner}
 end
 local epoch = tonumber(h[4] or '1')
@@ -138,17 +143,17 @@ if owner ~= ARGV[3] then
   if owner then redis.call('SREM', ARGV[2] .. 'owned:' .. owner, ARGV[1]) end
   redis.call('SADD', ARGV[2] .. 'owned:' .. ARGV[3], ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'until', ARGV[4], 'epoch', epoch)
+redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'until', lease_end, 'epoch', epoch)
 redis.call('HDEL', KEYS[1], 'wake_at')
 redis.call('ZREM', KEYS[2], ARGV[1])
 if h[1] ~= 'done' and h[1] ~= 'reverted' and h[1] ~= 'failed' then
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  redis.call('ZADD', KEYS[3], lease_end, ARGV[1])
 end
 return {1, epoch, ''}
 ";
 
 /// KEYS: header, parked index, leased index.
-/// ARGV: member, prefix, epoch, wake_at ('' for none).
+/// ARGV: member, prefix, epoch, wake-up delay in ms ('' for none).
 /// Returns 1 when released, 0 when the epoch is not current (or there is no transaction).
 pub(crate) const RELEASE: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'state', 'owner', 'epoch')
@@ -160,8 +165,11 @@ end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local finished = h[1] == 'done' or h[1] == 'reverted' or h[1] == 'failed'
 if ARGV[4] ~= '' and not finished then
-  redis.call('HSET', KEYS[1], 'wake_at', ARGV[4])
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local wake_at = now + tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'wake_at', wake_at)
+  redis.call('ZADD', KEYS[2], wake_at, ARGV[1])
 else
   redis.call('HDEL', KEYS[1], 'wake_at')
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -170,12 +178,15 @@ return 1
 ";
 
 /// KEYS: the parked and leased indexes of each workflow, in pairs.
-/// ARGV: prefix, owner, until, now, limit.
+/// ARGV: prefix, owner, lease ms, limit.
 /// Claims up to `limit` transactions: parked ones with `wake_at <= now`, then owned ones with
-/// `until < now`, each one epoch later. Returns `{workflow, id, epoch, ...}`.
+/// `until < now` (Redis's time), each one epoch later. Returns `{workflow, id, epoch, ...}`.
 pub(crate) const CLAIM_DUE: &str = r"
-local prefix, owner, lease_end, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local left = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, owner = ARGV[1], ARGV[2]
+local lease_end = now + tonumber(ARGV[3])
+local left = tonumber(ARGV[4])
 local out = {}
 local seen = {}
 local function take(member, parked, leased)
@@ -214,10 +225,14 @@ return out
 ";
 
 /// KEYS: the owner's set.
-/// ARGV: prefix, owner, until, then the members to renew.
-/// Extends the owner's leases on these members; returns how many.
+/// ARGV: prefix, owner, lease ms, then the members to renew.
+/// Extends the owner's leases on these members to now (Redis's time) plus the lease; returns
+/// how many.
 pub(crate) const RENEW: &str = r"
-local prefix, owner, lease_end = ARGV[1], ARGV[2], ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, owner = ARGV[1], ARGV[2]
+local lease_end = now + tonumber(ARGV[3])
 local n = 0
 for i = 4, #ARGV do
   local member = ARGV[i]

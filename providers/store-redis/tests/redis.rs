@@ -361,11 +361,20 @@ async fn listings_follow_the_indexes() {
     store.clear().await.expect("clear");
 }
 
-fn lease(owner: &str, until: u64) -> Lease {
+fn lease(owner: &str, ms: u64) -> Lease {
     Lease {
         owner: Arc::from(owner),
-        until,
+        ms,
     }
+}
+
+/// Whether an index score is `ms` from now on Redis's clock (within a second).
+fn from_now(score: Option<f64>, ms: u64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    score.is_some_and(|s| (s - (now + ms as f64)).abs() < 1_000.0)
 }
 
 /// In one pipeline, an append with a stale epoch (its lease was taken over) fails alone with
@@ -384,9 +393,10 @@ async fn a_stale_epoch_fails_only_its_own_append_in_a_pipeline() {
             .expect("create");
         assert_eq!(epoch, 1);
     }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let taken = TransactionKey::new("fenced", "t0");
     let Claim::Granted { epoch: current } = store
-        .claim(&taken, &lease("new", 1_000), 101)
+        .claim(&taken, &lease("new", 60_000))
         .await
         .expect("claim")
     else {
@@ -463,7 +473,7 @@ async fn two_workers_never_claim_a_transaction_twice() {
             let mut claimed = Vec::new();
             loop {
                 let batch = store
-                    .claim_due(&workflows, &lease(owner, 10_000), 1_000, 7)
+                    .claim_due(&workflows, &lease(owner, 60_000), 7)
                     .await
                     .expect("claim_due");
                 if batch.is_empty() {
@@ -486,7 +496,7 @@ async fn two_workers_never_claim_a_transaction_twice() {
         assert_eq!(*epoch, 2);
         assert_eq!(
             second
-                .claim(key, &lease("thief", 20_000), 5_000)
+                .claim(key, &lease("thief", 60_000))
                 .await
                 .expect("claim"),
             Claim::Leased {
@@ -537,19 +547,19 @@ async fn the_lease_indexes_follow_the_transaction() {
         }
     };
     let epoch = store
-        .create(&header("idx", "t", "r", 7), Some(&lease("w", 100)))
+        .create(&header("idx", "t", "r", 7), Some(&lease("w", 100_000)))
         .await
         .expect("create");
-    assert_eq!(score("leased:idx").await, Some(100.0));
+    assert!(from_now(score("leased:idx").await, 100_000));
     assert_eq!(score("parked:idx").await, None);
     assert_eq!(
         store
-            .renew(&lease("w", 250), std::slice::from_ref(&key))
+            .renew(&lease("w", 250_000), std::slice::from_ref(&key))
             .await
             .expect("renew"),
         1
     );
-    assert_eq!(score("leased:idx").await, Some(250.0));
+    assert!(from_now(score("leased:idx").await, 250_000));
     let owned: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("{p}owned:w"))
         .query_async(&mut raw)
@@ -561,11 +571,11 @@ async fn the_lease_indexes_follow_the_transaction() {
         .await
         .expect("append");
     store
-        .release(&key, epoch, Some(400))
+        .release(&key, epoch, Some(400_000))
         .await
         .expect("release");
     assert_eq!(score("leased:idx").await, None);
-    assert_eq!(score("parked:idx").await, Some(400.0));
+    assert!(from_now(score("parked:idx").await, 400_000));
     assert_eq!(
         store
             .renew(&lease("w", 300), std::slice::from_ref(&key))
@@ -574,14 +584,14 @@ async fn the_lease_indexes_follow_the_transaction() {
         0
     );
     let Claim::Granted { epoch } = store
-        .claim(&key, &lease("v", 900), 200)
+        .claim(&key, &lease("v", 900_000))
         .await
         .expect("claim")
     else {
         panic!("a released transaction is granted");
     };
     assert_eq!(score("parked:idx").await, None);
-    assert_eq!(score("leased:idx").await, Some(900.0));
+    assert!(from_now(score("leased:idx").await, 900_000));
     store
         .append(&key, epoch, &[state(TransactionState::Done)])
         .await

@@ -59,20 +59,21 @@
 //! check-and-set is atomic:
 //!
 //! ```text
-//!  create(lease)     owner = lease.owner, lease_until = lease.until, wake_at NULL, epoch 1
-//!  create(None)      owner NULL, wake_at = created_at: due at once for claim_due
+//!  create(lease)     owner = lease.owner, lease_until = now + lease.ms, wake_at NULL, epoch 1
+//!  create(None)      owner NULL, wake_at = now: due at once for claim_due
 //!  append(epoch)     UPDATE … WHERE epoch = ?  (no row: Fenced, or never created)
 //!  claim             UPDATE … WHERE owner IS NULL OR owner = me OR lease_until < now
 //!                    RETURNING epoch (+1 when the owner changes); else Leased / NotFound
-//!  release(epoch)    UPDATE SET owner NULL, wake_at = ? WHERE epoch = ?  (no row: Fenced)
+//!  release(epoch)    UPDATE SET owner NULL, wake_at = now + ? WHERE epoch = ?  (no row: Fenced)
 //!  claim_due         UPDATE … SET epoch = epoch + 1 WHERE (workflow, id) IN (SELECT … due
 //!                    by the transactions_due index … LIMIT n) RETURNING workflow, id, epoch
-//!  renew             UPDATE SET lease_until = ? WHERE owner = ?
+//!  renew             UPDATE SET lease_until = now + ? WHERE owner = ? AND (workflow, id) named
 //! ```
 //!
-//! Times are the workers' clock milliseconds, stored as SQLite integers (saturating at
-//! `i64::MAX`; a lease `until` of `u64::MAX` is stored as `i64::MAX - 1`, so the due index never
-//! overflows). In batched mode, appends of one transaction with one epoch in a batch are
+//! Times are the store's: `now` is the clock of the machine holding the database file, which every
+//! process sharing the file reads (engines hand over durations, never their own clock's times),
+//! in Unix milliseconds stored as SQLite integers (saturating one below `i64::MAX`, so the due
+//! index never overflows). In batched mode, appends of one transaction with one epoch in a batch are
 //! written or refused together; an append whose epoch is stale gets
 //! [`Error::Fenced`](gorgon_orchestration::Error::Fenced) alone, and the rest of its batch is
 //! committed. Rows written before migration 0002 get epoch 1, no owner and no wake-up time:
@@ -490,6 +491,18 @@ fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The store's clock, in Unix milliseconds: the system clock of the machine holding the
+/// database file, which every process sharing the file reads (leases and wake-up times are
+/// the store's time, never an engine's clock).
+fn store_now() -> u64 {
+    u64::try_from(now_millis()).unwrap_or(0)
+}
+
+/// When a lease of `ms` taken now ends, as stored.
+fn lease_until(ms: u64) -> i64 {
+    until(store_now().saturating_add(ms))
+}
+
 /// A lease's `until` as stored: saturating one below `i64::MAX`, so the index's
 /// `lease_until + 1` never overflows.
 fn until(value: u64) -> i64 {
@@ -530,8 +543,7 @@ async fn write_batch_creating(
             .bind(new.created_at)
             .bind(now_millis())
             .bind(new.owner.as_deref())
-            // Saturated one below `i64::MAX`, as `until` does.
-            .bind(new.until.min(i64::MAX - 1))
+            .bind(lease_until(u64::try_from(new.lease_ms).unwrap_or(0)))
             .fetch_optional(&mut *tx)
             .await?;
         taken[i] = epoch.is_none();
@@ -782,9 +794,9 @@ impl Store for SqliteStore {
                 .bind(created_at)
                 .bind(now_millis())
                 .bind(lease.map(|l| l.owner.as_ref()))
-                .bind(lease.map_or(0, |l| until(l.until)))
+                .bind(lease.map_or(0, |l| lease_until(l.ms)))
                 // Without a lease, an enqueued start: due at once.
-                .bind(lease.is_none().then_some(created_at))
+                .bind(lease.is_none().then(|| int(store_now())))
                 .fetch_optional(&mut *tx)
                 .await?;
             if epoch.is_some() {
@@ -839,8 +851,8 @@ impl Store for SqliteStore {
         &self,
         key: &TransactionKey,
         lease: &Lease,
-        now: u64,
     ) -> gorgon_orchestration::Result<Claim> {
+        let now = store_now();
         let result: Result<Claim, sqlx::Error> = async {
             // One SQLite transaction: the refusal reads the owner that refused.
             let mut tx = self.inner.writer.begin().await?;
@@ -848,7 +860,7 @@ impl Store for SqliteStore {
                 .bind(key.workflow.as_ref())
                 .bind(key.id.as_ref())
                 .bind(lease.owner.as_ref())
-                .bind(until(lease.until))
+                .bind(until(now.saturating_add(lease.ms)))
                 .bind(int(now))
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -883,13 +895,13 @@ impl Store for SqliteStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        wake_at: Option<u64>,
+        wake_in: Option<u64>,
     ) -> gorgon_orchestration::Result<()> {
         let released = sqlx::query(RELEASE_SQL)
             .bind(key.workflow.as_ref())
             .bind(key.id.as_ref())
             .bind(int(epoch))
-            .bind(wake_at.map(int))
+            .bind(wake_in.map(|ms| int(store_now().saturating_add(ms))))
             .execute(&self.inner.writer)
             .await
             .map_err(|e| store_error("release", key, e))?
@@ -905,9 +917,9 @@ impl Store for SqliteStore {
         &self,
         workflows: &[Arc<str>],
         lease: &Lease,
-        now: u64,
         limit: usize,
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
+        let now = store_now();
         if workflows.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -921,7 +933,7 @@ impl Store for SqliteStore {
         let claimed: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
             .bind(names_json)
             .bind(lease.owner.as_ref())
-            .bind(until(lease.until))
+            .bind(until(now.saturating_add(lease.ms)))
             .bind(int(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.writer)
@@ -957,7 +969,7 @@ impl Store for SqliteStore {
         let pairs = serde_json::to_string(&pairs).expect("strings serialize");
         let renewed = sqlx::query(RENEW_SQL)
             .bind(lease.owner.as_ref())
-            .bind(until(lease.until))
+            .bind(lease_until(lease.ms))
             .bind(pairs)
             .execute(&self.inner.writer)
             .await

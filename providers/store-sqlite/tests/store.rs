@@ -261,10 +261,10 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     assert_eq!(summary.state, TransactionState::NotStarted);
 }
 
-fn lease(owner: &str, until: u64) -> Lease {
+fn lease(owner: &str, ms: u64) -> Lease {
     Lease {
         owner: Arc::from(owner),
-        until,
+        ms,
     }
 }
 
@@ -281,9 +281,10 @@ async fn a_stale_epoch_fails_only_its_own_append_in_a_batch() {
             .expect("create");
         assert_eq!(epoch, 1);
     }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let taken = TransactionKey::new("sqlite-test", "fenced-0");
     let Claim::Granted { epoch: current } = store
-        .claim(&taken, &lease("new", 1_000), 101)
+        .claim(&taken, &lease("new", 60_000))
         .await
         .expect("claim")
     else {
@@ -352,7 +353,7 @@ async fn two_workers_on_one_file_never_claim_a_transaction_twice() {
             let mut claimed = Vec::new();
             loop {
                 let batch = store
-                    .claim_due(&workflows, &lease(owner, 10_000), 1_000, 7)
+                    .claim_due(&workflows, &lease(owner, 60_000), 7)
                     .await
                     .expect("claim_due");
                 if batch.is_empty() {
@@ -375,7 +376,7 @@ async fn two_workers_on_one_file_never_claim_a_transaction_twice() {
         assert_eq!(*epoch, 2);
         assert_eq!(
             second
-                .claim(key, &lease("thief", 20_000), 5_000)
+                .claim(key, &lease("thief", 60_000))
                 .await
                 .expect("claim"),
             Claim::Leased {

@@ -91,26 +91,24 @@ impl Store for JsonStore {
         &self,
         key: &TransactionKey,
         lease: &Lease,
-        now: u64,
     ) -> gorgon_orchestration::Result<Claim> {
-        self.inner.claim(key, lease, now).await
+        self.inner.claim(key, lease).await
     }
     async fn release(
         &self,
         key: &TransactionKey,
         epoch: u64,
-        wake_at: Option<u64>,
+        wake_in: Option<u64>,
     ) -> gorgon_orchestration::Result<()> {
-        self.inner.release(key, epoch, wake_at).await
+        self.inner.release(key, epoch, wake_in).await
     }
     async fn claim_due(
         &self,
         workflows: &[Arc<str>],
         lease: &Lease,
-        now: u64,
         limit: usize,
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
-        self.inner.claim_due(workflows, lease, now, limit).await
+        self.inner.claim_due(workflows, lease, limit).await
     }
     async fn renew(
         &self,
