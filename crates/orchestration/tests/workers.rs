@@ -283,3 +283,34 @@ async fn get_reads_the_store_for_a_transaction_another_worker_advanced() {
         "B reports what A stored, not its own stale copy"
     );
 }
+
+/// Leases are the store's time: a worker whose clock runs far ahead (more than a lease) does not
+/// take over a live lease of another worker, and takes it over once its holder is gone.
+#[tokio::test]
+async fn a_worker_whose_clock_runs_ahead_does_not_take_a_live_lease() {
+    let store_clock = Arc::new(ManualClock::new(9_000_000));
+    let store = Arc::new(MemoryStore::new().with_clock(store_clock.clone()));
+    let calls: Calls = Arc::default();
+    let definition = r#"{"next":{"action":"a","next":{"action":"b","next":{"action":"c"}}}}"#;
+    let holder = engine(&store, &store_clock, "holder");
+    holder
+        .register(flow("w", definition), hanging_handler(calls.clone()))
+        .unwrap();
+    // Thirty seconds ahead, thirty leases' worth.
+    let ahead = Arc::new(ManualClock::new(9_030_000));
+    let eager = engine(&store, &ahead, "eager");
+    eager
+        .register(flow("w", definition), hanging_handler(calls.clone()))
+        .unwrap();
+    let running = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.run("w", with_id("skewed")).await }
+    });
+    until(|| calls.lock().len() == 2).await; // `b` runs on the holder
+    assert_eq!(eager.take_over_due().await, 0, "the lease still runs");
+    // The holder dies; once its lease lapses on the store's clock, it is taken over.
+    running.abort();
+    store_clock.advance(Duration::from_millis(1_200));
+    assert_eq!(eager.take_over_due().await, 1);
+    until(|| calls.lock().len() == 4).await;
+}
