@@ -1472,7 +1472,7 @@ impl Engine {
                     continue_after,
                 } => (calls, steps, continue_after),
             };
-            if !calls.is_empty() {
+            if !self.inner.volatile && !calls.is_empty() {
                 self.ensure_lease(cell).await?;
             }
             let sync_count = calls.iter().filter(|c| !c.is_async).count();

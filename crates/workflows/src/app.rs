@@ -172,7 +172,7 @@ impl<'a, In: Value, Out: Clone + Send + Sync + 'static> RunBuilder<'a, In, Out> 
         let (execution, compiled) = app.run_to_end(workflow, input, options).await?;
         Ok(Run {
             execution,
-            compiled,
+            compiled: compiled.into_owned(),
             result: workflow.result.clone(),
         })
     }
@@ -850,7 +850,7 @@ impl App {
     async fn settled<In, Out>(
         &self,
         workflow: &Workflow<In, Out>,
-        compiled: Arc<Compiled>,
+        compiled: Cow<'_, Arc<Compiled>>,
         execution: Execution,
     ) -> Run<Out> {
         // Without a bus there is nothing to settle: no settling future is even built.
@@ -1006,16 +1006,20 @@ impl App {
     ///
     /// A workflow registered without bound hooks is its own registered form: the app that
     /// last found it so is remembered on the workflow, and the next check is one load.
-    fn compiled_for<In, Out>(&self, workflow: &Workflow<In, Out>) -> Result<Arc<Compiled>, Error> {
+    fn compiled_for<'w, In, Out>(
+        &self,
+        workflow: &'w Workflow<In, Out>,
+    ) -> Result<Cow<'w, Arc<Compiled>>, Error> {
         let compiled = &workflow.compiled;
+        // Borrowed on the common path: no count of the shared `Arc` taken per run.
         if compiled.checked_on.load(Ordering::Relaxed) == self.inner.id {
-            return Ok(compiled.clone());
+            return Ok(Cow::Borrowed(compiled));
         }
         let registered = self.inner.compiled_of(workflow.name());
         match registered {
             Some(registered) if Arc::ptr_eq(&registered, compiled) => {
                 compiled.checked_on.store(self.inner.id, Ordering::Relaxed);
-                Ok(registered)
+                Ok(Cow::Borrowed(compiled))
             }
             // Registered from another copy of the definition, or with hooks bound here: the
             // same nodes in the same stages.
@@ -1027,7 +1031,7 @@ impl App {
                         .map(|n| &n.name)
                         .eq(compiled.nodes.iter().map(|n| &n.name)) =>
             {
-                Ok(registered)
+                Ok(Cow::Owned(registered))
             }
             _ => Err(Error::NotRegistered {
                 workflow: workflow.name().to_string(),
@@ -1037,12 +1041,12 @@ impl App {
 
     fn snapshot<In, Out>(
         workflow: &Workflow<In, Out>,
-        compiled: Arc<Compiled>,
+        compiled: Cow<'_, Arc<Compiled>>,
         execution: Execution,
     ) -> Run<Out> {
         Run {
             execution,
-            compiled,
+            compiled: compiled.into_owned(),
             result: workflow.result.clone(),
         }
     }
@@ -1081,12 +1085,12 @@ impl App {
     }
 
     /// Starts a run and waits for it through the engine's own timers (see [`run`](Self::run)).
-    async fn run_to_end<In: Value, Out>(
+    async fn run_to_end<'w, In: Value, Out>(
         &self,
-        workflow: &Workflow<In, Out>,
+        workflow: &'w Workflow<In, Out>,
         input: In,
         options: RunOptions,
-    ) -> Result<(Execution, Arc<Compiled>), Error> {
+    ) -> Result<(Execution, Cow<'w, Arc<Compiled>>), Error> {
         let (execution, compiled) = self.execute(workflow, input, options).await?;
         let outside = waits(&execution)
             .iter()
@@ -1102,12 +1106,12 @@ impl App {
     }
 
     /// [`start`](Self::start) up to the settled execution, without the snapshot's handles.
-    async fn execute<In: Value, Out>(
+    async fn execute<'w, In: Value, Out>(
         &self,
-        workflow: &Workflow<In, Out>,
+        workflow: &'w Workflow<In, Out>,
         input: In,
         options: RunOptions,
-    ) -> Result<(Execution, Arc<Compiled>), Error> {
+    ) -> Result<(Execution, Cow<'w, Arc<Compiled>>), Error> {
         let compiled = self.compiled_for(workflow)?;
         let context = match options.context {
             Some(context) => Arc::new(context),
@@ -1167,11 +1171,11 @@ impl App {
         Ok(Self::snapshot(workflow, compiled, execution))
     }
 
-    fn check_key<In, Out>(
+    fn check_key<'w, In, Out>(
         &self,
-        workflow: &Workflow<In, Out>,
+        workflow: &'w Workflow<In, Out>,
         key: &IdempotencyKey,
-    ) -> Result<Arc<Compiled>, Error> {
+    ) -> Result<Cow<'w, Arc<Compiled>>, Error> {
         let compiled = self.compiled_for(workflow)?;
         if &*key.workflow != workflow.name() {
             return Err(Error::KeyMismatch {

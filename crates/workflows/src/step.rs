@@ -437,8 +437,10 @@ impl<T: ?Sized + Send + Sync + 'static> FromStepContext for Service<T> {
     note = "a step function is `async fn(input, ...) -> StepResult<O, C>` (a compensation: `async fn(Option<C>, ...) -> Result<(), StepFailure>`), whose other parameters are `StepContext`, `Service<T>` or another `FromStepContext`"
 )]
 pub trait StepFn<I, R, Args>: Send + Sync + 'static {
+    /// The future of one call.
+    type Future: Future<Output = R> + Send + 'static;
     /// Calls the function with the input and what it takes from `ctx`.
-    fn call(&self, input: I, ctx: StepContext) -> BoxFuture<'static, R>;
+    fn call(&self, input: I, ctx: StepContext) -> Self::Future;
     /// The services its parameters need.
     fn requirements() -> Vec<Requirement>;
 }
@@ -468,8 +470,9 @@ where
     I: Send + 'static,
     R: FromFailure + Send + 'static,
 {
-    fn call(&self, input: I, _ctx: StepContext) -> BoxFuture<'static, R> {
-        Box::pin(self(input))
+    type Future = Fut;
+    fn call(&self, input: I, _ctx: StepContext) -> Fut {
+        self(input)
     }
     fn requirements() -> Vec<Requirement> {
         Vec::new()
@@ -487,19 +490,21 @@ macro_rules! step_fn {
             $($first: FromStepContext,)*
             $last: FromStepContext,
         {
+            type Future = futures::future::Either<std::future::Ready<R>, Fut>;
             #[allow(non_snake_case)]
-            fn call(&self, input: I, ctx: StepContext) -> BoxFuture<'static, R> {
+            fn call(&self, input: I, ctx: StepContext) -> Self::Future {
+                use futures::future::Either;
                 $(
                     let $first = match $first::from_context(&ctx) {
                         Ok(value) => value,
-                        Err(failure) => return Box::pin(std::future::ready(R::from_failure(failure))),
+                        Err(failure) => return Either::Left(std::future::ready(R::from_failure(failure))),
                     };
                 )*
                 let $last = match $last::from_owned_context(ctx) {
                     Ok(value) => value,
-                    Err(failure) => return Box::pin(std::future::ready(R::from_failure(failure))),
+                    Err(failure) => return Either::Left(std::future::ready(R::from_failure(failure))),
                 };
-                Box::pin(self(input, $($first,)* $last))
+                Either::Right(self(input, $($first,)* $last))
             }
             fn requirements() -> Vec<Requirement> {
                 [$($first::requirement(),)* $last::requirement()].into_iter().flatten().collect()
