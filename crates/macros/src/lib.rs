@@ -1,5 +1,7 @@
 //! Gorgon's derive macros. Use them through the crates that re-export them
-//! (`gorgon_workflows::Inputs`).
+//! (`gorgon_workflows::Inputs`, `gorgon_data::Model`).
+
+mod model;
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as Tokens;
@@ -8,6 +10,25 @@ use syn::{Data, DeriveInput, Fields, parse_macro_input};
 
 /// The most elements a tuple of inputs takes (the SDK implements `Inputs` up to twelve).
 const TUPLE_MAX: usize = 12;
+
+/// `#[derive(Model)]` on a serde struct makes it a model of the data layer: its table,
+/// columns and relations, checked at compile time (see `gorgon_data::Model`).
+///
+/// Struct attributes, all optional: `#[model(prefix = "brand", table = "brand", name = "brand",
+/// plural = "brands")]`. Field attributes: `searchable` (searched by `q`), `default` (the
+/// database fills it when a create leaves it out), `kind = "text" | "integer" | "float" |
+/// "boolean" | "decimal" | "timestamp" | "json"` (for a type without its own kind, such as an
+/// enum), `skip` (not stored), and one relation: `has_many(Target, by = "fk")`,
+/// `has_one(Target, by = "fk")` or `belongs_to(Target, by = "fk")`, with `cascade` to delete,
+/// soft-delete and restore the related records with this one.
+#[proc_macro_derive(Model, attributes(model))]
+pub fn derive_model(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match model::expand(&input) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
 
 /// `#[derive(Inputs)]` on a struct of values (a step's input) makes `<Struct>Handles`, the same
 /// fields as handles, which a workflow's composer passes as that step's input: Medusa's object

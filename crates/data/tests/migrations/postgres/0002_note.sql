@@ -1,0 +1,1 @@
+ALTER TABLE restock_order ADD COLUMN note TEXT;
