@@ -415,6 +415,39 @@ impl<M: Model> Crud<M> {
     }
 }
 
+/// Soft-deletes records of any model by id, with its cascading relations, in one transaction
+/// (what [`Crud::soft_delete`] does, for code that holds a model's metadata rather than its type:
+/// links cascading across modules).
+pub async fn soft_delete_ids(
+    db: &Db,
+    meta: &'static ModelMeta,
+    ids: Vec<String>,
+) -> Result<LinkableKeys> {
+    let at = Json::String(value::format_timestamp(&value::now()));
+    db.transaction(|| cascade(db, meta, ids, Change::SoftDelete(at)))
+        .await
+}
+
+/// Restores records of any model by id; see [`Crud::restore`].
+pub async fn restore_ids(
+    db: &Db,
+    meta: &'static ModelMeta,
+    ids: Vec<String>,
+) -> Result<LinkableKeys> {
+    db.transaction(|| cascade(db, meta, ids, Change::Restore))
+        .await
+}
+
+/// Deletes records of any model by id for good; see [`Crud::delete`].
+pub async fn delete_ids(
+    db: &Db,
+    meta: &'static ModelMeta,
+    ids: Vec<String>,
+) -> Result<LinkableKeys> {
+    db.transaction(|| cascade(db, meta, ids, Change::Delete))
+        .await
+}
+
 fn owned<I: IntoIterator<Item = S>, S: AsRef<str>>(ids: I) -> Vec<String> {
     ids.into_iter().map(|id| id.as_ref().to_owned()).collect()
 }

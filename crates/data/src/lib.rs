@@ -45,7 +45,7 @@ mod value;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crud::{Crud, FindConfig, LinkableKeys};
+pub use crud::{Crud, FindConfig, LinkableKeys, delete_ids, restore_ids, soft_delete_ids};
 pub use db::{Db, DbOptions, Dialect};
 pub use error::{Error, ErrorKind, Result};
 pub use gorgon_macros::Model;
@@ -57,7 +57,7 @@ pub use migrate::{
     DOWN_MARKER, Migration, Migrator, State as MigrationState, Status as MigrationStatus,
 };
 pub use model::{Column, ColumnType, Kind, Model, ModelMeta, Relation, RelationKind};
-pub use value::{format_timestamp, now, parse_timestamp};
+pub use value::{format_timestamp, now, parse_timestamp, to_sql as bind};
 
 /// The query builder module services write their own statements with (`Query::select()`…),
 /// run by [`Db::fetch`] and [`Db::execute`] on either database.

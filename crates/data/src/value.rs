@@ -40,9 +40,10 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
         .map(|at| at.and_utc())
 }
 
-/// A JSON value (from a write or a filter) as the value bound for a column of this kind.
+/// A JSON value (from a write or a filter) as the value bound for a column of this kind, on
+/// this dialect; an error names `field` when the value does not fit.
 /// Nothing here is spliced into SQL: the result is a bound parameter.
-pub(crate) fn to_sql(kind: Kind, dialect: Dialect, field: &str, json: &Json) -> Result<Value> {
+pub fn to_sql(kind: Kind, dialect: Dialect, field: &str, json: &Json) -> Result<Value> {
     let wrong = || Error::invalid(field, format!("expected {}", kind.describe()));
     if json.is_null() {
         return Ok(null(kind, dialect));

@@ -401,6 +401,13 @@ impl<T: ?Sized> Service<T> {
     }
 }
 
+impl<T: ?Sized> From<Arc<T>> for Service<T> {
+    /// Wraps a shared service (code outside steps that takes services the same way).
+    fn from(service: Arc<T>) -> Self {
+        Service(service)
+    }
+}
+
 impl<T: ?Sized> std::ops::Deref for Service<T> {
     type Target = T;
     fn deref(&self) -> &T {

@@ -1,0 +1,25 @@
+-- Events a subscriber failed on every attempt (or could not read), kept for inspection.
+CREATE TABLE gorgon_dead_letters (
+    id TEXT PRIMARY KEY,
+    subscriber TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    data JSONB NOT NULL,
+    error TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    deleted_at TIMESTAMPTZ
+);
+CREATE INDEX gorgon_dead_letters_subscriber ON gorgon_dead_letters (subscriber, created_at);
+
+-- The link tables `db migrate` created, and the definition each was created from.
+CREATE TABLE gorgon_link_tables (
+    table_name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
+);
+
+-- gorgon:down
+DROP TABLE gorgon_link_tables;
+DROP TABLE gorgon_dead_letters;
