@@ -3,7 +3,7 @@
 //!
 //! ```ignore
 //! fn main() -> std::process::ExitCode {
-//!     gorgon_cli::run(|| {
+//!     gorgon_cli::run(|config: &Config| {
 //!         let mut app = AppBuilder::new();
 //!         app.plugin(BrandPlugin).module(SupplierModule).workflow(&restock()?);
 //!         Ok(app)
@@ -130,7 +130,7 @@ enum WorkflowsCommand {
 /// Returns the process's exit code (1 on any error, printed with its help lines).
 pub fn run<F>(builder: F) -> ExitCode
 where
-    F: FnOnce() -> Result<AppBuilder, BoxError>,
+    F: FnOnce(&Config) -> Result<AppBuilder, BoxError>,
 {
     run_from(std::env::args_os(), builder)
 }
@@ -140,7 +140,7 @@ pub fn run_from<I, T, F>(args: I, builder: F) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
-    F: FnOnce() -> Result<AppBuilder, BoxError>,
+    F: FnOnce(&Config) -> Result<AppBuilder, BoxError>,
 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -192,10 +192,10 @@ fn load(cli: &Cli) -> Result<Config, BoxError> {
 
 async fn dispatch<F>(cli: Cli, builder: F) -> Result<(), BoxError>
 where
-    F: FnOnce() -> Result<AppBuilder, BoxError>,
+    F: FnOnce(&Config) -> Result<AppBuilder, BoxError>,
 {
     let mut config = load(&cli)?;
-    let mut builder = builder()?;
+    let mut builder = builder(&config)?;
     providers::register(builder.providers());
     match cli.command {
         Command::Db { command } => {

@@ -129,6 +129,14 @@ pub enum Path {
 pub trait Resolver: Send + Sync {
     /// The hop from `from` through the field `name`, if there is one.
     fn hop(&self, from: &'static ModelMeta, name: &str) -> Option<Hop>;
+
+    /// The names `from` reaches others through, for messages (its relations by default).
+    fn hop_names(&self, from: &'static ModelMeta) -> Vec<String> {
+        from.relations
+            .iter()
+            .map(|relation| relation.name.to_owned())
+            .collect()
+    }
 }
 
 /// The [`Resolver`] of a module's own relations.
@@ -292,6 +300,22 @@ fn unknown(entity: &'static ModelMeta, field: &str) -> Error {
     }
 }
 
+/// [`unknown`], listing what the resolver reaches too (links).
+fn unknown_in(entity: &'static ModelMeta, field: &str, resolver: &dyn Resolver) -> Error {
+    let columns: Vec<&str> = entity.columns.iter().map(|c| c.name).collect();
+    let mut help = format!("; its fields are {}", columns.join(", "));
+    let hops = resolver.hop_names(entity);
+    if !hops.is_empty() {
+        help.push_str("; it reaches ");
+        help.push_str(&hops.join(", "));
+    }
+    Error::UnknownField {
+        entity: entity.type_name,
+        field: field.to_owned(),
+        help,
+    }
+}
+
 fn select(
     entity: &'static ModelMeta,
     fields: &[String],
@@ -313,7 +337,7 @@ fn select(
                     at.add_all();
                 }
             } else {
-                return Err(unknown(at.entity, field));
+                return Err(unknown_in(at.entity, field, resolver));
             }
         }
     }
@@ -386,7 +410,7 @@ impl Compiler<'_> {
                             operator: key.clone(),
                         });
                     } else {
-                        return Err(unknown(entity, &here));
+                        return Err(unknown_in(entity, &here, self.resolver));
                     }
                 }
             }

@@ -310,7 +310,15 @@ impl AppBuilder {
 
     /// Expands the plugins, keeps the last registration of each name, connects the database:
     /// what `db` commands need, before any module is built.
-    pub async fn prepare(mut self, config: Config) -> Result<Prepared, Error> {
+    pub async fn prepare(self, config: Config) -> Result<Prepared, Error> {
+        match self.collect(config).await {
+            (Some(prepared), problems) if problems.is_empty() => Ok(prepared),
+            (_, problems) => Err(Error::Boot(problems)),
+        }
+    }
+
+    /// [`prepare`](Self::prepare), carrying on past problems so that `build` reports them all.
+    async fn collect(mut self, config: Config) -> (Option<Prepared>, Vec<Problem>) {
         let config = Arc::new(config);
         let plugins = std::mem::take(&mut self.plugins);
         let mut names = BTreeSet::new();
@@ -434,11 +442,10 @@ impl AppBuilder {
                 None
             }
         };
-        if !problems.is_empty() {
-            return Err(Error::Boot(problems));
-        }
-        let db = db.ok_or_else(|| Error::Boot(Vec::new()))?;
-        Ok(Prepared {
+        let Some(db) = db else {
+            return (None, problems);
+        };
+        let prepared = Prepared {
             config,
             db,
             modules: enabled,
@@ -452,7 +459,8 @@ impl AppBuilder {
             on_start: self.on_start,
             on_shutdown: self.on_shutdown,
             providers: self.providers,
-        })
+        };
+        (Some(prepared), problems)
     }
 
     /// Builds the application: [`prepare`](Self::prepare), then checks that every migration
@@ -460,7 +468,10 @@ impl AppBuilder {
     /// checks every service a step, subscriber, job or script names. Every problem found is
     /// reported at once.
     pub async fn build(self, config: Config) -> Result<App, Error> {
-        self.prepare(config).await?.build().await
+        match self.collect(config).await {
+            (Some(prepared), problems) => prepared.build_reporting(problems).await,
+            (None, problems) => Err(Error::Boot(problems)),
+        }
     }
 }
 
@@ -494,8 +505,10 @@ fn keep_last<T>(
             }
         }
     }
+    // Plugins' items first, in plugin order, then the application's: modules migrate in
+    // that order.
     let mut ordered: Vec<(usize, Entry<T>)> = kept.into_values().collect();
-    ordered.sort_by_key(|(index, _)| *index);
+    ordered.sort_by_key(|(index, entry)| (entry.source.layer, *index));
     ordered.into_iter().map(|(_, entry)| entry.item).collect()
 }
 
@@ -554,7 +567,10 @@ impl Prepared {
 
     /// Builds the application (see [`AppBuilder::build`]).
     pub async fn build(self) -> Result<App, Error> {
-        let mut problems = Vec::new();
+        self.build_reporting(Vec::new()).await
+    }
+
+    async fn build_reporting(self, mut problems: Vec<Problem>) -> Result<App, Error> {
         // Migrations and link tables must be in place.
         match self.migrations().pending().await {
             Ok(pending) => problems.extend(pending),

@@ -43,7 +43,7 @@ pub use context::{Context, FromContext, Handler};
 pub use error::{BoxError, Error, Problem};
 pub use job::{Job, Tick, When};
 pub use link::{Links, Side, define_link};
-pub use module::{Module, ModuleContext};
+pub use module::{Module, ModuleContext, NoOptions};
 pub use plugin::Plugin;
 pub use providers::{Infrastructure, Providers};
 pub use query::{GraphRequest, GraphResponse, PageMetadata, Pagination, Query};

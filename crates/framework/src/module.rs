@@ -83,6 +83,12 @@ pub trait Module: Send + Sync + 'static {
     }
 }
 
+/// The options of a module that takes none: `[modules.<name>]` must be empty (a key there is
+/// a typo, reported at boot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
 /// What a module is built with.
 #[non_exhaustive]
 pub struct ModuleContext<O> {

@@ -51,6 +51,19 @@ impl Resolver for LinkResolver {
                 .cloned()
         })
     }
+
+    fn hop_names(&self, from: &'static ModelMeta) -> Vec<String> {
+        let key = from as *const ModelMeta as usize;
+        let mut names: Vec<String> = from.relations.iter().map(|r| r.name.to_owned()).collect();
+        names.extend(
+            self.hops
+                .keys()
+                .filter(|(model, _)| *model == key)
+                .map(|(_, name)| name.clone()),
+        );
+        names.sort();
+        names
+    }
 }
 
 /// A nested read, in Medusa's shape:

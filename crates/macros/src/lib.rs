@@ -90,7 +90,11 @@ fn inputs(input: &DeriveInput) -> syn::Result<Tokens> {
         .collect();
     let declared = fields.iter().map(|f| {
         let (ident, ty, field_vis) = (&f.ident, &f.ty, &f.vis);
-        quote! { #field_vis #ident: ::gorgon_workflows::Handle<#ty> }
+        let doc = format!(
+            "The handle of `{}`.",
+            ident.as_ref().map(ToString::to_string).unwrap_or_default()
+        );
+        quote! { #[doc = #doc] #field_vis #ident: ::gorgon_workflows::Handle<#ty> }
     });
     // The fields as nested tuples of at most twelve (the SDK's largest tuple of inputs).
     let chunks: Vec<&[syn::Ident]> = idents.chunks(TUPLE_MAX).collect();

@@ -279,7 +279,17 @@ fn snake_case(name: &str) -> String {
     out
 }
 
+/// English plurals for the usual entity names (`category` → `categories`, `shelf` →
+/// `shelves`, `address` → `addresses`); `#[model(plural = "…")]` names the others.
+/// English plurals for the usual entity names (`category` → `categories`, `shelf` →
+/// `shelves`, `address` → `addresses`); `#[model(plural = "…")]` names the others.
 fn pluralize(name: &str) -> String {
+    if let Some(stem) = name.strip_suffix("lf") {
+        return format!("{stem}lves");
+    }
+    if let Some(stem) = name.strip_suffix("ife") {
+        return format!("{stem}ives");
+    }
     if let Some(stem) = name.strip_suffix('y')
         && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
     {

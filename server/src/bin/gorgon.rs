@@ -5,5 +5,5 @@
 use gorgon_framework::AppBuilder;
 
 fn main() -> std::process::ExitCode {
-    gorgon_cli::run(|| Ok(AppBuilder::new()))
+    gorgon_cli::run(|_| Ok(AppBuilder::new()))
 }

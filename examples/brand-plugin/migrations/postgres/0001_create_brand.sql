@@ -1,0 +1,12 @@
+CREATE TABLE brand (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    country TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    deleted_at TIMESTAMPTZ
+);
+CREATE UNIQUE INDEX brand_name ON brand (name) WHERE deleted_at IS NULL;
+
+-- gorgon:down
+DROP TABLE brand;

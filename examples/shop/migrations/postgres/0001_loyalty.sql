@@ -1,0 +1,13 @@
+CREATE TABLE loyalty_account (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    points BIGINT NOT NULL DEFAULT 0 CHECK (points >= 0),
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    deleted_at TIMESTAMPTZ
+);
+CREATE UNIQUE INDEX loyalty_account_customer ON loyalty_account (customer_id) WHERE deleted_at IS NULL;
+
+-- gorgon:down
+DROP TABLE loyalty_account;
