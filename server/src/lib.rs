@@ -13,7 +13,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `start [--mode server\|worker\|shared]` | builds the application, checks it, starts the subscribers and jobs (worker, shared) and serves HTTP (server, shared) until SIGTERM or Ctrl-C, then shuts down gracefully |
+//! | `start [--mode server\|worker\|shared] [--port N] [--migrate]` | builds the application, checks it, starts the subscribers and jobs (worker, shared) and serves HTTP (server, shared) until SIGTERM or Ctrl-C, then shuts down gracefully |
 //! | `db migrate` | applies every pending migration and creates the link tables, with progress |
 //! | `db rollback MODULE` | reverts the module's last batch |
 //! | `db status` | every migration and link table, applied or not |
@@ -67,6 +67,9 @@ enum Command {
         /// The HTTP port (default: project.http.port).
         #[arg(long)]
         port: Option<u16>,
+        /// Applies pending migrations first (what `db migrate` does).
+        #[arg(long)]
+        migrate: bool,
     },
     /// Database migrations.
     Db {
@@ -159,6 +162,7 @@ where
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -333,7 +337,11 @@ where
                 }
             }
         }
-        Command::Start { mode, port } => {
+        Command::Start {
+            mode,
+            port,
+            migrate,
+        } => {
             if let Some(port) = port {
                 config.project.http.port = port;
             }
@@ -343,7 +351,22 @@ where
                 Some("shared") => WorkerMode::Shared,
                 _ => config.project.worker_mode,
             };
-            let app = builder.build(config).await?;
+            let prepared = builder.prepare(config).await?;
+            if migrate {
+                let done = prepared
+                    .migrations()
+                    .migrate(|line| tracing::info!("applied {line}"))
+                    .await?;
+                tracing::info!(
+                    "{} applied",
+                    plural(
+                        done.len(),
+                        "migration or link table",
+                        "migrations and link tables"
+                    )
+                );
+            }
+            let app = prepared.build().await?;
             let running = app.start(mode).await?;
             let outcome = if mode.serves_http() {
                 http::serve(app.clone(), shutdown_signal()).await

@@ -68,6 +68,8 @@ pub struct Db {
 
 struct Inner {
     pool: Pool,
+    /// Statements sent, for tests and metrics.
+    statements: AtomicU64,
 }
 
 enum Pool {
@@ -179,7 +181,10 @@ impl Db {
 
     fn with(pool: Pool) -> Self {
         Self {
-            inner: Arc::new(Inner { pool }),
+            inner: Arc::new(Inner {
+                pool,
+                statements: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -310,7 +315,14 @@ impl Db {
         .flatten()
     }
 
+    /// How many statements this database handle (and its clones) has sent: what a test counts
+    /// to check that a read is one statement.
+    pub fn statements(&self) -> u64 {
+        self.inner.statements.load(Ordering::Relaxed)
+    }
+
     fn build<S: SqlxBinder>(&self, statement: &S) -> (String, SqlxValues) {
+        self.inner.statements.fetch_add(1, Ordering::Relaxed);
         match self.dialect() {
             Dialect::Postgres => statement.build_sqlx(PostgresQueryBuilder),
             Dialect::Sqlite => statement.build_sqlx(SqliteQueryBuilder),

@@ -1,6 +1,6 @@
 //! Nested reads: a root entity filtered, ordered and paginated in one statement, then each
 //! related level fetched in one batched statement. Filters on related entities become
-//! `EXISTS` subqueries, so the root's page and count are right without reading what it is
+//! semi-joins (`id IN (SELECT …)`), so the root's page and count are right without reading what it is
 //! related to. The same code serves a module's own relations and, through a [`Resolver`] the
 //! framework supplies, links between modules.
 
@@ -449,14 +449,17 @@ impl Compiler<'_> {
         Ok(any)
     }
 
+    /// A condition on related records, as a semi-join: `local IN (SELECT key FROM related
+    /// WHERE …)`. Uncorrelated, so each database plans it from the related side (the few
+    /// records of one brand) rather than probing once per root row.
     fn exists(&mut self, alias: &Alias, hop: &Hop, value: &Json, here: &str) -> Result<Condition> {
         let target_alias = self.alias();
         let mut sub = Query::select();
-        sub.expr(Expr::val(1))
-            .from_as(hop.target.table, target_alias.clone());
-        match &hop.path {
+        sub.from_as(hop.target.table, target_alias.clone());
+        let local = match &hop.path {
             Path::Columns { local, remote } => {
-                sub.and_where(col(&target_alias, remote).equals((alias.clone(), *local)));
+                sub.expr(col(&target_alias, remote));
+                *local
             }
             Path::Table {
                 table,
@@ -466,6 +469,7 @@ impl Compiler<'_> {
                 remote,
             } => {
                 let link = self.alias();
+                sub.expr(Expr::col((link.clone(), Alias::new(near.to_string()))));
                 sub.join_as(
                     JoinType::InnerJoin,
                     Alias::new(table.to_string()),
@@ -473,18 +477,15 @@ impl Compiler<'_> {
                     Expr::col((link.clone(), Alias::new(far.to_string())))
                         .equals((target_alias.clone(), *remote)),
                 );
-                sub.and_where(
-                    Expr::col((link.clone(), Alias::new(near.to_string())))
-                        .equals((alias.clone(), *local)),
-                );
                 sub.and_where(Expr::col((link, "deleted_at")).is_null());
+                *local
             }
-        }
+        };
         if hop.target.column("deleted_at").is_some() {
             sub.and_where(col(&target_alias, "deleted_at").is_null());
         }
         sub.cond_where(self.filter(hop.target, &target_alias, value, here)?);
-        Ok(Condition::all().add(Expr::exists(sub)))
+        Ok(Condition::all().add(col(alias, local).in_subquery(sub)))
     }
 
     fn column(
@@ -734,9 +735,20 @@ pub async fn read(db: &Db, resolver: &dyn Resolver, graph: &Graph) -> Result<Pag
         }
         query.offset(skip);
     }
-    let rows = fetch_rows(db, entity, &query, &selection.columns).await?;
+    if graph.count {
+        // The total before the page, in the same statement.
+        query.expr_as(Expr::cust("COUNT(*) OVER ()"), Alias::new(TOTAL));
+    }
+    let (rows, total) = fetch_rows(db, entity, &query, &selection.columns, graph.count).await?;
 
-    let count = if graph.count {
+    let count = if !graph.count {
+        None
+    } else if let Some(total) = total {
+        Some(total)
+    } else if graph.skip.unwrap_or(0) == 0 {
+        Some(0)
+    } else {
+        // A page past the end has no row to carry the total: count apart.
         let mut counting = Query::select();
         counting
             .expr(Expr::col(sea_query::Asterisk).count())
@@ -751,8 +763,6 @@ pub async fn read(db: &Db, resolver: &dyn Resolver, graph: &Graph) -> Result<Pag
             .and_then(Json::as_u64)
             .unwrap_or(0);
         Some(count)
-    } else {
-        None
     };
 
     let mut data = rows;
@@ -763,17 +773,29 @@ pub async fn read(db: &Db, resolver: &dyn Resolver, graph: &Graph) -> Result<Pag
     Ok(Page { data, count })
 }
 
+/// The alias of the window count a counted read adds as its last column.
+const TOTAL: &str = "__gorgon_total";
+
+/// The root's rows as records, and the window total when the query carries one.
 async fn fetch_rows(
     db: &Db,
     entity: &'static ModelMeta,
     query: &SelectStatement,
     columns: &[&'static Column],
-) -> Result<Vec<Json>> {
-    let kinds: Vec<Kind> = columns.iter().map(|c| c.kind).collect();
+    counted: bool,
+) -> Result<(Vec<Json>, Option<u64>)> {
+    let mut kinds: Vec<Kind> = columns.iter().map(|c| c.kind).collect();
+    if counted {
+        kinds.push(Kind::Integer);
+    }
     let rows = db.fetch(entity.type_name, query, &kinds).await?;
-    Ok(rows
+    let mut total = None;
+    let records = rows
         .into_iter()
-        .map(|row| {
+        .map(|mut row| {
+            if counted {
+                total = row.pop().and_then(|value| value.as_u64());
+            }
             let map: Map<String, Json> = columns
                 .iter()
                 .zip(row)
@@ -781,7 +803,8 @@ async fn fetch_rows(
                 .collect();
             Json::Object(map)
         })
-        .collect())
+        .collect();
+    Ok((records, total))
 }
 
 /// Reads each child level of `selection` for `records` and nests it under its name.

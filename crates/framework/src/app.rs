@@ -752,6 +752,7 @@ fn job_schedule(job: &Job) -> Result<(Workflow<u64, ()>, Schedule), Problem> {
                 .get()
                 .cloned()
                 .ok_or_else(|| StepFailure::new("the application is not built yet"))?;
+            tracing::debug!(job = %name, tick_ms, "job run");
             handler(
                 Tick {
                     job: name,

@@ -196,6 +196,15 @@ impl Providers {
             })
             .file("local", |input| async move {
                 let mut options: gorgon_file::LocalOptions = input.options()?;
+                // Presigned URLs stay valid across restarts and instances: sign them with the
+                // project's cookie secret (with its own prefix) unless the file module has its own.
+                if options.signing_secret.is_none()
+                    && let Some(cookie) = &input.config.project.http.cookie_secret
+                {
+                    use secrecy::ExposeSecret;
+                    options.signing_secret =
+                        Some(format!("gorgon-file-signing:{}", cookie.expose_secret()).into());
+                }
                 if options.root.is_relative() {
                     options.root = input.config.path(&options.root);
                 }

@@ -224,7 +224,10 @@ impl gorgon_event_bus::Handler for Delivery {
             attempts = attempt;
             let call = (subscriber.handler)(event.clone(), self.cx.clone());
             match AssertUnwindSafe(call).catch_unwind().await {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => {
+                    tracing::debug!(subscriber = %subscriber.id, event = %event.name, event_id = %event.id.0, attempt, "event handled");
+                    return Ok(());
+                }
                 Ok(Err(error)) => {
                     last = error.to_string();
                     if error.is::<Unreadable>() {

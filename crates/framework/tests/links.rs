@@ -287,6 +287,41 @@ async fn links_keep_their_shape_cascade_and_read_through_query() {
             "{database}"
         );
 
+        // A filter through a link and a relation, a page and its count: one statement.
+        let before = app.db().statements();
+        let page = app
+            .query()
+            .graph(GraphRequest {
+                entity: "book".into(),
+                fields: vec!["title".into()],
+                filters: json!({ "shelves": { "label": { "$ilike": "hist%" } } }),
+                pagination: Some(gorgon_framework::Pagination {
+                    take: Some(10),
+                    ..Default::default()
+                }),
+                ..GraphRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(app.db().statements() - before, 1, "{database}");
+        assert_eq!(page.metadata.map(|m| m.count), Some(1));
+        // A page past the end still counts (apart).
+        let past = app
+            .query()
+            .graph(GraphRequest {
+                entity: "book".into(),
+                pagination: Some(gorgon_framework::Pagination {
+                    skip: Some(5),
+                    take: Some(10),
+                    ..Default::default()
+                }),
+                ..GraphRequest::default()
+            })
+            .await
+            .unwrap();
+        assert!(past.data.is_empty());
+        assert_eq!(past.metadata.map(|m| m.count), Some(1));
+
         // Deleting the author cascades to its profile through the link, and to its books
         // through the module's relation.
         let removed = library.authors.soft_delete([&ada.id]).await.unwrap();

@@ -57,8 +57,31 @@ pub fn app(config: &Config) -> Result<AppBuilder, BoxError> {
         .job(jobs::expire_drafts_job(Duration::from_millis(
             settings.expire_every_ms,
         )))
-        .script(Script::new("seed", seed));
+        .script(Script::new("seed", seed))
+        .script(Script::new("add-points", add_points));
     Ok(app)
+}
+
+/// `shop exec add-points CUSTOMER EMAIL POINTS [TIMES]`: adds points (TIMES times, default
+/// once), each addition emitting `loyalty.points_added`.
+async fn add_points(args: ScriptArgs, loyalty: Service<LoyaltyService>) -> Result<(), BoxError> {
+    let [customer, email, points, rest @ ..] = args.args.as_slice() else {
+        return Err("usage: add-points CUSTOMER EMAIL POINTS [TIMES]".into());
+    };
+    let points: i64 = points
+        .parse()
+        .map_err(|_| format!("POINTS: `{points}` is not a number"))?;
+    let times: u32 = match rest.first() {
+        Some(times) => times
+            .parse()
+            .map_err(|_| format!("TIMES: `{times}` is not a number"))?,
+        None => 1,
+    };
+    for _ in 0..times {
+        let account = loyalty.add_points(customer, email, points).await?;
+        println!("{customer}: {} points", account.points);
+    }
+    Ok(())
 }
 
 async fn seed(
