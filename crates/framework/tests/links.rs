@@ -77,6 +77,13 @@ CREATE TABLE shelf (id TEXT PRIMARY KEY, label TEXT NOT NULL, created_at TIMESTA
 struct Library;
 struct Catalog;
 
+/// What the lifecycle hooks saw, in order.
+static HOOKS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+fn saw(hook: &'static str) {
+    HOOKS.lock().unwrap().push(hook);
+}
+
 #[derive(Debug)]
 struct LibraryService {
     authors: Crud<Author>,
@@ -110,6 +117,16 @@ impl Module for Library {
             authors: Crud::new(cx.db.clone()),
             books: Crud::new(cx.db),
         })
+    }
+    async fn on_start(&self, _service: std::sync::Arc<LibraryService>) -> Result<(), BoxError> {
+        saw("library start");
+        Ok(())
+    }
+    async fn on_prepare_shutdown(&self, _service: std::sync::Arc<LibraryService>) {
+        saw("library prepare shutdown");
+    }
+    async fn on_shutdown(&self, _service: std::sync::Arc<LibraryService>) {
+        saw("library shutdown");
     }
 }
 
@@ -414,4 +431,43 @@ async fn a_disabled_module_gets_no_link_tables() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("biography"), "{error}");
+}
+
+#[tokio::test]
+async fn lifecycle_hooks_run_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut builder = builder();
+    builder
+        .on_start(|_app| async {
+            saw("app start");
+            Ok(())
+        })
+        .on_shutdown(|_app| async {
+            saw("app shutdown");
+            Ok(())
+        });
+    let prepared = builder
+        .prepare(config("sqlite", dir.path(), ""))
+        .await
+        .unwrap();
+    prepared.migrations().migrate(|_| {}).await.unwrap();
+    let app = prepared.build().await.unwrap();
+    HOOKS.lock().unwrap().clear();
+    let running = app
+        .start(gorgon_framework::WorkerMode::Shared)
+        .await
+        .unwrap();
+    running.shutdown(std::time::Duration::from_secs(5)).await;
+    // Only this test starts an application, so the hooks are its own.
+    let seen = HOOKS.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "library start",
+            "app start",
+            "library prepare shutdown",
+            "app shutdown",
+            "library shutdown"
+        ]
+    );
 }

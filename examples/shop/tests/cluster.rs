@@ -270,6 +270,46 @@ expire_every_ms = 250
         );
     }
     assert!(ticks.len() >= 3, "the job ticked: {ticks:?}");
+
+    // The job's runs are stored executions, listed and shown by the command line.
+    let list = command(root.path())
+        .args([
+            "workflows",
+            "list",
+            "--workflow",
+            "job-expire-restock-drafts",
+            "--limit",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let listed = String::from_utf8_lossy(&list.stdout);
+    let ids: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .collect();
+    assert!(
+        ids.len() >= ticks.len(),
+        "every tick is an execution:\n{listed}"
+    );
+    let show = command(root.path())
+        .args(["workflows", "show", ids[0]])
+        .output()
+        .unwrap();
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let detail: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(detail["workflow"], "job-expire-restock-drafts");
+    assert_eq!(detail["transaction_id"], ids[0]);
     for (tick, runners) in &ticks {
         assert_eq!(runners.len(), 1, "tick {tick} ran on {runners:?}");
         assert!(
