@@ -351,6 +351,8 @@ where
                 Some("shared") => WorkerMode::Shared,
                 _ => config.project.worker_mode,
             };
+            // The boot checks see the mode this instance runs in.
+            config.project.worker_mode = mode;
             let prepared = builder.prepare(config).await?;
             if migrate {
                 let done = prepared

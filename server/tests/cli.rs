@@ -46,6 +46,18 @@ fn a_fresh_folder_migrates_then_starts_and_stops() {
         "{}",
         String::from_utf8_lossy(&doctor.stderr)
     );
+    // A worker-only instance on in-process providers would never see the servers' events.
+    let split = gorgon(root.path(), &["start", "--mode", "worker"]);
+    assert!(!split.status.success());
+    let text = String::from_utf8_lossy(&split.stderr);
+    assert!(
+        text.contains("in-process event_bus provider `local`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("in-process locking provider `memory`"),
+        "{text}"
+    );
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

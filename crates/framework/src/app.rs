@@ -579,6 +579,7 @@ impl Prepared {
                 "check that the database is reachable",
             )),
         }
+        split_roles(&self.config, &mut problems);
         let infrastructure = self.providers.build(&self.config, &mut problems).await;
         let Some(infrastructure) = infrastructure else {
             return Err(Error::Boot(problems));
@@ -714,6 +715,38 @@ impl Prepared {
         };
         let _ = cell.0.set(app.clone());
         Ok(app)
+    }
+}
+
+/// A `server` or `worker` instance shares its work with other processes: in-process providers
+/// would split it instead (events emitted by a server never reaching the worker, locks taken
+/// in one process only). Medusa starts anyway and its users find out in production.
+fn split_roles(config: &Config, problems: &mut Vec<Problem>) {
+    if config.project.worker_mode == WorkerMode::Shared {
+        return;
+    }
+    for (kind, local) in [
+        (crate::providers::Kind::EventBus, "local"),
+        (crate::providers::Kind::Locking, "memory"),
+        (crate::providers::Kind::Workflows, "memory"),
+    ] {
+        let (dev, prod) = kind.defaults();
+        if config.provider_name(kind.key(), dev, prod) == local {
+            problems.push(Problem::new(
+                format!(
+                    "worker_mode `{:?}` with the in-process {} provider `{local}`: the other instances would never see this one's {}",
+                    config.project.worker_mode,
+                    kind.key(),
+                    match kind {
+                        crate::providers::Kind::EventBus => "events",
+                        crate::providers::Kind::Locking => "locks",
+                        _ => "workflow runs",
+                    }
+                )
+                .to_lowercase(),
+                format!("use a shared provider in [modules.{}] (redis, postgres), or worker_mode = \"shared\" for a single process", kind.key()),
+            ));
+        }
     }
 }
 
