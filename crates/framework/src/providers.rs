@@ -70,7 +70,7 @@ impl Kind {
             Kind::EventBus => ("local", "redis"),
             Kind::Cache => ("memory", "redis"),
             Kind::Locking => ("memory", "redis"),
-            Kind::Workflows => ("sqlite", "postgres"),
+            Kind::Workflows => ("sqlite", "redis"),
             Kind::File => ("local", "local"),
             Kind::Notification => ("local", "local"),
             Kind::Analytics => ("local", "local"),
