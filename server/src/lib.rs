@@ -21,6 +21,8 @@
 //! | `workflows list [--workflow W] [--state S] [--limit N]` | the stored executions, newest first |
 //! | `workflows show ID [--workflow W]` | one execution, step by step (JSON) |
 //! | `doctor` | every boot check, without serving |
+//! | `user create -e EMAIL -p PASSWORD` | an admin user who logs in with this email and password |
+//! | `user invite -e EMAIL` | an invite to become an admin user; prints its token |
 //!
 //! Every command takes `--profile dev|prod` (or `GORGON_PROFILE`) and `--root DIR` (where
 //! `gorgon.toml` is read and relative paths start).
@@ -90,6 +92,30 @@ enum Command {
     },
     /// Runs every boot check without serving.
     Doctor,
+    /// Admin users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Creates an admin user who logs in with this email and password.
+    Create {
+        /// The email.
+        #[arg(short, long)]
+        email: String,
+        /// The password.
+        #[arg(short, long)]
+        password: String,
+    },
+    /// Invites someone to become an admin user; prints the invite's token.
+    Invite {
+        /// The email.
+        #[arg(short, long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +226,7 @@ where
 {
     let mut config = load(&cli)?;
     let mut builder = builder(&config)?;
+    builder.plugin_first(gorgon_api::CorePlugin);
     providers::register(builder.providers());
     match cli.command {
         Command::Db { command } => {
@@ -287,6 +314,35 @@ where
                 app.query().entities().count(),
             );
         }
+        Command::User { command } => {
+            let app = builder.build(config).await?;
+            let users = app
+                .service::<gorgon_api::user::UserService>()
+                .ok_or("the user module is disabled")?;
+            match command {
+                UserCommand::Create { email, password } => {
+                    let auth = app
+                        .service::<gorgon_api::auth_module::AuthService>()
+                        .ok_or("the auth module is disabled")?;
+                    let identity = auth.register(&email, &password).await?;
+                    let user = users
+                        .create_user(gorgon_api::user::NewUser {
+                            email: email.clone(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    auth.link_actor(&identity.id, "user", &user.id).await?;
+                    println!("created user {} ({email})", user.id);
+                }
+                UserCommand::Invite { email } => {
+                    let invite = users.invite(&email).await?;
+                    println!(
+                        "invited {email}; token {} (valid until {})",
+                        invite.token, invite.expires_at
+                    );
+                }
+            }
+        }
         Command::Exec { script, args } => {
             let app = builder.build(config).await?;
             app.run_script(&script, args).await?;
@@ -371,7 +427,7 @@ where
             let app = prepared.build().await?;
             let running = app.start(mode).await?;
             let outcome = if mode.serves_http() {
-                http::serve(app.clone(), shutdown_signal()).await
+                http::serve(&app, shutdown_signal()).await
             } else {
                 tracing::info!("worker started; no HTTP in worker mode");
                 shutdown_signal().await;

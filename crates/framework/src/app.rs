@@ -27,6 +27,7 @@ use crate::module::{BuildInput, Hooks, Module, ModuleEntry, valid_name};
 use crate::plugin::Plugin;
 use crate::providers::{Infrastructure, Providers};
 use crate::query::{LinkResolver, Query};
+use crate::route::Route;
 use crate::subscriber::{DeadLetters, Delivery, Subscriber, dead_letter_meta};
 
 /// The framework's own tables (dead letters, link tracking), migrated as module `gorgon`.
@@ -109,6 +110,7 @@ pub struct AppBuilder {
     subscribers: Vec<Entry<Subscriber>>,
     jobs: Vec<Entry<Job>>,
     scripts: Vec<Entry<Script>>,
+    routes: Vec<Entry<Route>>,
     services: Vec<AddService>,
     plugins: Vec<(String, PendingPlugin)>,
     on_start: Vec<Hook>,
@@ -154,6 +156,7 @@ impl AppBuilder {
             subscribers: Vec::new(),
             jobs: Vec::new(),
             scripts: Vec::new(),
+            routes: Vec::new(),
             services: Vec::new(),
             plugins: Vec::new(),
             on_start: Vec::new(),
@@ -265,6 +268,23 @@ impl AppBuilder {
         self
     }
 
+    /// Registers a plugin ahead of every plugin registered so far, unless one of that name is
+    /// registered already: how the command line puts the core API first, so that every plugin
+    /// and the application can override its routes.
+    pub fn plugin_first<P: Plugin>(&mut self, plugin: P) -> &mut Self
+    where
+        P::Options: Default,
+    {
+        if self.plugins.iter().any(|(name, _)| name == plugin.name()) {
+            return self;
+        }
+        self.plugin(plugin);
+        if let Some(last) = self.plugins.pop() {
+            self.plugins.insert(0, last);
+        }
+        self
+    }
+
     /// Registers a plugin with options given in code.
     pub fn plugin_with<P: Plugin>(&mut self, plugin: P, options: P::Options) -> &mut Self {
         let name = plugin.name();
@@ -300,6 +320,14 @@ impl AppBuilder {
     {
         self.on_shutdown
             .push(Arc::new(move |app| Box::pin(hook(app))));
+        self
+    }
+
+    /// Registers an HTTP route. A route with the same methods and path as one registered by
+    /// an earlier plugin replaces it; the application registers last.
+    pub fn route(&mut self, route: Route) -> &mut Self {
+        let entry = self.entry(route);
+        self.routes.push(entry);
         self
     }
 
@@ -375,6 +403,8 @@ impl AppBuilder {
         );
         let jobs = keep_last(self.jobs, "job", |j| j.name.clone(), &mut problems);
         let scripts = keep_last(self.scripts, "script", |s| s.name.clone(), &mut problems);
+        let routes = keep_last(self.routes, "route", Route::key, &mut problems);
+        overlapping_routes(&routes, &mut problems);
         let link_defs: Vec<LinkDef> = {
             let mut seen = BTreeSet::new();
             let mut kept = Vec::new();
@@ -455,6 +485,7 @@ impl AppBuilder {
             subscribers,
             jobs,
             scripts,
+            routes,
             services: self.services,
             on_start: self.on_start,
             on_shutdown: self.on_shutdown,
@@ -523,6 +554,7 @@ pub struct Prepared {
     subscribers: Vec<Subscriber>,
     jobs: Vec<Job>,
     scripts: Vec<Script>,
+    routes: Vec<Route>,
     services: Vec<AddService>,
     on_start: Vec<Hook>,
     on_shutdown: Vec<Hook>,
@@ -709,12 +741,30 @@ impl Prepared {
                 jobs: self.jobs,
                 schedules: std::sync::Mutex::new(Some(schedules)),
                 scripts: self.scripts,
+                routes: self.routes,
                 on_start: self.on_start,
                 on_shutdown: self.on_shutdown,
             }),
         };
         let _ = cell.0.set(app.clone());
         Ok(app)
+    }
+}
+
+/// Two kept routes answering the same method at the same path (registered with different
+/// method sets, so neither replaced the other).
+fn overlapping_routes(routes: &[Route], problems: &mut Vec<Problem>) {
+    let mut seen = BTreeMap::new();
+    for route in routes {
+        for method in route.methods() {
+            let key = format!("{method} {}", route.path());
+            if seen.insert(key.clone(), ()).is_some() {
+                problems.push(Problem::new(
+                    format!("two routes answer {key}"),
+                    "register an override with the same methods as the route it replaces",
+                ));
+            }
+        }
     }
 }
 
@@ -1041,6 +1091,7 @@ struct AppInner {
     jobs: Vec<Job>,
     schedules: std::sync::Mutex<Option<Vec<Schedule>>>,
     scripts: Vec<Script>,
+    routes: Vec<Route>,
     on_start: Vec<Hook>,
     on_shutdown: Vec<Hook>,
 }
@@ -1109,6 +1160,11 @@ impl App {
     /// The scheduled jobs.
     pub fn jobs(&self) -> &[Job] {
         &self.inner.jobs
+    }
+
+    /// The HTTP routes kept after overrides, plugins' first.
+    pub fn routes(&self) -> &[Route] {
+        &self.inner.routes
     }
 
     /// The scripts' names.

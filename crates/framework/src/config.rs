@@ -154,6 +154,15 @@ pub struct Http {
     pub jwt_secret: Option<SecretString>,
     /// Signs session cookies; required outside dev.
     pub cookie_secret: Option<SecretString>,
+    /// How long a bearer token lives, in seconds (default one day, Medusa's `1d`).
+    #[serde(default = "default_jwt_expires_in")]
+    pub jwt_expires_in: u64,
+    /// The largest request body accepted, in bytes (default 1 MiB).
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+    /// How long a request may take before it is answered 408, in seconds (default 30).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: u64,
     /// Origins allowed on `/store` (comma-separated).
     #[serde(default = "default_store_cors")]
     pub store_cors: String,
@@ -165,6 +174,15 @@ pub struct Http {
     pub auth_cors: String,
 }
 
+fn default_jwt_expires_in() -> u64 {
+    86_400
+}
+fn default_body_limit() -> usize {
+    1 << 20
+}
+fn default_request_timeout() -> u64 {
+    30
+}
 fn default_host() -> String {
     "0.0.0.0".into()
 }
@@ -185,6 +203,9 @@ impl Default for Http {
             port: default_port(),
             jwt_secret: None,
             cookie_secret: None,
+            jwt_expires_in: default_jwt_expires_in(),
+            body_limit: default_body_limit(),
+            request_timeout: default_request_timeout(),
             store_cors: default_store_cors(),
             admin_cors: default_admin_cors(),
             auth_cors: default_admin_cors(),

@@ -32,6 +32,7 @@ mod module;
 mod plugin;
 pub mod providers;
 mod query;
+pub mod route;
 mod subscriber;
 
 pub use app::{
@@ -47,6 +48,7 @@ pub use module::{Module, ModuleContext, NoOptions};
 pub use plugin::Plugin;
 pub use providers::{Infrastructure, Providers};
 pub use query::{GraphRequest, GraphResponse, PageMetadata, Pagination, Query};
+pub use route::{Access, Route};
 pub use subscriber::{DeadLetter, DeadLetters, Event, Subscriber};
 
 /// What an application or a module usually needs.

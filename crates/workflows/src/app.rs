@@ -1296,6 +1296,95 @@ impl App {
         transaction_id: &str,
     ) -> Result<ExecutionDetail, Error> {
         let compiled = self.compiled_for(workflow)?;
+        self.detail_of(&compiled, transaction_id).await
+    }
+
+    /// [`execution`](Self::execution) of the registered workflow `name`, for callers that
+    /// know workflows by name only (the admin API, the CLI).
+    pub async fn execution_named(
+        &self,
+        name: &str,
+        transaction_id: &str,
+    ) -> Result<ExecutionDetail, Error> {
+        let compiled = self.registered(name)?;
+        self.detail_of(&compiled, transaction_id).await
+    }
+
+    /// The names of the registered workflows, sorted.
+    pub fn workflow_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .workflows
+            .read()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn registered(&self, name: &str) -> Result<Arc<Compiled>, Error> {
+        self.inner.compiled_of(name).ok_or_else(|| {
+            gorgon_orchestration::Error::UnknownWorkflow {
+                workflow: name.to_owned(),
+            }
+            .into()
+        })
+    }
+
+    /// Runs the registered workflow `name` with its input as JSON, as an operator does (the
+    /// admin API's "run"), and waits through the engine's timers as [`run`](Self::run) does.
+    /// An input that does not decode as the workflow's input type fails the run's first step
+    /// that reads it.
+    pub async fn run_named(
+        &self,
+        name: &str,
+        input: serde_json::Value,
+        options: RunOptions,
+    ) -> Result<Execution, Error> {
+        let compiled = self.registered(name)?;
+        let context = match options.context {
+            Some(context) => Arc::new(context),
+            None => default_context(),
+        };
+        let payload = Data::new(Payload {
+            input: Data::json(input),
+            context,
+            hold_events: options.hold_events,
+        });
+        let execution = self
+            .inner
+            .engine
+            .run(
+                name,
+                gorgon_orchestration::RunOptions {
+                    transaction_id: options.transaction_id,
+                    payload: Some(payload),
+                    idempotent: options.idempotent,
+                },
+            )
+            .await?;
+        if self.inner.has_event_bus() {
+            self.inner.settle_events(&execution, execution.state).await;
+        }
+        let outside = waits(&execution)
+            .iter()
+            .any(|w| matches!(w, Wait::Outside(_)));
+        if execution.state.is_finished() || outside {
+            return Ok(execution);
+        }
+        let execution = self.inner.wait_engine_driven(&compiled, execution).await?;
+        if self.inner.has_event_bus() {
+            self.inner.settle_events(&execution, execution.state).await;
+        }
+        Ok(execution)
+    }
+
+    async fn detail_of(
+        &self,
+        compiled: &Arc<Compiled>,
+        transaction_id: &str,
+    ) -> Result<ExecutionDetail, Error> {
         let mut detail = self
             .inner
             .engine

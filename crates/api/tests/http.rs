@@ -1,0 +1,1120 @@
+//! The core API driven in process (`oneshot`) on SQLite and PostgreSQL: the auth matrix
+//! (every admin route refuses no token, a customer's token, a revoked key, an expired or
+//! tampered token; every store route refuses a missing or unknown publishable key), Medusa's
+//! conventions (errors, validation, list envelopes, fields), and the workflow executions API
+//! (run, list, detail with Medusa's keys, async step completion, cancel, retry, live events).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use gorgon_api::CorePlugin;
+use gorgon_api::auth_module::AuthService;
+use gorgon_api::user::{NewUser, UserService};
+use gorgon_framework::{App, AppBuilder, Loader, Profile, Route};
+use gorgon_http::{AuthContext, Jwt};
+use gorgon_workflows::{StepFailure, StepResponse, StepResult, Workflow, WorkflowOptions};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const DATABASES: [&str; 2] = ["sqlite", "postgres"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderInput {
+    item: String,
+}
+
+async fn reserve(input: OrderInput) -> StepResult<String, String> {
+    Ok(StepResponse::new(format!("reserved {}", input.item)).with_compensation(input.item))
+}
+
+async fn unreserve(_item: Option<String>) -> Result<(), StepFailure> {
+    Ok(())
+}
+
+async fn approve(_reserved: String) -> StepResult<String, ()> {
+    Ok(StepResponse::wait())
+}
+
+async fn refuse(_reserved: String) -> StepResult<String, ()> {
+    Err(StepFailure::permanent("the warehouse refused"))
+}
+
+fn stored() -> WorkflowOptions {
+    WorkflowOptions {
+        store: Some(true),
+        retention_time: Some(3600.0),
+        ..WorkflowOptions::default()
+    }
+}
+
+/// `test-order`: reserve, then an async approval an operator completes.
+fn order_workflow() -> Workflow<OrderInput, String> {
+    let reserve = gorgon_workflows::Step::new("reserve", reserve).compensate(unreserve);
+    let approve = gorgon_workflows::Step::new("approve", approve).asynchronous();
+    Workflow::define_with("test-order", stored(), move |b, input| {
+        let reserved = b.step(&reserve, input);
+        b.step(&approve, reserved)
+    })
+    .unwrap()
+}
+
+/// `test-refused`: reserve, then a permanent failure: the run reverts.
+fn refused_workflow() -> Workflow<OrderInput, String> {
+    let reserve = gorgon_workflows::Step::new("reserve", reserve).compensate(unreserve);
+    let refuse = gorgon_workflows::Step::new("refuse", refuse);
+    Workflow::define_with("test-refused", stored(), move |b, input| {
+        let reserved = b.step(&reserve, input);
+        b.step(&refuse, reserved)
+    })
+    .unwrap()
+}
+
+async fn hello_store() -> &'static str {
+    "hello"
+}
+
+async fn panics() -> &'static str {
+    panic!("a handler bug")
+}
+
+struct TestApp {
+    app: App,
+    router: Router,
+    admin_token: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn boot(database: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match database {
+        "sqlite" => format!(
+            "database_url = \"sqlite://{}\"",
+            dir.path().join("app.db").display()
+        ),
+        _ => format!(
+            "database_url = \"{}\"\ndatabase_schema = \"t_{}\"",
+            gorgon_data::testing::postgres_url(),
+            gorgon_data::generate_id("").to_lowercase()
+        ),
+    };
+    std::fs::write(
+        dir.path().join("gorgon.toml"),
+        format!("[project]\n{url}\n[project.http]\njwt_expires_in = 3600\n"),
+    )
+    .unwrap();
+    let config = Loader::new()
+        .root(dir.path())
+        .profile(Profile::Dev)
+        .env(BTreeMap::new())
+        .load()
+        .unwrap();
+    let mut builder = AppBuilder::new();
+    builder
+        .plugin(CorePlugin)
+        .workflow(&order_workflow())
+        .workflow(&refused_workflow())
+        .route(Route::undocumented(
+            Method::GET,
+            "/store/hello",
+            axum::routing::get(hello_store),
+        ))
+        .route(Route::undocumented(
+            Method::GET,
+            "/admin/panics",
+            axum::routing::get(panics),
+        ));
+    let prepared = builder.prepare(config).await.unwrap();
+    prepared.migrations().migrate(|_| {}).await.unwrap();
+    let app = prepared.build().await.unwrap();
+    let router = gorgon_http::router(&app);
+
+    // An admin, as `gorgon user create` makes one.
+    let auth = app.service::<AuthService>().unwrap();
+    let users = app.service::<UserService>().unwrap();
+    let identity = auth
+        .register("admin@example.com", "supersecret")
+        .await
+        .unwrap();
+    let user = users
+        .create_user(NewUser {
+            email: "admin@example.com".into(),
+            ..NewUser::default()
+        })
+        .await
+        .unwrap();
+    auth.link_actor(&identity.id, "user", &user.id)
+        .await
+        .unwrap();
+    let mut test = TestApp {
+        app,
+        router,
+        admin_token: String::new(),
+        _dir: dir,
+    };
+    let (status, _, body) = test
+        .call(
+            Method::POST,
+            "/auth/user/emailpass",
+            &[],
+            Some(json!({"email": "admin@example.com", "password": "supersecret"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    test.admin_token = body["token"].as_str().unwrap().to_owned();
+    test
+}
+
+impl TestApp {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, headers, body)
+    }
+
+    async fn admin(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let bearer = format!("Bearer {}", self.admin_token);
+        let (status, _, body) = self
+            .call(method, uri, &[("authorization", &bearer)], body)
+            .await;
+        (status, body)
+    }
+}
+
+/// A concrete path for a route pattern.
+fn concrete(path: &str) -> String {
+    path.replace("{workflow_id}", "test-order")
+        .replace("{transaction_id}", "tx-1")
+        .replace("{id}", "x")
+        .replace("{actor_type}", "user")
+}
+
+#[tokio::test]
+async fn every_admin_route_refuses_callers_without_a_user() {
+    for database in DATABASES {
+        let test = boot(database).await;
+        let jwt = Jwt::of(&test.app);
+        let customer = jwt
+            .issue(
+                &AuthContext {
+                    actor_id: "cus_1".into(),
+                    actor_type: "customer".into(),
+                    auth_identity_id: "authid_1".into(),
+                    app_metadata: json!({}),
+                    method: None,
+                },
+                Value::Null,
+            )
+            .unwrap();
+        let expired = Jwt::new(b"supersecret", Duration::ZERO)
+            .unwrap()
+            .issue(
+                &AuthContext {
+                    actor_id: "user_1".into(),
+                    actor_type: "user".into(),
+                    auth_identity_id: "authid_1".into(),
+                    app_metadata: json!({}),
+                    method: None,
+                },
+                Value::Null,
+            )
+            .unwrap();
+        // Expired: issued with no lifetime, and a second later.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let mut tampered = test.admin_token.clone();
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        let other_secret = Jwt::new(b"another secret entirely", Duration::from_secs(60))
+            .unwrap()
+            .issue(
+                &AuthContext {
+                    actor_id: "user_1".into(),
+                    actor_type: "user".into(),
+                    auth_identity_id: "authid_1".into(),
+                    app_metadata: json!({}),
+                    method: None,
+                },
+                Value::Null,
+            )
+            .unwrap();
+        // A secret key, then revoked.
+        let (status, created) = test
+            .admin(
+                Method::POST,
+                "/admin/api-keys",
+                Some(json!({"title": "ci", "type": "secret"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let secret = created["api_key"]["token"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("sk_"));
+        let key_id = created["api_key"]["id"].as_str().unwrap().to_owned();
+        let (status, _, body) = test
+            .call(
+                Method::GET,
+                "/admin/users/me",
+                &[("authorization", &format!("Basic {secret}"))],
+                None,
+            )
+            .await;
+        // A key is not a user: `me` is forbidden, but the key is accepted (not 401).
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (status, _, _) = test
+            .call(
+                Method::GET,
+                "/admin/api-keys",
+                &[("authorization", &format!("Basic {secret}"))],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = test
+            .admin(
+                Method::POST,
+                &format!("/admin/api-keys/{key_id}/revoke"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["api_key"]["revoked_at"].is_string());
+
+        let refused: Vec<(&str, String)> = vec![
+            ("no credentials", String::new()),
+            ("a customer's token", format!("Bearer {customer}")),
+            ("an expired token", format!("Bearer {expired}")),
+            ("a tampered token", format!("Bearer {tampered}")),
+            (
+                "a token signed with another secret",
+                format!("Bearer {other_secret}"),
+            ),
+            ("a revoked secret key", format!("Basic {secret}")),
+            ("an unknown secret key", "Basic sk_0000".to_owned()),
+        ];
+        let routes: Vec<(Method, String)> = test
+            .app
+            .routes()
+            .iter()
+            .filter(|r| {
+                r.path().starts_with("/admin") && r.access() == gorgon_framework::Access::Namespace
+            })
+            .flat_map(|r| r.methods().iter().map(|m| (m.clone(), concrete(r.path()))))
+            .collect();
+        assert!(routes.len() >= 15, "{routes:?}");
+        for (method, path) in &routes {
+            for (what, authorization) in &refused {
+                let headers: Vec<(&str, &str)> = if authorization.is_empty() {
+                    vec![]
+                } else {
+                    vec![("authorization", authorization.as_str())]
+                };
+                let (status, _, body) = test.call(method.clone(), path, &headers, None).await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{database}: {method} {path} with {what}: {body}"
+                );
+                assert_eq!(body["message"], "Unauthorized");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn store_routes_need_a_publishable_key() {
+    let test = boot("sqlite").await;
+    let (status, _, body) = test.call(Method::GET, "/store/hello", &[], None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["type"], "not_allowed");
+    assert_eq!(
+        body["message"],
+        "Publishable API key required in the request header: x-publishable-api-key. You can manage your keys in settings in the dashboard."
+    );
+    let (status, _, body) = test
+        .call(
+            Method::GET,
+            "/store/hello",
+            &[("x-publishable-api-key", "pk_bad")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["message"],
+        "A valid publishable key is required to proceed with the request"
+    );
+    let (_, created) = test
+        .admin(
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({"title": "storefront", "type": "publishable"})),
+        )
+        .await;
+    let pk = created["api_key"]["token"].as_str().unwrap().to_owned();
+    assert!(pk.starts_with("pk_") && pk.len() == 67, "{pk}");
+    let (status, _, body) = test
+        .call(
+            Method::GET,
+            "/store/hello",
+            &[("x-publishable-api-key", &pk)],
+            None,
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!("hello")));
+    // Revoked: refused again.
+    let id = created["api_key"]["id"].as_str().unwrap();
+    test.admin(Method::POST, &format!("/admin/api-keys/{id}/revoke"), None)
+        .await;
+    let (status, _, _) = test
+        .call(
+            Method::GET,
+            "/store/hello",
+            &[("x-publishable-api-key", &pk)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn auth_flows_register_login_refresh_session_reset() {
+    for database in DATABASES {
+        let test = boot(database).await;
+        let credentials = json!({"email": "ada@example.com", "password": "correct horse"});
+        let (status, _, body) = test
+            .call(
+                Method::POST,
+                "/auth/customer/emailpass/register",
+                &[],
+                Some(credentials.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _, body) = test
+            .call(
+                Method::POST,
+                "/auth/customer/emailpass/register",
+                &[],
+                Some(credentials.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["message"], "Identity with email already exists");
+        let (status, _, body) = test
+            .call(
+                Method::POST,
+                "/auth/customer/emailpass",
+                &[],
+                Some(json!({"email": "ada@example.com", "password": "wrong"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            body,
+            json!({"type": "unauthorized", "message": "Invalid email or password"})
+        );
+        let (status, _, body) = test
+            .call(
+                Method::POST,
+                "/auth/user/emailpass",
+                &[],
+                Some(json!({"email": "not-an-email", "password": "x"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["type"], "invalid_data");
+
+        // Refresh keeps the caller; a session works like the token, until it is closed.
+        let bearer = format!("Bearer {}", test.admin_token);
+        let (status, _, body) = test
+            .call(
+                Method::POST,
+                "/auth/token/refresh",
+                &[("authorization", &bearer)],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let refreshed = Jwt::of(&test.app)
+            .verify(body["token"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(refreshed.actor_type, "user");
+        let (status, headers, body) = test
+            .call(
+                Method::POST,
+                "/auth/session",
+                &[("authorization", &bearer)],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let cookie = headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(cookie.starts_with("connect.sid="));
+        let (status, _, me) = test
+            .call(Method::GET, "/admin/users/me", &[("cookie", &cookie)], None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        assert_eq!(me["user"]["email"], "admin@example.com");
+        test.call(
+            Method::DELETE,
+            "/auth/session",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+        let (status, _, _) = test
+            .call(Method::GET, "/admin/users/me", &[("cookie", &cookie)], None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        // Password reset: the token goes out as an event; it sets a new password once.
+        let auth = test.app.service::<AuthService>().unwrap();
+        let token = auth.reset_token("ada@example.com").await.unwrap().unwrap();
+        let update = json!({"email": "ada@example.com", "password": "new password"});
+        let (status, _, body) = test
+            .call(
+                Method::POST,
+                "/auth/customer/emailpass/update",
+                &[("authorization", &format!("Bearer {token}"))],
+                Some(update.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _, _) = test
+            .call(
+                Method::POST,
+                "/auth/customer/emailpass",
+                &[],
+                Some(json!({"email": "ada@example.com", "password": "new password"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = test
+            .call(
+                Method::POST,
+                "/auth/customer/emailpass/update",
+                &[("authorization", &format!("Bearer {token}"))],
+                Some(update),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "a reset token is used up");
+        let (status, _, _) = test
+            .call(
+                Method::POST,
+                "/auth/customer/emailpass/reset-password",
+                &[],
+                Some(json!({"identifier": "nobody@example.com"})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "unknown emails answer the same"
+        );
+    }
+}
+
+#[tokio::test]
+async fn conventions_errors_validation_and_layers() {
+    let test = boot("sqlite").await;
+    // Unknown routes: JSON 404.
+    let (status, _, body) = test.call(Method::GET, "/nope", &[], None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        json!({"type": "not_found", "message": "Cannot GET /nope"})
+    );
+    // Strict bodies name the field.
+    let (status, body) = test
+        .admin(
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({"title": "x", "type": "secret", "not_a_field": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body,
+        json!({"type": "invalid_data", "message": "Invalid request: Unrecognized fields: 'not_a_field'"})
+    );
+    let (_, body) = test
+        .admin(
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({"type": "secret"})),
+        )
+        .await;
+    assert_eq!(
+        body["message"],
+        "Invalid request: Field 'title' is required"
+    );
+    let (_, body) = test
+        .admin(
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({"title": 5, "type": "secret"})),
+        )
+        .await;
+    assert_eq!(
+        body["message"],
+        "Invalid request: Expected type: 'string' for field 'title', got: 'integer'"
+            .replace("integer", "number")
+    );
+    let bearer = format!("Bearer {}", test.admin_token);
+    let (status, _, body) = test
+        .call(
+            Method::GET,
+            "/admin/workflows-executions?limit=abc",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["message"],
+        "Invalid request: Expected type: 'number' for field 'limit', got: 'abc'"
+    );
+    let (_, _, body) = test
+        .call(
+            Method::GET,
+            "/admin/workflows-executions?not_a_param=1",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(
+        body["message"],
+        "Invalid request: Unrecognized fields: 'not_a_param'"
+    );
+    // Lists: Medusa's envelope and `fields`.
+    let (status, body) = test
+        .admin(Method::GET, "/admin/users?fields=email&limit=5", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["limit"], 5);
+    assert_eq!(body["offset"], 0);
+    let user = body["users"][0].as_object().unwrap();
+    let keys: Vec<&str> = user.keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["email", "id"]);
+    // Request ids: kept when given, made when not.
+    let (_, headers, _) = test
+        .call(Method::GET, "/health", &[("x-request-id", "req-42")], None)
+        .await;
+    assert_eq!(headers["x-request-id"], "req-42");
+    let (_, headers, _) = test.call(Method::GET, "/health", &[], None).await;
+    assert_eq!(headers["x-request-id"].len(), 36);
+    // A panic is Medusa's 500, the process goes on.
+    let (status, _, body) = test
+        .call(
+            Method::GET,
+            "/admin/panics",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        body,
+        json!({"type": "unknown_error", "message": "An unknown error occurred.", "code": "unknown_error"})
+    );
+    // CORS per namespace.
+    let (status, headers, _) = test
+        .call(
+            Method::OPTIONS,
+            "/admin/users",
+            &[
+                ("origin", "http://localhost:7001"),
+                ("access-control-request-method", "GET"),
+            ],
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:7001"
+    );
+    let (_, headers, _) = test
+        .call(
+            Method::OPTIONS,
+            "/store/hello",
+            &[
+                ("origin", "http://localhost:7001"),
+                ("access-control-request-method", "GET"),
+            ],
+            None,
+        )
+        .await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // Metrics count requests by route and status.
+    let (status, _, body) = test.call(Method::GET, "/metrics", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().unwrap();
+    assert!(
+        text.contains(
+            r#"gorgon_http_requests_total{method="GET",route="/admin/users",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    // The OpenAPI document lists the core routes.
+    let (status, _, document) = test.call(Method::GET, "/openapi.json", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(document["paths"]["/admin/workflows-executions"]["get"].is_object());
+    let (status, _, page) = test.call(Method::GET, "/docs/", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !page.as_str().unwrap().contains("https://"),
+        "the API browser loads nothing from a CDN"
+    );
+}
+
+/// The key paths of a JSON value, with the kind of each leaf; `null` matches any kind.
+fn shape(value: &Value, path: &str, out: &mut BTreeMap<String, &'static str>) {
+    match value {
+        Value::Object(map) => {
+            out.insert(path.to_owned(), "object");
+            for (key, child) in map {
+                // Step paths and action names are data, not keys of the format.
+                let key = if path.ends_with(".steps")
+                    || path.ends_with(".invoke")
+                    || path.ends_with(".compensate") && !path.ends_with("].compensate")
+                {
+                    "<name>"
+                } else {
+                    key.as_str()
+                };
+                // A definition nests its steps through `next`, as deep as the workflow is
+                // long: every level has the format of the first.
+                if key == "next" && path.contains(".definition") && !child.is_string() {
+                    match child {
+                        Value::Array(items) => items.iter().for_each(|item| shape(item, path, out)),
+                        _ => shape(child, path, out),
+                    }
+                    continue;
+                }
+                // The workflow's own data (inputs, outputs) is not the format.
+                if key == "payload"
+                    || key == "compensateInput"
+                    || (key == "output" && path.ends_with(".output"))
+                {
+                    out.insert(format!("{path}.{key}"), "data");
+                    continue;
+                }
+                shape(child, &format!("{path}.{key}"), out);
+            }
+        }
+        // `next` is one step or an array of parallel ones: the same format.
+        Value::Array(items) if path.ends_with(".next") && items.iter().all(Value::is_object) => {
+            out.insert(path.to_owned(), "object");
+            for item in items {
+                shape(item, path, out);
+            }
+        }
+        Value::Array(items) => {
+            out.insert(path.to_owned(), "array");
+            for item in items {
+                shape(item, &format!("{path}[]"), out);
+            }
+        }
+        Value::Null => {
+            out.insert(path.to_owned(), "null");
+        }
+        Value::Bool(_) => {
+            out.insert(path.to_owned(), "boolean");
+        }
+        Value::Number(_) => {
+            out.insert(path.to_owned(), "number");
+        }
+        // The golden writes epoch milliseconds as `<epoch_ms>`.
+        Value::String(text) if text == "<epoch_ms>" => {
+            out.insert(path.to_owned(), "number");
+        }
+        Value::String(_) => {
+            out.insert(path.to_owned(), "string");
+        }
+    }
+}
+
+fn golden(step: &str) -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/medusa-server/golden/executions.normalized.jsonl"
+    ))
+    .expect("../shared/medusa-server/golden is beside the repository");
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|line| line["step"] == step)
+        .unwrap_or_else(|| panic!("no golden step {step}"))["body"]
+        .clone()
+}
+
+/// Every key path of Medusa's answer is in ours, with the same kind (or null on either side).
+fn assert_same_shape(ours: &Value, medusa: &Value) {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    shape(ours, "", &mut a);
+    shape(medusa, "", &mut b);
+    let mut missing = Vec::new();
+    for (path, kind) in &b {
+        match a.get(path) {
+            None => missing.push(format!("{path} (missing)")),
+            Some(ours)
+                if ours != kind && ![*ours, *kind].iter().any(|k| *k == "null" || *k == "data") =>
+            {
+                missing.push(format!("{path}: {ours} instead of {kind}"))
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "differences from Medusa's shape:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn executions_api_runs_lists_shows_completes_cancels_retries() {
+    for database in DATABASES {
+        let test = boot(database).await;
+        // Run: the async step waits.
+        let (status, body) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-order/run",
+                Some(json!({"input": {"item": "mug"}, "transaction_id": "order-1"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            json!({"acknowledgement": {"workflowId": "test-order", "transactionId": "order-1", "hasFinished": false, "hasFailed": false}})
+        );
+        let (status, body) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/not-a-workflow/run",
+                Some(json!({"input": {}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body["message"],
+            "Workflow with id \"not-a-workflow\" not found."
+        );
+        // A reverted run.
+        let (_, body) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-refused/run",
+                Some(json!({"input": {"item": "vase"}, "transaction_id": "refused-1"})),
+            )
+            .await;
+        assert_eq!(body["acknowledgement"]["hasFailed"], true, "{body}");
+
+        // The list, Medusa's envelope.
+        let (status, list) = test
+            .admin(Method::GET, "/admin/workflows-executions", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(
+            (list["count"].clone(), list["limit"].clone()),
+            (json!(2), json!(100))
+        );
+        let medusa = golden("list_default");
+        assert_same_shape(&list, &medusa);
+        let (_, page) = test
+            .admin(Method::GET, "/admin/workflows-executions?limit=1&offset=1&order=-created_at&fields=id,workflow_id,state", None)
+            .await;
+        assert_eq!(page["count"], 2);
+        assert_eq!(page["workflow_executions"].as_array().unwrap().len(), 1);
+        assert_eq!(page["workflow_executions"][0]["workflow_id"], "test-order");
+        let keys: Vec<&String> = page["workflow_executions"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(keys, vec!["id", "state", "workflow_id"]);
+        let (_, filtered) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions?state[0]=failed&state[1]=reverted&fields=id,state",
+                None,
+            )
+            .await;
+        assert_eq!(filtered["count"], 1);
+        assert_eq!(filtered["workflow_executions"][0]["state"], "reverted");
+        let (_, by_tx) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions?transaction_id=order-1&fields=id",
+                None,
+            )
+            .await;
+        assert_eq!(by_tx["count"], 1);
+        let (_, by_q) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions?q=refus&fields=id",
+                None,
+            )
+            .await;
+        assert_eq!(by_q["count"], 1);
+        let (_, none) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions?created_at[$gte]=2999-01-01T00:00:00Z",
+                None,
+            )
+            .await;
+        assert_eq!(none["count"], 0);
+
+        // The detail, by id and by transaction: Medusa's keys and nesting.
+        let id = by_tx["workflow_executions"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(id.starts_with("wf_exec_"), "{id}");
+        let (status, detail) = test
+            .admin(
+                Method::GET,
+                &format!("/admin/workflows-executions/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{detail}");
+        let execution = &detail["workflow_execution"];
+        assert_eq!(execution["state"], "invoking");
+        assert_eq!(
+            execution["execution"]["steps"]["_root.reserve.approve"]["invoke"],
+            json!({"state": "invoking", "status": "waiting_response"})
+        );
+        assert_eq!(
+            execution["context"]["data"]["invoke"]["reserve"]["output"]["output"],
+            "reserved mug"
+        );
+        assert_eq!(
+            execution["context"]["data"]["payload"],
+            json!({"item": "mug"})
+        );
+        let (_, reverted) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions/test-refused/refused-1",
+                None,
+            )
+            .await;
+        assert_same_shape(&reverted, &golden("retrieve_failed_complete_cart"));
+        assert_eq!(
+            reverted["workflow_execution"]["context"]["errors"][0]["error"]["message"],
+            "the warehouse refused"
+        );
+        let (status, body) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions/wf_exec_01JZZZZZZZZZZZZZZZZZZZZZZZ",
+                None,
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "Medusa answers 200 {{}}: {body}"
+        );
+
+        // Complete the waiting step: the run is done.
+        let (status, body) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-order/steps/success",
+                Some(json!({"transaction_id": "order-1", "step_id": "approve", "response": "approved"})),
+            )
+            .await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"success": true})));
+        let (_, done) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions/test-order/order-1",
+                None,
+            )
+            .await;
+        assert_eq!(done["workflow_execution"]["state"], "done");
+        assert_same_shape(&done, &golden("retrieve_complete_cart"));
+        let (status, _) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-order/steps/success",
+                Some(json!({"transaction_id": "order-1", "step_id": "approve"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "the step no longer waits");
+
+        // Failing a waiting step compensates; cancel compensates a running one.
+        test.admin(
+            Method::POST,
+            "/admin/workflows-executions/test-order/run",
+            Some(json!({"input": {"item": "cup"}, "transaction_id": "order-2"})),
+        )
+        .await;
+        let (status, _) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-order/steps/failure",
+                Some(json!({"transaction_id": "order-2", "step_id": "approve", "response": {"message": "no stock"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, failed) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions/test-order/order-2?fields=state",
+                None,
+            )
+            .await;
+        assert_eq!(
+            failed["workflow_execution"],
+            json!({"id": failed["workflow_execution"]["id"], "state": "reverted"})
+        );
+        test.admin(
+            Method::POST,
+            "/admin/workflows-executions/test-order/run",
+            Some(json!({"input": {"item": "pot"}, "transaction_id": "order-3"})),
+        )
+        .await;
+        let (status, body) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-order/order-3/cancel",
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // As Medusa: a run cancelled while a step awaits its answer compensates once the
+        // answer comes.
+        assert_eq!(body["acknowledgement"]["hasFinished"], false, "{body}");
+        let (_, after) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions/test-order/order-3?fields=state",
+                None,
+            )
+            .await;
+        assert_eq!(
+            after["workflow_execution"]["state"],
+            "waiting_to_compensate"
+        );
+        test.admin(
+            Method::POST,
+            "/admin/workflows-executions/test-order/steps/success",
+            Some(json!({"transaction_id": "order-3", "step_id": "approve"})),
+        )
+        .await;
+        let (_, after) = test
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions/test-order/order-3?fields=state",
+                None,
+            )
+            .await;
+        assert_eq!(after["workflow_execution"]["state"], "reverted");
+
+        // Retry a reverted run: it runs again under a new id, with the same input.
+        let (status, body) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-refused/refused-1/retry",
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let retried = body["acknowledgement"]["transactionId"].as_str().unwrap();
+        assert!(retried.starts_with("refused-1-retry-"), "{retried}");
+        let (status, _) = test
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-order/order-1/retry",
+                None,
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "a done run has nothing to retry"
+        );
+    }
+}
+
+#[tokio::test]
+async fn subscribe_streams_a_runs_events_live() {
+    let test = boot("sqlite").await;
+    let bearer = format!("Bearer {}", test.admin_token);
+    let request = Request::builder()
+        .uri("/admin/workflows-executions/test-order/live-1/subscribe")
+        .header("authorization", &bearer)
+        .body(Body::empty())
+        .unwrap();
+    let response = test.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    test.admin(
+        Method::POST,
+        "/admin/workflows-executions/test-order/run",
+        Some(json!({"input": {"item": "lamp"}, "transaction_id": "live-1"})),
+    )
+    .await;
+    let mut text = String::new();
+    while !text.contains("event: onStepAwaiting") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    let begin = text.find("event: onBegin").expect("onBegin");
+    let step = text.find("event: onStepBegin").expect("onStepBegin");
+    let success = text.find("event: onStepSuccess").expect("onStepSuccess");
+    assert!(begin < step && step < success, "{text}");
+    let data = text
+        .lines()
+        .find(|l| l.starts_with("data: ") && l.contains("\"onStepSuccess\""))
+        .unwrap();
+    let data: Value = serde_json::from_str(&data["data: ".len()..]).unwrap();
+    assert_eq!(data["workflow_id"], "test-order");
+    assert_eq!(data["transaction_id"], "live-1");
+    assert_eq!(data["step"]["id"], "_root.reserve");
+    assert_eq!(data["response"], "reserved lamp");
+}
