@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use gorgon_api::CorePlugin;
 use gorgon_api::auth_module::AuthService;
 use gorgon_api::user::{NewUser, UserService};
 use gorgon_framework::{App, AppBuilder, Loader, Profile, Route};
+use gorgon_http::testing::{Client, assert_same_shape, golden};
 use gorgon_http::{AuthContext, Jwt};
 use gorgon_workflows::{StepFailure, StepResponse, StepResult, Workflow, WorkflowOptions};
 use http_body_util::BodyExt;
@@ -84,8 +84,7 @@ async fn panics() -> &'static str {
 
 struct TestApp {
     app: App,
-    router: Router,
-    admin_token: String,
+    client: Client,
     _dir: tempfile::TempDir,
 }
 
@@ -150,59 +149,20 @@ async fn boot(database: &str) -> TestApp {
     auth.link_actor(&identity.id, "user", &user.id)
         .await
         .unwrap();
-    let mut test = TestApp {
+    let mut client = Client::new(router);
+    client.login("admin@example.com", "supersecret").await;
+    TestApp {
         app,
-        router,
-        admin_token: String::new(),
+        client,
         _dir: dir,
-    };
-    let (status, _, body) = test
-        .call(
-            Method::POST,
-            "/auth/user/emailpass",
-            &[],
-            Some(json!({"email": "admin@example.com", "password": "supersecret"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    test.admin_token = body["token"].as_str().unwrap().to_owned();
-    test
+    }
 }
 
-impl TestApp {
-    async fn call(
-        &self,
-        method: Method,
-        uri: &str,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> (StatusCode, HeaderMap, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = match body {
-            Some(body) => request
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string())),
-            None => request.body(Body::empty()),
-        }
-        .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, headers, body)
-    }
+impl std::ops::Deref for TestApp {
+    type Target = Client;
 
-    async fn admin(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let bearer = format!("Bearer {}", self.admin_token);
-        let (status, _, body) = self
-            .call(method, uri, &[("authorization", &bearer)], body)
-            .await;
-        (status, body)
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
@@ -246,7 +206,7 @@ async fn every_admin_route_refuses_callers_without_a_user() {
             .unwrap();
         // Expired: issued with no lifetime, and a second later.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
-        let mut tampered = test.admin_token.clone();
+        let mut tampered = test.token.clone();
         let last = tampered.pop().unwrap();
         tampered.push(if last == 'A' { 'B' } else { 'A' });
         let other_secret = Jwt::new(b"another secret entirely", Duration::from_secs(60))
@@ -449,7 +409,7 @@ async fn auth_flows_register_login_refresh_session_reset() {
         assert_eq!(body["type"], "invalid_data");
 
         // Refresh keeps the caller; a session works like the token, until it is closed.
-        let bearer = format!("Bearer {}", test.admin_token);
+        let bearer = format!("Bearer {}", test.token);
         let (status, _, body) = test
             .call(
                 Method::POST,
@@ -590,7 +550,7 @@ async fn conventions_errors_validation_and_layers() {
         "Invalid request: Expected type: 'string' for field 'title', got: 'integer'"
             .replace("integer", "number")
     );
-    let bearer = format!("Bearer {}", test.admin_token);
+    let bearer = format!("Bearer {}", test.token);
     let (status, _, body) = test
         .call(
             Method::GET,
@@ -696,110 +656,6 @@ async fn conventions_errors_validation_and_layers() {
     assert!(
         !page.as_str().unwrap().contains("https://"),
         "the API browser loads nothing from a CDN"
-    );
-}
-
-/// The key paths of a JSON value, with the kind of each leaf; `null` matches any kind.
-fn shape(value: &Value, path: &str, out: &mut BTreeMap<String, &'static str>) {
-    match value {
-        Value::Object(map) => {
-            out.insert(path.to_owned(), "object");
-            for (key, child) in map {
-                // Step paths and action names are data, not keys of the format.
-                let key = if path.ends_with(".steps")
-                    || path.ends_with(".invoke")
-                    || path.ends_with(".compensate") && !path.ends_with("].compensate")
-                {
-                    "<name>"
-                } else {
-                    key.as_str()
-                };
-                // A definition nests its steps through `next`, as deep as the workflow is
-                // long: every level has the format of the first.
-                if key == "next" && path.contains(".definition") && !child.is_string() {
-                    match child {
-                        Value::Array(items) => items.iter().for_each(|item| shape(item, path, out)),
-                        _ => shape(child, path, out),
-                    }
-                    continue;
-                }
-                // The workflow's own data (inputs, outputs) is not the format.
-                if key == "payload"
-                    || key == "compensateInput"
-                    || (key == "output" && path.ends_with(".output"))
-                {
-                    out.insert(format!("{path}.{key}"), "data");
-                    continue;
-                }
-                shape(child, &format!("{path}.{key}"), out);
-            }
-        }
-        // `next` is one step or an array of parallel ones: the same format.
-        Value::Array(items) if path.ends_with(".next") && items.iter().all(Value::is_object) => {
-            out.insert(path.to_owned(), "object");
-            for item in items {
-                shape(item, path, out);
-            }
-        }
-        Value::Array(items) => {
-            out.insert(path.to_owned(), "array");
-            for item in items {
-                shape(item, &format!("{path}[]"), out);
-            }
-        }
-        Value::Null => {
-            out.insert(path.to_owned(), "null");
-        }
-        Value::Bool(_) => {
-            out.insert(path.to_owned(), "boolean");
-        }
-        Value::Number(_) => {
-            out.insert(path.to_owned(), "number");
-        }
-        // The golden writes epoch milliseconds as `<epoch_ms>`.
-        Value::String(text) if text == "<epoch_ms>" => {
-            out.insert(path.to_owned(), "number");
-        }
-        Value::String(_) => {
-            out.insert(path.to_owned(), "string");
-        }
-    }
-}
-
-fn golden(step: &str) -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/medusa-server/golden/executions.normalized.jsonl"
-    ))
-    .expect("../shared/medusa-server/golden is beside the repository");
-    text.lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .find(|line| line["step"] == step)
-        .unwrap_or_else(|| panic!("no golden step {step}"))["body"]
-        .clone()
-}
-
-/// Every key path of Medusa's answer is in ours, with the same kind (or null on either side).
-fn assert_same_shape(ours: &Value, medusa: &Value) {
-    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    shape(ours, "", &mut a);
-    shape(medusa, "", &mut b);
-    let mut missing = Vec::new();
-    for (path, kind) in &b {
-        match a.get(path) {
-            None => missing.push(format!("{path} (missing)")),
-            Some(ours)
-                if ours != kind && ![*ours, *kind].iter().any(|k| *k == "null" || *k == "data") =>
-            {
-                missing.push(format!("{path}: {ours} instead of {kind}"))
-            }
-            _ => {}
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "differences from Medusa's shape:\n{}",
-        missing.join("\n")
     );
 }
 
@@ -1077,13 +933,13 @@ async fn executions_api_runs_lists_shows_completes_cancels_retries() {
 #[tokio::test]
 async fn subscribe_streams_a_runs_events_live() {
     let test = boot("sqlite").await;
-    let bearer = format!("Bearer {}", test.admin_token);
+    let bearer = format!("Bearer {}", test.token);
     let request = Request::builder()
         .uri("/admin/workflows-executions/test-order/live-1/subscribe")
         .header("authorization", &bearer)
         .body(Body::empty())
         .unwrap();
-    let response = test.router.clone().oneshot(request).await.unwrap();
+    let response = test.router().clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
@@ -1117,4 +973,16 @@ async fn subscribe_streams_a_runs_events_live() {
     assert_eq!(data["transaction_id"], "live-1");
     assert_eq!(data["step"]["id"], "_root.reserve");
     assert_eq!(data["response"], "reserved lamp");
+}
+
+/// The OpenAPI document is reviewed: a change to any route's path, parameters or bodies fails
+/// here until its snapshot is accepted (`cargo insta review`).
+#[tokio::test]
+async fn openapi_document_matches_its_reviewed_snapshot() {
+    let test = boot("sqlite").await;
+    let (status, _, document) = test.call(Method::GET, "/openapi.json", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    insta::assert_json_snapshot!("core-openapi", document, {
+        ".info.version" => "[version]",
+    });
 }

@@ -35,19 +35,29 @@ where
         body.validate().map_err(|report| {
             let problems: Vec<String> = report
                 .iter()
-                .map(|(path, error)| {
-                    let path = path.to_string();
-                    if path.is_empty() {
-                        error.message().to_owned()
-                    } else {
-                        format!("Field '{path}': {}", error.message())
-                    }
-                })
+                .map(|(path, error)| rule_message(&path.to_string(), error.message()))
                 .collect();
             ApiError::invalid_data(format!("Invalid request: {}", problems.join("; ")))
         })?;
         Ok(Body(body))
     }
+}
+
+/// A `garde` rule's failure in Medusa's words: "Value for field 'items.0.quantity' too small,
+/// expected at least: '1'".
+fn rule_message(path: &str, message: &str) -> String {
+    // garde writes `items[0].quantity`; serde errors and Medusa write `items.0.quantity`.
+    let path = path.replace('[', ".").replace(']', "");
+    if path.is_empty() {
+        return message.to_owned();
+    }
+    if let Some(min) = message.strip_prefix("lower than ") {
+        return format!("Value for field '{path}' too small, expected at least: '{min}'");
+    }
+    if let Some(max) = message.strip_prefix("greater than ") {
+        return format!("Value for field '{path}' too big, expected at most: '{max}'");
+    }
+    format!("Field '{path}': {message}")
 }
 
 /// Decodes `value` as `T`, answering Medusa's messages: every unknown field at once, else the

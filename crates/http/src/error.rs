@@ -213,6 +213,17 @@ impl From<gorgon_workflows::Error> for ApiError {
     fn from(error: gorgon_workflows::Error) -> Self {
         match error {
             gorgon_workflows::Error::Orchestration(engine) => engine.into(),
+            // A run its steps refused and rolled back: the first refusal is the answer.
+            gorgon_workflows::Error::Failed {
+                state: gorgon_orchestration::TransactionState::Reverted,
+                errors,
+                ..
+            } => ApiError::not_allowed(
+                errors
+                    .first()
+                    .map(|e| e.error.message.clone())
+                    .unwrap_or_else(|| "the workflow was reverted".into()),
+            ),
             other => ApiError::internal(other),
         }
     }

@@ -18,6 +18,8 @@ mod list;
 pub mod metrics;
 pub mod openapi;
 mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use auth::{Auth, AuthContext, Credentials, Jwt, MaybeAuth, PublishableKey};
 pub use body::{Body, from_value};

@@ -7,8 +7,11 @@
 //! default_country = "fr"        # given to brands created without one
 //! ```
 //!
-//! It contributes the `brand` module (model, migration, service) and the `create-brand`
-//! workflow, whose step undoes itself when a later step fails.
+//! It contributes the `brand` module (model, migration, service), the `create-brand`
+//! workflow, whose step undoes itself when a later step fails, and the admin routes of
+//! [`api`] (`/admin/brands`).
+
+pub mod api;
 
 use chrono::{DateTime, Utc};
 use gorgon_data::{Crud, FindConfig, Migration, Model, ModelMeta, migration};
@@ -86,14 +89,20 @@ pub struct NewBrand {
 }
 
 impl BrandService {
-    /// Creates a brand within the plugin's rules.
-    pub async fn create_brand(&self, brand: NewBrand) -> Result<Brand, BrandError> {
-        let length = brand.name.chars().count();
+    /// Refuses a name outside the plugin's rules (empty, or longer than `max_name_length`).
+    pub fn check_name(&self, name: &str) -> Result<(), BrandError> {
+        let length = name.chars().count();
         if length == 0 || length > self.options.max_name_length {
             return Err(BrandError::Name {
                 max: self.options.max_name_length,
             });
         }
+        Ok(())
+    }
+
+    /// Creates a brand within the plugin's rules.
+    pub async fn create_brand(&self, brand: NewBrand) -> Result<Brand, BrandError> {
+        self.check_name(&brand.name)?;
         let country = brand
             .country
             .or_else(|| self.options.default_country.clone());
@@ -190,7 +199,10 @@ impl Plugin for BrandPlugin {
 
     fn register(&self, app: &mut AppBuilder, options: BrandOptions) -> Result<(), BoxError> {
         app.module_with(BrandModule, options)
-            .workflow(&create_brand_workflow()?);
+            .workflow(api::create_brand_flow());
+        for route in api::routes() {
+            app.route(route);
+        }
         Ok(())
     }
 }

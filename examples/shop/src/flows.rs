@@ -14,8 +14,8 @@ use crate::supplier::{RestockItem, RestockOrder, SupplierService};
 /// One line to restock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
-    /// The SKU.
-    pub sku: String,
+    /// The product restocked.
+    pub product_id: String,
     /// How many.
     pub quantity: i64,
     /// The supplier's price per unit.
@@ -28,7 +28,10 @@ pub struct RestockInput {
     /// The supplier.
     pub supplier_id: String,
     /// What to order.
-    pub lines: Vec<Line>,
+    pub items: Vec<Line>,
+    /// Notes for the supplier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
 }
 
 fn failure(error: impl std::fmt::Display) -> StepFailure {
@@ -41,7 +44,7 @@ async fn create_restock_order(
 ) -> StepResult<RestockOrder, String> {
     let order = suppliers
         .restock_orders
-        .create(json!({ "supplier_id": input.supplier_id }))
+        .create(json!({ "supplier_id": input.supplier_id, "notes": input.notes }))
         .await
         .map_err(|error| StepFailure::permanent(error.to_string()))?;
     let id = order.id.clone();
@@ -77,9 +80,9 @@ async fn create_restock_items(
 ) -> StepResult<Vec<RestockItem>, Vec<String>> {
     let rows: Vec<_> = i
         .input
-        .lines
+        .items
         .iter()
-        .map(|line| json!({ "restock_order_id": i.order.id, "sku": line.sku, "quantity": line.quantity, "unit_cost": line.unit_cost }))
+        .map(|line| json!({ "restock_order_id": i.order.id, "product_id": line.product_id, "quantity": line.quantity, "unit_cost": line.unit_cost }))
         .collect();
     let items = suppliers
         .restock_items

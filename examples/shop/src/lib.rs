@@ -13,6 +13,7 @@
 //! Run it: `cargo run -p gorgon-example-shop -- db migrate`, then `… -- exec seed`, then
 //! `… -- start`.
 
+pub mod api;
 pub mod flows;
 pub mod jobs;
 pub mod loyalty;
@@ -51,7 +52,7 @@ pub fn app(config: &Config) -> Result<AppBuilder, BoxError> {
             Side::of::<ShopOrder>().list(),
             Side::of::<LoyaltyAccount>(),
         ))
-        .workflow(&flows::restock_workflow()?)
+        .workflow(api::restock())
         .workflow(&flows::redeem_workflow()?)
         .subscriber(subscribers::milestone_subscriber())
         .job(jobs::expire_drafts_job(Duration::from_millis(
@@ -59,6 +60,9 @@ pub fn app(config: &Config) -> Result<AppBuilder, BoxError> {
         )))
         .script(Script::new("seed", seed))
         .script(Script::new("add-points", add_points));
+    for route in api::routes() {
+        app.route(route);
+    }
     Ok(app)
 }
 

@@ -57,6 +57,8 @@ pub struct RestockOrder {
     /// Where it stands.
     #[model(kind = "text", default)]
     pub status: RestockStatus,
+    /// The buyer's notes for the supplier.
+    pub notes: Option<String>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last changed.
@@ -82,7 +84,7 @@ pub struct RestockItem {
     /// Its order.
     pub restock_order_id: String,
     /// The product variant's SKU.
-    pub sku: String,
+    pub product_id: String,
     /// How many.
     pub quantity: i64,
     /// The supplier's price per unit.
@@ -107,7 +109,10 @@ pub struct SupplierService {
 }
 
 /// The module's migrations.
-pub const MIGRATIONS: &[Migration] = &[migration!("0001_supplier")];
+pub const MIGRATIONS: &[Migration] = &[
+    migration!("0001_supplier"),
+    migration!("0002_restock_seed_fields"),
+];
 
 /// The `supplier` module.
 #[derive(Debug, Clone, Copy, Default)]

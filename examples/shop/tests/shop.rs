@@ -137,12 +137,12 @@ async fn the_restock_workflow_creates_an_order_and_rolls_back_when_the_supplier_
         let restock = gorgon_example_shop::flows::restock_workflow().unwrap();
         let lines = vec![
             Line {
-                sku: "SHIRT-S".into(),
+                product_id: "SHIRT-S".into(),
                 quantity: 10,
                 unit_cost: Decimal::new(499, 2),
             },
             Line {
-                sku: "SHIRT-M".into(),
+                product_id: "SHIRT-M".into(),
                 quantity: 5,
                 unit_cost: Decimal::new(525, 2),
             },
@@ -154,7 +154,8 @@ async fn the_restock_workflow_creates_an_order_and_rolls_back_when_the_supplier_
                 &restock,
                 RestockInput {
                     supplier_id: acme.id.clone(),
-                    lines: lines.clone(),
+                    items: lines.clone(),
+                    notes: None,
                 },
             )
             .await
@@ -171,7 +172,8 @@ async fn the_restock_workflow_creates_an_order_and_rolls_back_when_the_supplier_
                 &restock,
                 RestockInput {
                     supplier_id: closed.id.clone(),
-                    lines,
+                    items: lines,
+                    notes: None,
                 },
             )
             .await
@@ -791,4 +793,249 @@ fn configuration_profiles_and_secrets() {
     std::fs::write(dir.path().join("gorgon.toml"), "[project]\nport = 1\n").unwrap();
     let error = Config::dev(dir.path()).unwrap_err();
     assert!(error.to_string().contains("port"), "{error}");
+}
+
+/// The shop as `gorgon start` serves it (the core API first), with an admin logged in.
+async fn boot_http(database: &str) -> (TestApp, gorgon_http::testing::Client) {
+    let test = boot_with(database, "", |builder| {
+        builder.plugin_first(gorgon_api::CorePlugin);
+    })
+    .await;
+    let auth = test.service::<gorgon_api::auth_module::AuthService>();
+    let identity = auth
+        .register("admin@shop.test", "supersecret")
+        .await
+        .unwrap();
+    let user = test
+        .service::<gorgon_api::user::UserService>()
+        .create_user(gorgon_api::user::NewUser {
+            email: "admin@shop.test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    auth.link_actor(&identity.id, "user", &user.id)
+        .await
+        .unwrap();
+    let mut client = gorgon_http::testing::Client::new(gorgon_http::router(&test.app));
+    client.login("admin@shop.test", "supersecret").await;
+    (test, client)
+}
+
+#[tokio::test]
+async fn restock_orders_route_validates_runs_the_workflow_and_rolls_back() {
+    use axum::http::{Method, StatusCode};
+    for database in DATABASES {
+        let (test, client) = boot_http(database).await;
+        let suppliers = test.service::<SupplierService>();
+        let open = suppliers
+            .suppliers
+            .create(json!({ "name": "Acme", "email": "orders@acme.test" }))
+            .await
+            .unwrap();
+        let closed = suppliers
+            .suppliers
+            .create(
+                json!({ "name": "Closed Co", "email": "no@closed.test", "accepts_orders": false }),
+            )
+            .await
+            .unwrap();
+        let body = json!({
+            "supplier_id": open.id,
+            "items": [
+                { "product_id": "prod_shirt", "quantity": 3, "unit_cost": 4.5 },
+                { "product_id": "prod_mug", "quantity": 1, "unit_cost": 0 }
+            ],
+            "notes": "before Friday"
+        });
+        let (status, created) = client
+            .admin(Method::POST, "/admin/restock-orders", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{database}: {created}");
+        let order = &created["restock_order"];
+        assert_eq!(order["status"], "sent");
+        assert_eq!(order["notes"], "before Friday");
+        assert_eq!(order["items"].as_array().unwrap().len(), 2);
+
+        // The seed's schema, each violation naming its field.
+        for (bad, message) in [
+            (
+                json!({ "supplier_id": open.id, "items": [{ "product_id": "p", "quantity": 0, "unit_cost": 1 }] }),
+                "Invalid request: Value for field 'items.0.quantity' too small, expected at least: '1'",
+            ),
+            (
+                json!({ "supplier_id": open.id, "items": [{ "product_id": "p", "quantity": 1, "unit_cost": -1 }] }),
+                "Invalid request: Value for field 'items.0.unit_cost' too small, expected at least: '0'",
+            ),
+            (
+                json!({ "items": [] }),
+                "Invalid request: Field 'supplier_id' is required",
+            ),
+            (
+                json!({ "supplier_id": open.id, "items": [{ "product_id": "p", "quantity": "two", "unit_cost": 1 }] }),
+                "Invalid request: Expected type: 'number' for field 'items.0.quantity', got: 'string'",
+            ),
+            (
+                json!({ "supplier_id": open.id, "items": [], "discount": 5 }),
+                "Invalid request: Unrecognized fields: 'discount'",
+            ),
+        ] {
+            let (status, error) = client
+                .admin(Method::POST, "/admin/restock-orders", Some(bad))
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+            assert_eq!(error["type"], "invalid_data");
+            assert_eq!(error["message"], message);
+        }
+        let (status, error) = client
+            .admin(
+                Method::POST,
+                "/admin/restock-orders",
+                Some(json!({ "supplier_id": "sup_nope", "items": [{ "product_id": "p", "quantity": 1, "unit_cost": 1 }] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+        // A supplier that refuses: the workflow rolls back, nothing is left.
+        let before = suppliers
+            .restock_orders
+            .list(json!({}), FindConfig::new())
+            .await
+            .unwrap()
+            .len();
+        let mut refused = body.clone();
+        refused["supplier_id"] = json!(closed.id);
+        let (status, error) = client
+            .admin(Method::POST, "/admin/restock-orders", Some(refused))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["type"], "not_allowed");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not take orders"),
+            "{error}"
+        );
+        let after = suppliers
+            .restock_orders
+            .list(json!({}), FindConfig::new())
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(before, after);
+
+        // The restock runs are listed with Medusa's keys and nesting.
+        let (status, list) = client
+            .admin(
+                Method::GET,
+                "/admin/workflows-executions?workflow_id=restock",
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["count"], 2, "{list}");
+        gorgon_http::testing::assert_same_shape(
+            &list,
+            &gorgon_http::testing::golden("list_default"),
+        );
+        let reverted = list["workflow_executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["state"] == "reverted")
+            .unwrap();
+        let (_, detail) = client
+            .admin(
+                Method::GET,
+                &format!(
+                    "/admin/workflows-executions/{}",
+                    reverted["id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        gorgon_http::testing::assert_same_shape(
+            &detail,
+            &gorgon_http::testing::golden("retrieve_failed_complete_cart"),
+        );
+        let done = list["workflow_executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["state"] == "done")
+            .unwrap();
+        let (_, detail) = client
+            .admin(
+                Method::GET,
+                &format!(
+                    "/admin/workflows-executions/restock/{}",
+                    done["transaction_id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        gorgon_http::testing::assert_same_shape(
+            &detail,
+            &gorgon_http::testing::golden("retrieve_complete_cart"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn brand_routes_create_list_update_delete() {
+    use axum::http::{Method, StatusCode};
+    for database in DATABASES {
+        let (_test, client) = boot_http(database).await;
+        let (status, created) = client
+            .admin(
+                Method::POST,
+                "/admin/brands",
+                Some(json!({ "name": "Northwind" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let id = created["brand"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            created["brand"]["country"], "fr",
+            "the plugin's default_country"
+        );
+        let (status, error) = client
+            .admin(
+                Method::POST,
+                "/admin/brands",
+                Some(json!({ "name": "A name far too long" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        let (_, list) = client
+            .admin(
+                Method::GET,
+                "/admin/brands?fields=name&order=-created_at",
+                None,
+            )
+            .await;
+        assert_eq!(list["count"], 1);
+        assert_eq!(list["brands"][0], json!({ "id": id, "name": "Northwind" }));
+        let (status, updated) = client
+            .admin(
+                Method::POST,
+                &format!("/admin/brands/{id}"),
+                Some(json!({ "country": "de" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{updated}");
+        assert_eq!(updated["brand"]["country"], "de");
+        let (status, deleted) = client
+            .admin(Method::DELETE, &format!("/admin/brands/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            deleted,
+            json!({ "id": id, "object": "brand", "deleted": true })
+        );
+        let (status, _) = client
+            .admin(Method::GET, &format!("/admin/brands/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 }

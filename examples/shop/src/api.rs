@@ -1,0 +1,118 @@
+//! The shop's own route, the seed's `POST /admin/restock-orders`: the body validated as the
+//! seed's zod schema does (supplier id, items with product id, quantity ≥ 1, unit cost ≥ 0,
+//! optional notes), the restock workflow run, the order read back with its items.
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use gorgon_data::FindConfig;
+use gorgon_framework::{App, Route};
+use gorgon_http::{ApiError, ApiResult, Body, one};
+use gorgon_workflows::Workflow;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+use crate::flows::{Line, RestockInput, restock_workflow};
+use crate::supplier::{RestockOrder, SupplierService};
+
+/// The shop's routes.
+pub fn routes() -> Vec<Route> {
+    vec![Route::new(routes!(create_restock_order))]
+}
+
+/// The restock workflow, compiled once.
+pub fn restock() -> &'static Workflow<RestockInput, RestockOrder> {
+    static WORKFLOW: OnceLock<Workflow<RestockInput, RestockOrder>> = OnceLock::new();
+    WORKFLOW.get_or_init(|| restock_workflow().expect("the restock workflow is well formed"))
+}
+
+/// One item to restock.
+#[derive(Debug, Deserialize, ToSchema, garde::Validate)]
+#[serde(deny_unknown_fields)]
+pub struct RestockItemInput {
+    /// The product.
+    #[garde(length(min = 1))]
+    pub product_id: String,
+    /// How many, at least 1.
+    #[garde(range(min = 1))]
+    pub quantity: i64,
+    /// The price per unit, at least 0.
+    #[garde(custom(not_negative))]
+    #[schema(value_type = f64, minimum = 0)]
+    pub unit_cost: Decimal,
+}
+
+fn not_negative(value: &Decimal, _: &()) -> garde::Result {
+    if value.is_sign_negative() && !value.is_zero() {
+        Err(garde::Error::new("lower than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A restock order to create.
+#[derive(Debug, Deserialize, ToSchema, garde::Validate)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRestockOrder {
+    /// The supplier.
+    #[garde(length(min = 1))]
+    pub supplier_id: String,
+    /// What to order (at least one item).
+    #[garde(length(min = 1), dive)]
+    pub items: Vec<RestockItemInput>,
+    /// Notes for the supplier.
+    #[garde(length(max = 2000))]
+    pub notes: Option<String>,
+}
+
+/// `{restock_order}`, with its items.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RestockOrderResponse {
+    /// The order, sent to the supplier.
+    #[schema(value_type = Object)]
+    pub restock_order: RestockOrder,
+}
+
+/// Creates a restock order and sends it to its supplier (the seed's three-step workflow; a
+/// supplier that refuses rolls it back and answers 400).
+#[utoipa::path(
+    post,
+    path = "/admin/restock-orders",
+    tag = "Restock orders",
+    request_body = CreateRestockOrder,
+    responses(
+        (status = 200, body = RestockOrderResponse),
+        (status = 400, body = gorgon_http::ErrorBody),
+        (status = 404, body = gorgon_http::ErrorBody)
+    )
+)]
+async fn create_restock_order(
+    State(app): State<App>,
+    Body(body): Body<CreateRestockOrder>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let suppliers = app
+        .service::<SupplierService>()
+        .ok_or_else(|| ApiError::internal("the supplier module is disabled"))?;
+    // An unknown supplier is a 404, before anything runs.
+    suppliers
+        .suppliers
+        .retrieve(&body.supplier_id, FindConfig::new())
+        .await?;
+    let input = RestockInput {
+        supplier_id: body.supplier_id,
+        items: body
+            .items
+            .into_iter()
+            .map(|item| Line {
+                product_id: item.product_id,
+                quantity: item.quantity,
+                unit_cost: item.unit_cost,
+            })
+            .collect(),
+        notes: body.notes,
+    };
+    let order = app.workflows().run(restock(), input).await?;
+    one("restock_order", order)
+}
