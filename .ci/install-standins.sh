@@ -2,6 +2,7 @@
 # Installs the local stand-ins the provider tests start themselves (from PyPI):
 #   - moto in server mode, an S3-compatible server  (gorgon-file-s3 tests: python3 -m moto.server)
 #   - aiosmtpd, an SMTP server                      (gorgon-notification-smtp tests: python3 -m aiosmtpd)
+#   - schemathesis, an OpenAPI fuzzer               (.ci/schemathesis.sh)
 # Idempotent: a package that is already importable is skipped. Safe to run on every CI run.
 set -euo pipefail
 
@@ -26,6 +27,8 @@ install_unless_importable() {
 # moto's server mode needs its [server] extra (flask, flask-cors, ...).
 install_unless_importable "import moto, moto.server, flask, flask_cors" 'moto[server]'
 install_unless_importable "import aiosmtpd.handlers" aiosmtpd
+# schemathesis fuzzes the HTTP API from its OpenAPI document (.ci/schemathesis.sh).
+install_unless_importable "import schemathesis" 'schemathesis==4.32.5'
 
 # Fail loudly now rather than in the middle of cargo test.
 "$PYTHON" -c "import moto.server, aiosmtpd.handlers" \

@@ -725,6 +725,12 @@ pub async fn read(db: &Db, resolver: &dyn Resolver, graph: &Graph) -> Result<Pag
     if !ordered_by_id {
         query.order_by((root.clone(), "id"), Order::Asc);
     }
+    // Both databases take a signed 64-bit count.
+    for (name, value) in [("take", graph.take), ("skip", graph.skip)] {
+        if value.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(Error::invalid(name, "expected at most 9223372036854775807"));
+        }
+    }
     if let Some(take) = graph.take {
         query.limit(take);
     }

@@ -416,6 +416,13 @@ async fn order_pages_and_counts_apply_to_the_root() {
             .await
             .unwrap();
         assert_eq!(refs(&skipped), ["PO_3"], "{}: skip without take", test.name);
+        // Beyond a signed 64-bit count: a typed error naming the field, not a panic.
+        let error = s
+            .orders
+            .list(Filter::all(), FindConfig::new().skip(u64::MAX))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("skip"), "{}: {error}", test.name);
     }
 }
 

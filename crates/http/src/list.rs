@@ -83,11 +83,18 @@ fn number(field: &str, value: Value) -> Result<u64, ApiError> {
         Value::Number(n) => n.to_string(),
         other => other.to_string(),
     };
-    text.trim().parse::<u64>().map_err(|_| {
+    let number = text.trim().parse::<u64>().map_err(|_| {
         ApiError::invalid_data(format!(
             "Invalid request: Expected type: 'number' for field '{field}', got: '{text}'"
         ))
-    })
+    })?;
+    if number > i64::MAX as u64 {
+        return Err(ApiError::invalid_data(format!(
+            "Invalid request: Value for field '{field}' too big, expected at most: '{}'",
+            i64::MAX
+        )));
+    }
+    Ok(number)
 }
 
 fn string(field: &str, value: Value) -> Result<String, ApiError> {
