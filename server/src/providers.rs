@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use gorgon_framework::providers::ProviderInput;
+use gorgon_framework::providers::{ProviderInput, WorkflowBackend};
 use gorgon_framework::{BoxError, Providers};
 use serde_json::Value as Json;
 
@@ -64,13 +64,15 @@ pub fn register(providers: &mut Providers) {
             let input = with_url(&input, database_url(&input))?;
             let options: gorgon_store_postgres::Options = input.options()?;
             let store = gorgon_store_postgres::PostgresStore::connect(options).await?;
-            Ok(Arc::new(store) as Arc<dyn gorgon_orchestration::Store>)
+            let relay = gorgon_store_postgres::PostgresRelay::new(&store);
+            Ok(WorkflowBackend::new(Arc::new(store)).with_relay(Arc::new(relay)))
         })
         .workflows("redis", |input| async move {
             let input = with_url(&input, input.redis_url())?;
             let options: gorgon_store_redis::Options = input.options()?;
             let store = gorgon_store_redis::RedisStore::connect(&options).await?;
-            Ok(Arc::new(store) as Arc<dyn gorgon_orchestration::Store>)
+            let relay = gorgon_store_redis::RedisRelay::connect(&options).await?;
+            Ok(WorkflowBackend::new(Arc::new(store)).with_relay(Arc::new(relay)))
         })
         .file("s3", |input| async move {
             let options: gorgon_file_s3::S3Options = input.options()?;

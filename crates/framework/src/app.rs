@@ -676,6 +676,7 @@ impl Prepared {
         let workflows = gorgon_workflows::App::with_options(
             EngineOptions {
                 store: infrastructure.store.clone(),
+                relay: infrastructure.relay.clone(),
                 ..EngineOptions::default()
             },
             services,

@@ -46,7 +46,7 @@ pub use job::{Job, Tick, When};
 pub use link::{Links, Side, define_link};
 pub use module::{Module, ModuleContext, NoOptions};
 pub use plugin::Plugin;
-pub use providers::{Infrastructure, Providers};
+pub use providers::{Infrastructure, Providers, WorkflowBackend};
 pub use query::{GraphRequest, GraphResponse, PageMetadata, Pagination, Query};
 pub use route::{Access, Route};
 pub use subscriber::{DeadLetter, DeadLetters, Event, Subscriber};

@@ -14,7 +14,7 @@ use gorgon_event_bus::{EventBus, LocalEventBus};
 use gorgon_file::FileStore;
 use gorgon_locking::{InMemoryLocker, Locker};
 use gorgon_notification::{Channel, Notifier, NotifierOptions, SharedRecord};
-use gorgon_orchestration::Store;
+use gorgon_orchestration::{EventRelay, Store};
 use serde_json::Value as Json;
 
 use crate::config::Config;
@@ -114,8 +114,8 @@ pub enum Provided {
     Cache(Arc<dyn Cache>),
     /// A locker.
     Locking(Arc<dyn Locker>),
-    /// A workflow store.
-    Workflows(Arc<dyn Store>),
+    /// A workflow store, with its event relay when it has one.
+    Workflows(WorkflowBackend),
     /// A file store.
     File(Arc<dyn FileStore>),
     /// A notification provider (routed to the configured channels).
@@ -177,7 +177,9 @@ impl Providers {
                 Ok(Arc::new(InMemoryLocker::new()) as Arc<dyn Locker>)
             })
             .workflows("memory", |_| async {
-                Ok(Arc::new(gorgon_orchestration::MemoryStore::new()) as Arc<dyn Store>)
+                Ok(WorkflowBackend::new(Arc::new(
+                    gorgon_orchestration::MemoryStore::new(),
+                )))
             })
             .workflows("sqlite", |input| async move {
                 let mut options: gorgon_store_sqlite::Options = input.options()?;
@@ -192,7 +194,7 @@ impl Providers {
                         .into_owned();
                 }
                 let store = gorgon_store_sqlite::SqliteStore::connect(options).await?;
-                Ok(Arc::new(store) as Arc<dyn Store>)
+                Ok(WorkflowBackend::new(Arc::new(store)))
             })
             .file("local", |input| async move {
                 let mut options: gorgon_file::LocalOptions = input.options()?;
@@ -234,7 +236,7 @@ impl Providers {
     );
     registrar!(
         /// Registers a workflow store factory under `name`.
-        workflows, Workflows, Arc<dyn Store>
+        workflows, Workflows, WorkflowBackend
     );
     registrar!(
         /// Registers a file store factory under `name`.
@@ -322,7 +324,7 @@ impl Providers {
             Some(Provided::EventBus(events)),
             Some(Provided::Cache(cache)),
             Some(Provided::Locking(locker)),
-            Some(Provided::Workflows(store)),
+            Some(Provided::Workflows(backend)),
             Some(Provided::File(files)),
             Some(Provided::Notification(notification)),
             Some(Provided::Analytics(sink)),
@@ -418,11 +420,34 @@ impl Providers {
             events,
             cache,
             locker,
-            store,
+            store: backend.store,
+            relay: backend.relay,
             files,
             notifier: builder.build(),
             analytics,
         })
+    }
+}
+
+/// A workflow store and, for stores shared between instances, the relay of their events.
+#[derive(Clone)]
+pub struct WorkflowBackend {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The event relay, if the store has one.
+    pub relay: Option<Arc<dyn EventRelay>>,
+}
+
+impl WorkflowBackend {
+    /// A store without a relay.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, relay: None }
+    }
+
+    /// With the relay that carries the store's events between instances.
+    pub fn with_relay(mut self, relay: Arc<dyn EventRelay>) -> Self {
+        self.relay = Some(relay);
+        self
     }
 }
 
@@ -437,6 +462,10 @@ pub struct Infrastructure {
     pub locker: Arc<dyn Locker>,
     /// Where workflow executions are stored.
     pub store: Arc<dyn Store>,
+    /// What carries the runs' events between instances (PostgreSQL `LISTEN`/`NOTIFY`, Redis
+    /// pub/sub), so that a live view on one instance sees the runs of all; `None` for
+    /// in-process stores.
+    pub relay: Option<Arc<dyn EventRelay>>,
     /// The file store.
     pub files: Arc<dyn FileStore>,
     /// The notification module.

@@ -161,6 +161,34 @@ expire_every_ms = 250
         }
     }
 
+    // Live events cross processes: a subscriber on server-a sees the job's runs, which only
+    // the worker and the shared instance execute (through the store's relay).
+    let created = command(root.path())
+        .args([
+            "user",
+            "create",
+            "-e",
+            "admin@cluster.test",
+            "-p",
+            "supersecret",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let seen = reqwest::first_event(
+        instances[0].port.unwrap(),
+        "/admin/workflows-executions/job-expire-restock-drafts/subscribe",
+        "event: onFinish",
+    );
+    assert!(
+        seen.contains("\"workflow_id\":\"job-expire-restock-drafts\""),
+        "{seen}"
+    );
+
     // Twelve events, emitted by yet another process.
     let added = command(root.path())
         .args([
@@ -320,6 +348,48 @@ expire_every_ms = 250
 }
 
 mod reqwest {
+    /// Logs in as the cluster's admin on `port`, opens the event stream at `path` and returns
+    /// what it carried until `until` appeared (10 s at most).
+    pub fn first_event(port: u16, path: &str, until: &str) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = ::reqwest::Client::new();
+            let login: serde_json::Value = client
+                .post(format!("http://127.0.0.1:{port}/auth/user/emailpass"))
+                .json(
+                    &serde_json::json!({"email": "admin@cluster.test", "password": "supersecret"}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let token = login["token"].as_str().expect("a token").to_owned();
+            let mut response = client
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let mut text = String::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !text.contains(until) {
+                let chunk = tokio::time::timeout_at(deadline, response.chunk())
+                    .await
+                    .unwrap_or_else(|_| panic!("no {until} within 10 s; got:\n{text}"))
+                    .unwrap()
+                    .expect("the stream stays open");
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text
+        })
+    }
+
     /// `GET /health` on a local port, answered as text.
     pub fn blocking_get(port: u16) -> String {
         let runtime = tokio::runtime::Builder::new_current_thread()
