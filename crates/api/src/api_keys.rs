@@ -136,18 +136,7 @@ async fn list_keys(State(app): State<App>, query: ListQuery) -> ApiResult<List> 
         .query()
         .graph(query.to_graph(ApiKey::meta(), KEY_FIELDS, 20))
         .await?;
-    let meta = page.metadata.unwrap_or(gorgon_framework::PageMetadata {
-        count: 0,
-        skip: 0,
-        take: None,
-    });
-    Ok(List {
-        key: "api_keys",
-        items: page.data,
-        count: meta.count,
-        offset: meta.skip,
-        limit: meta.take.unwrap_or(20),
-    })
+    Ok(List::page("api_keys", page, 20))
 }
 
 /// Creates a key.

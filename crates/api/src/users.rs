@@ -176,18 +176,7 @@ async fn list_users(State(app): State<App>, query: ListQuery) -> ApiResult<List>
     ])?;
     let request = query.to_graph(User::meta(), USER_FIELDS, 50);
     let page = app.query().graph(request).await?;
-    let meta = page.metadata.unwrap_or(gorgon_framework::PageMetadata {
-        count: 0,
-        skip: 0,
-        take: None,
-    });
-    Ok(List {
-        key: "users",
-        items: page.data,
-        count: meta.count,
-        offset: meta.skip,
-        limit: meta.take.unwrap_or(50),
-    })
+    Ok(List::page("users", page, 50))
 }
 
 /// One user.

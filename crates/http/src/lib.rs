@@ -45,6 +45,28 @@ pub struct List {
     pub limit: u64,
 }
 
+impl List {
+    /// The envelope of a Query page: its records under `key`, its count, offset and limit
+    /// (`default_limit` when the request set none).
+    pub fn page(
+        key: &'static str,
+        page: gorgon_framework::GraphResponse,
+        default_limit: u64,
+    ) -> Self {
+        let (count, offset, limit) = match page.metadata {
+            Some(meta) => (meta.count, meta.skip, meta.take.unwrap_or(default_limit)),
+            None => (page.data.len() as u64, 0, default_limit),
+        };
+        List {
+            key,
+            items: page.data,
+            count,
+            offset,
+            limit,
+        }
+    }
+}
+
 impl Serialize for List {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

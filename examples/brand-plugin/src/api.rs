@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use axum::Json;
 use axum::extract::{Path, State};
 use gorgon_data::{FindConfig, Model};
-use gorgon_framework::{App, PageMetadata, Route};
+use gorgon_framework::{App, Route};
 use gorgon_http::{ApiError, ApiResult, Body, List, ListQuery, one};
 use gorgon_workflows::Workflow;
 use serde::{Deserialize, Serialize};
@@ -160,18 +160,7 @@ async fn list_brands(State(app): State<App>, query: ListQuery) -> ApiResult<List
         .query()
         .graph(query.to_graph(Brand::meta(), FIELDS, 20))
         .await?;
-    let meta = page.metadata.unwrap_or(PageMetadata {
-        count: 0,
-        skip: 0,
-        take: None,
-    });
-    Ok(List {
-        key: "brands",
-        items: page.data,
-        count: meta.count,
-        offset: meta.skip,
-        limit: meta.take.unwrap_or(20),
-    })
+    Ok(List::page("brands", page, 20))
 }
 
 /// Creates a brand (the `create-brand` workflow).

@@ -19,7 +19,71 @@ use crate::supplier::{RestockOrder, SupplierService};
 
 /// The shop's routes.
 pub fn routes() -> Vec<Route> {
-    vec![Route::new(routes!(create_restock_order))]
+    vec![
+        Route::new(routes!(create_restock_order)),
+        Route::new(routes!(list_suppliers)),
+    ]
+}
+
+/// `{suppliers, count, offset, limit}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SupplierList {
+    /// The suppliers (keys depend on `fields`; `*brands` adds the linked brands).
+    #[schema(value_type = Vec<Object>)]
+    pub suppliers: Vec<serde_json::Value>,
+    /// How many match.
+    pub count: u64,
+    /// Skipped.
+    pub offset: u64,
+    /// Page size.
+    pub limit: u64,
+}
+
+/// List parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SupplierListParams {
+    /// Keys to return.
+    fields: Option<String>,
+    /// Page size (default 20).
+    limit: Option<u64>,
+    /// Skipped.
+    offset: Option<u64>,
+    /// Order.
+    order: Option<String>,
+    /// Free text over names.
+    q: Option<String>,
+    /// Only these ids.
+    id: Option<String>,
+    /// Only this name.
+    name: Option<String>,
+}
+
+/// Lists suppliers (through Query, so `fields=*brands` follows the supplier ↔ brand link).
+#[utoipa::path(get, path = "/admin/suppliers", tag = "Suppliers", params(SupplierListParams),
+    responses((status = 200, body = SupplierList)))]
+async fn list_suppliers(
+    State(app): State<App>,
+    query: gorgon_http::ListQuery,
+) -> ApiResult<gorgon_http::List> {
+    use gorgon_data::Model as _;
+    query.allow(&["id", "name", "email", "created_at", "updated_at"])?;
+    let request = query.to_graph(
+        crate::supplier::Supplier::meta(),
+        &[
+            "id",
+            "name",
+            "email",
+            "accepts_orders",
+            "created_at",
+            "updated_at",
+            "deleted_at",
+        ],
+        20,
+    );
+    let page = app.query().graph(request).await?;
+    Ok(gorgon_http::List::page("suppliers", page, 20))
 }
 
 /// The restock workflow, compiled once.

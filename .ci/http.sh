@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Schemathesis (from PyPI) against the example shop's /openapi.json, served by a real process:
-# no 5xx, and every response valid against the schema. Needs target/debug/shop (cargo test
-# builds it). The live-event routes never end by design and are left out.
+# The example shop served by a real process, then:
+#  1. the README's curl examples (every route family), each call checked;
+#  2. schemathesis (from PyPI) against its /openapi.json: no 5xx, every response valid against
+#     the schema. The live-event routes never end by design and are left out.
+# Needs target/debug/shop (cargo test builds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +24,7 @@ port = $PORT
 TOML
 export RUST_LOG=warn
 "$SHOP" --root "$DIR" db migrate >/dev/null
-"$SHOP" --root "$DIR" user create -e admin@schemathesis.test -p supersecret >/dev/null
+"$SHOP" --root "$DIR" user create -e admin@example.com -p supersecret >/dev/null
 "$SHOP" --root "$DIR" exec seed >/dev/null
 "$SHOP" --root "$DIR" start > "$DIR/server.log" 2>&1 &
 SERVER=$!
@@ -32,8 +34,18 @@ for _ in $(seq 1 100); do
 done
 TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PORT/auth/user/emailpass" \
   -H 'content-type: application/json' \
-  -d '{"email":"admin@schemathesis.test","password":"supersecret"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  -d '{"email":"admin@example.com","password":"supersecret"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 
+# 1. The README's examples, against this server.
+sed -n '/<!-- curl-examples:start -->/,/<!-- curl-examples:end -->/p' README.md \
+  | sed '1,2d;$d' | sed '$d' \
+  | sed "s|^BASE=http://localhost:9000|BASE=http://127.0.0.1:$PORT|" > "$DIR/examples.sh"
+if ! bash -euo pipefail "$DIR/examples.sh" > "$DIR/examples.log" 2>&1; then
+  echo "the README's curl examples failed:"; cat "$DIR/examples.log"; tail -n 30 "$DIR/server.log"; exit 1
+fi
+echo "README curl examples: $(grep -c '^curl\|^[A-Z]*=\$(curl' "$DIR/examples.sh") calls passed"
+
+# 2. Schemathesis.
 status=0
 schemathesis run "http://127.0.0.1:$PORT/openapi.json" \
   -H "Authorization: Bearer $TOKEN" \
