@@ -986,3 +986,73 @@ async fn openapi_document_matches_its_reviewed_snapshot() {
         ".info.version" => "[version]",
     });
 }
+
+/// The same router over a real socket: a keep-alive client, a slow request finishing during a
+/// graceful shutdown, and nothing accepted after it.
+#[tokio::test]
+async fn serves_over_a_real_socket_and_drains_on_shutdown() {
+    let test = boot("sqlite").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = test.app.clone();
+    let server = tokio::spawn(async move {
+        gorgon_http::serve(&app, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = reqwest::Client::new();
+    let base = format!("http://{address}");
+    let health = client.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(health.headers().contains_key("x-request-id"));
+    assert_eq!(health.text().await.unwrap(), "OK");
+    let me: Value = client
+        .get(format!("{base}/admin/users/me"))
+        .bearer_auth(&test.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["email"], "admin@example.com");
+    let refused = client
+        .get(format!("{base}/admin/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // A run in flight when the shutdown starts still gets its answer.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{base}/admin/workflows-executions/test-order/run");
+        let token = test.token.clone();
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"input": {"item": "desk"}}))
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stop.send(()).unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops")
+        .unwrap();
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .is_err(),
+        "nothing listens after the shutdown"
+    );
+}

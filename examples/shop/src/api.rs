@@ -22,7 +22,79 @@ pub fn routes() -> Vec<Route> {
     vec![
         Route::new(routes!(create_restock_order)),
         Route::new(routes!(list_suppliers)),
+        Route::new(routes!(my_loyalty_account)),
+        Route::new(routes!(loyalty_account)),
     ]
+}
+
+/// `{loyalty_account}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoyaltyAccountResponse {
+    /// The account.
+    #[schema(value_type = Object)]
+    pub loyalty_account: crate::loyalty::LoyaltyAccount,
+}
+
+fn customer(auth: gorgon_http::MaybeAuth) -> ApiResult<String> {
+    match auth.0 {
+        Some(context) if context.actor_type == "customer" && !context.actor_id.is_empty() => {
+            Ok(context.actor_id)
+        }
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+async fn account_of(
+    app: &App,
+    customer_id: &str,
+) -> ApiResult<Option<crate::loyalty::LoyaltyAccount>> {
+    let loyalty = app
+        .service::<crate::loyalty::LoyaltyService>()
+        .ok_or_else(|| ApiError::internal("the loyalty module is disabled"))?;
+    Ok(loyalty
+        .accounts
+        .list(
+            serde_json::json!({ "customer_id": customer_id }),
+            FindConfig::new().take(1),
+        )
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// The logged-in customer's loyalty account.
+#[utoipa::path(get, path = "/store/loyalty-accounts/me", tag = "Loyalty",
+    responses((status = 200, body = LoyaltyAccountResponse), (status = 401, body = gorgon_http::ErrorBody),
+        (status = 404, body = gorgon_http::ErrorBody)))]
+async fn my_loyalty_account(
+    State(app): State<App>,
+    auth: gorgon_http::MaybeAuth,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let customer = customer(auth)?;
+    let account = account_of(&app, &customer)
+        .await?
+        .ok_or_else(|| ApiError::not_found("You have no loyalty account yet"))?;
+    one("loyalty_account", account)
+}
+
+/// A loyalty account by id: only its own customer reads it; any other caller is told it does
+/// not exist, as Medusa answers for another customer's order.
+#[utoipa::path(get, path = "/store/loyalty-accounts/{id}", tag = "Loyalty",
+    params(("id" = String, Path, description = "The account's id")),
+    responses((status = 200, body = LoyaltyAccountResponse), (status = 401, body = gorgon_http::ErrorBody),
+        (status = 404, body = gorgon_http::ErrorBody)))]
+async fn loyalty_account(
+    State(app): State<App>,
+    auth: gorgon_http::MaybeAuth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let customer = customer(auth)?;
+    match account_of(&app, &customer).await? {
+        Some(account) if account.id == id => one("loyalty_account", account),
+        _ => Err(ApiError::not_found(format!(
+            "Loyalty account with id: {id} was not found"
+        ))),
+    }
 }
 
 /// `{suppliers, count, offset, limit}`.

@@ -1039,3 +1039,125 @@ async fn brand_routes_create_list_update_delete() {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }
+
+#[tokio::test]
+async fn a_customer_reads_only_their_own_loyalty_account() {
+    use axum::http::{Method, StatusCode};
+    let (test, client) = boot_http("sqlite").await;
+    let loyalty = test.service::<LoyaltyService>();
+    let ada = loyalty
+        .add_points("cus_ada", "ada@example.test", 100)
+        .await
+        .unwrap();
+    let bob = loyalty
+        .add_points("cus_bob", "bob@example.test", 200)
+        .await
+        .unwrap();
+    let (_, key) = client
+        .admin(
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({ "title": "storefront", "type": "publishable" })),
+        )
+        .await;
+    let pk = key["api_key"]["token"].as_str().unwrap().to_owned();
+    // Customers come from the customer module with the commerce modules; a token for one is
+    // what `/auth/customer/emailpass` issues once it exists.
+    let token = |actor: &str| {
+        gorgon_http::Jwt::of(&test.app)
+            .issue(
+                &gorgon_http::AuthContext {
+                    actor_id: actor.into(),
+                    actor_type: "customer".into(),
+                    auth_identity_id: format!("authid_{actor}"),
+                    app_metadata: json!({ "customer_id": actor }),
+                    method: None,
+                },
+                Value::Null,
+            )
+            .unwrap()
+    };
+    let as_ada = format!("Bearer {}", token("cus_ada"));
+    let get = |path: String, headers: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client.call(Method::GET, &path, &headers, None).await
+        }
+    };
+    let (status, _, own) = get(
+        "/store/loyalty-accounts/me".into(),
+        vec![
+            ("x-publishable-api-key", pk.clone()),
+            ("authorization", as_ada.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(own["loyalty_account"]["points"], 100);
+    let (status, _, _) = get(
+        format!("/store/loyalty-accounts/{}", ada.id),
+        vec![
+            ("x-publishable-api-key", pk.clone()),
+            ("authorization", as_ada.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, other) = get(
+        format!("/store/loyalty-accounts/{}", bob.id),
+        vec![
+            ("x-publishable-api-key", pk.clone()),
+            ("authorization", as_ada.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{other}");
+    // A user's token is not a customer's; no token is a guest.
+    let (status, _, _) = get(
+        "/store/loyalty-accounts/me".into(),
+        vec![
+            ("x-publishable-api-key", pk.clone()),
+            ("authorization", format!("Bearer {}", client.token)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = get(
+        "/store/loyalty-accounts/me".into(),
+        vec![("x-publishable-api-key", pk.clone())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = get(
+        "/store/loyalty-accounts/me".into(),
+        vec![("authorization", as_ada.clone())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no publishable key");
+    // Every store route refuses a missing or unknown publishable key, token or not.
+    let store_routes: Vec<String> = test
+        .app
+        .routes()
+        .iter()
+        .filter(|r| r.path().starts_with("/store"))
+        .map(|r| r.path().replace("{id}", &ada.id))
+        .collect();
+    assert!(store_routes.len() >= 2);
+    for path in store_routes {
+        for key in [None, Some("pk_unknown"), Some("not-a-key")] {
+            let mut headers = vec![("authorization", as_ada.clone())];
+            if let Some(key) = key {
+                headers.push(("x-publishable-api-key", key.to_owned()));
+            }
+            let (status, _, body) = get(path.clone(), headers).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{path} with {key:?}: {body}"
+            );
+            assert_eq!(body["type"], "not_allowed");
+        }
+    }
+}
