@@ -324,14 +324,21 @@ where
                     let auth = app
                         .service::<gorgon_api::auth_module::AuthService>()
                         .ok_or("the auth module is disabled")?;
-                    let identity = auth.register(&email, &password).await?;
-                    let user = users
-                        .create_user(gorgon_api::user::NewUser {
-                            email: email.clone(),
-                            ..Default::default()
+                    // The identity and the user together, or neither.
+                    let user = app
+                        .db()
+                        .transaction(|| async {
+                            let identity = auth.register(&email, &password).await?;
+                            let user = users
+                                .create_user(gorgon_api::user::NewUser {
+                                    email: email.clone(),
+                                    ..Default::default()
+                                })
+                                .await?;
+                            auth.link_actor(&identity.id, "user", &user.id).await?;
+                            Ok::<_, BoxError>(user)
                         })
                         .await?;
-                    auth.link_actor(&identity.id, "user", &user.id).await?;
                     println!("created user {} ({email})", user.id);
                 }
                 UserCommand::Invite { email } => {

@@ -46,6 +46,37 @@ fn a_fresh_folder_migrates_then_starts_and_stops() {
         "{}",
         String::from_utf8_lossy(&doctor.stderr)
     );
+    // Admin users from the command line: created, then refused twice; an invite's token.
+    let created = gorgon(
+        root.path(),
+        &[
+            "user",
+            "create",
+            "-e",
+            "ops@example.com",
+            "-p",
+            "a password",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(String::from_utf8_lossy(&created.stdout).contains("created user user_"));
+    let twice = gorgon(
+        root.path(),
+        &["user", "create", "-e", "ops@example.com", "-p", "another"],
+    );
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("Identity with email already exists"));
+    let invited = gorgon(root.path(), &["user", "invite", "-e", "new@example.com"]);
+    assert!(
+        invited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&invited.stderr)
+    );
+    assert!(String::from_utf8_lossy(&invited.stdout).contains("token inv_"));
     // A worker-only instance on in-process providers would never see the servers' events.
     let split = gorgon(root.path(), &["start", "--mode", "worker"]);
     assert!(!split.status.success());

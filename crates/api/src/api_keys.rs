@@ -21,7 +21,7 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-const KEY_FIELDS: &[&str] = &[
+pub(crate) const KEY_FIELDS: &[&str] = &[
     "id",
     "token",
     "redacted",

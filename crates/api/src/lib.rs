@@ -6,24 +6,29 @@
 //! |---|---|
 //! | auth | `POST /auth/{actor}/emailpass`, `…/register`, `…/reset-password`, `…/update`, `POST /auth/token/refresh`, `POST`/`DELETE /auth/session` |
 //! | users | `GET /admin/users/me`, `GET /admin/users`, `GET /admin/users/{id}`, `POST /admin/invites`, `POST /admin/invites/accept` |
-//! | API keys | `GET`/`POST /admin/api-keys`, `GET`/`DELETE /admin/api-keys/{id}`, `POST /admin/api-keys/{id}/revoke` |
+//! | API keys | `GET`/`POST /admin/api-keys`, `GET`/`DELETE /admin/api-keys/{id}`, `POST /admin/api-keys/{id}/revoke`, `POST /admin/api-keys/{id}/sales-channels` |
+//! | sales channels | `GET`/`POST /admin/sales-channels`, `GET`/`POST`/`DELETE /admin/sales-channels/{id}` |
 //! | workflow executions | `GET /admin/workflows-executions`, `GET …/{id}`, `GET …/{workflow_id}/{transaction_id}`, `POST …/{workflow_id}/run`, `POST …/{workflow_id}/steps/success\|failure`, `POST …/{workflow_id}/{transaction_id}/cancel\|retry`, `GET …/{workflow_id}/subscribe`, `GET …/{workflow_id}/{transaction_id}/subscribe` |
 
 mod api_keys;
 mod auth;
 mod executions;
+mod sales_channels;
 mod users;
 
 use std::sync::Arc;
 
 use gorgon_framework::{App, AppBuilder, BoxError, NoOptions, Plugin, Route};
+use gorgon_framework::{Side, define_link};
 use gorgon_http::{ApiError, AuthContext, Credentials, PublishableKey};
-use gorgon_module_api_key::{ApiKeyModule, ApiKeyService};
+use gorgon_module_api_key::{ApiKey, ApiKeyModule, ApiKeyService};
 use gorgon_module_auth::AuthModule;
+use gorgon_module_sales_channel::{SalesChannel, SalesChannelModule};
 use gorgon_module_user::UserModule;
 
 pub use gorgon_module_api_key as api_key;
 pub use gorgon_module_auth as auth_module;
+pub use gorgon_module_sales_channel as sales_channel;
 pub use gorgon_module_user as user;
 
 /// Every core route.
@@ -32,11 +37,12 @@ pub fn routes() -> Vec<Route> {
     routes.extend(users::routes());
     routes.extend(api_keys::routes());
     routes.extend(executions::routes());
+    routes.extend(sales_channels::routes());
     routes
 }
 
-/// The core plugin: the user, auth and API key modules, the key checks the guards use, and
-/// every core route.
+/// The core plugin: the user, auth, API key and sales channel modules, the key ↔ channel link,
+/// the key checks the guards use, and every core route.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CorePlugin;
 
@@ -51,12 +57,31 @@ impl Plugin for CorePlugin {
         app.module(UserModule)
             .module(AuthModule)
             .module(ApiKeyModule)
+            .module(SalesChannelModule)
+            // A publishable key scopes a storefront to its channels.
+            .link(define_link(
+                Side::of::<ApiKey>().list(),
+                Side::of::<SalesChannel>().list(),
+            ))
             .service::<dyn Credentials>(Arc::new(ApiKeyCredentials));
         for route in routes() {
             app.route(route);
         }
         Ok(())
     }
+}
+
+/// The ids of the sales channels a key is linked to.
+pub(crate) async fn channels_of(app: &App, key_id: &str) -> Result<Vec<String>, ApiError> {
+    let rows = app
+        .links()
+        .list(serde_json::json!({ "api_key": { "api_key_id": key_id } }))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| row.get("sales_channel_id").and_then(|v| v.as_str()))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The guards' key checks, over the API key module.
@@ -99,10 +124,13 @@ impl Credentials for ApiKeyCredentials {
                 .publishable(token)
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok(key.map(|key| PublishableKey {
+            let Some(key) = key else {
+                return Ok(None);
+            };
+            Ok(Some(PublishableKey {
+                sales_channel_ids: channels_of(app, &key.id).await?,
                 id: key.id,
                 token: key.token,
-                sales_channel_ids: Vec::new(),
             }))
         })
     }

@@ -78,6 +78,10 @@ async fn hello_store() -> &'static str {
     "hello"
 }
 
+async fn store_channels(key: gorgon_http::PublishableKey) -> axum::Json<Vec<String>> {
+    axum::Json(key.sales_channel_ids)
+}
+
 async fn panics() -> &'static str {
     panic!("a handler bug")
 }
@@ -89,6 +93,12 @@ struct TestApp {
 }
 
 async fn boot(database: &str) -> TestApp {
+    boot_with(database, |_| {}).await
+}
+
+/// The test application with `more` registered after everything else (the application's
+/// layer).
+async fn boot_with(database: &str, more: impl FnOnce(&mut AppBuilder)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let url = match database {
         "sqlite" => format!(
@@ -124,9 +134,15 @@ async fn boot(database: &str) -> TestApp {
         ))
         .route(Route::undocumented(
             Method::GET,
+            "/store/channels",
+            axum::routing::get(store_channels),
+        ))
+        .route(Route::undocumented(
+            Method::GET,
             "/admin/panics",
             axum::routing::get(panics),
         ));
+    more(&mut builder);
     let prepared = builder.prepare(config).await.unwrap();
     prepared.migrations().migrate(|_| {}).await.unwrap();
     let app = prepared.build().await.unwrap();
@@ -345,8 +361,91 @@ async fn store_routes_need_a_publishable_key() {
         )
         .await;
     assert_eq!((status, body), (StatusCode::OK, json!("hello")));
+    // The key carries its sales channels into store requests.
+    let mut channels = Vec::new();
+    for name in ["Web", "App"] {
+        let (status, created) = test
+            .admin(
+                Method::POST,
+                "/admin/sales-channels",
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        channels.push(created["sales_channel"]["id"].as_str().unwrap().to_owned());
+    }
+    let id = created["api_key"]["id"].as_str().unwrap().to_owned();
+    let (status, linked) = test
+        .admin(
+            Method::POST,
+            &format!("/admin/api-keys/{id}/sales-channels"),
+            Some(json!({"add": channels})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{linked}");
+    assert_eq!(
+        linked["api_key"]["sales_channels"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (_, _, scoped) = test
+        .call(
+            Method::GET,
+            "/store/channels",
+            &[("x-publishable-api-key", &pk)],
+            None,
+        )
+        .await;
+    let mut scoped: Vec<String> = serde_json::from_value(scoped).unwrap();
+    scoped.sort();
+    let mut expected = channels.clone();
+    expected.sort();
+    assert_eq!(scoped, expected);
+    let (_, unlinked) = test
+        .admin(
+            Method::POST,
+            &format!("/admin/api-keys/{id}/sales-channels"),
+            Some(json!({"remove": [channels[0]]})),
+        )
+        .await;
+    assert_eq!(
+        unlinked["api_key"]["sales_channels"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (_, _, scoped) = test
+        .call(
+            Method::GET,
+            "/store/channels",
+            &[("x-publishable-api-key", &pk)],
+            None,
+        )
+        .await;
+    assert_eq!(scoped, json!([channels[1]]));
+    // Only publishable keys have channels.
+    let (_, secret) = test
+        .admin(
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({"title": "erp", "type": "secret"})),
+        )
+        .await;
+    let (status, error) = test
+        .admin(
+            Method::POST,
+            &format!(
+                "/admin/api-keys/{}/sales-channels",
+                secret["api_key"]["id"].as_str().unwrap()
+            ),
+            Some(json!({"add": [channels[1]]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
     // Revoked: refused again.
-    let id = created["api_key"]["id"].as_str().unwrap();
     test.admin(Method::POST, &format!("/admin/api-keys/{id}/revoke"), None)
         .await;
     let (status, _, _) = test
@@ -1054,5 +1153,64 @@ async fn serves_over_a_real_socket_and_drains_on_shutdown() {
             .await
             .is_err(),
         "nothing listens after the shutdown"
+    );
+}
+
+async fn my_profile() -> &'static str {
+    "the application's own profile"
+}
+
+/// The application's routes replace the core's (and its plugins') with the same methods and
+/// path; two routes of one layer on one path are a boot problem.
+#[tokio::test]
+async fn the_application_overrides_a_core_route() {
+    let test = boot_with("sqlite", |builder| {
+        builder.route(Route::undocumented(
+            Method::GET,
+            "/admin/users/me",
+            axum::routing::get(my_profile),
+        ));
+    })
+    .await;
+    let (status, body) = test.admin(Method::GET, "/admin/users/me", None).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!("the application's own profile"))
+    );
+    // Still behind the admin guard.
+    let (status, _, _) = test.call(Method::GET, "/admin/users/me", &[], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gorgon.toml"),
+        format!(
+            "[project]\ndatabase_url = \"sqlite://{}\"\n",
+            dir.path().join("x.db").display()
+        ),
+    )
+    .unwrap();
+    let config = Loader::new()
+        .root(dir.path())
+        .profile(Profile::Dev)
+        .env(BTreeMap::new())
+        .load()
+        .unwrap();
+    let mut builder = AppBuilder::new();
+    builder
+        .route(Route::undocumented(
+            Method::GET,
+            "/twice",
+            axum::routing::get(my_profile),
+        ))
+        .route(Route::undocumented(
+            Method::GET,
+            "/twice",
+            axum::routing::get(my_profile),
+        ));
+    let error = builder.prepare(config).await.unwrap_err().to_string();
+    assert!(
+        error.contains("route `GET /twice` is registered twice"),
+        "{error}"
     );
 }
