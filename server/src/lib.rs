@@ -226,6 +226,8 @@ where
 {
     let mut config = load(&cli)?;
     let mut builder = builder(&config)?;
+    // The core API, then the dashboard, ahead of every plugin: any of them may override.
+    builder.plugin_first(gorgon_admin_ui::AdminUiPlugin);
     builder.plugin_first(gorgon_api::CorePlugin);
     providers::register(builder.providers());
     match cli.command {

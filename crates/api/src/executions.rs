@@ -198,8 +198,8 @@ pub struct SuccessResponse {
     pub success: bool,
 }
 
-/// `wf_exec_<ULID of the run id>`.
-fn execution_id(run_id: &str) -> String {
+/// `wf_exec_<ULID of the run id>`: the id an execution is known by in the admin API.
+pub fn execution_id(run_id: &str) -> String {
     match uuid::Uuid::parse_str(run_id) {
         Ok(uuid) => format!("wf_exec_{}", ulid::Ulid::from(uuid.as_u128())),
         Err(_) => format!("wf_exec_{run_id}"),
@@ -255,15 +255,22 @@ fn millis(field: &str, op: &str, value: &Value) -> Result<u64, ApiError> {
         })
 }
 
-/// What a list asks for, split into what the store filters and what is checked after.
-#[derive(Debug, Default)]
-struct Wanted {
-    workflows: Vec<String>,
-    transactions: Vec<String>,
-    states: Vec<TransactionState>,
-    created_from: Option<u64>,
-    created_before: Option<u64>,
-    q: Option<String>,
+/// Which executions a listing wants: what the store filters (one workflow, states, creation
+/// time) and what is checked after (several workflows, transaction ids, free text).
+#[derive(Debug, Default, Clone)]
+pub struct Wanted {
+    /// Only these workflows (any when empty).
+    pub workflows: Vec<String>,
+    /// Only these transaction ids (any when empty).
+    pub transactions: Vec<String>,
+    /// Only in these states (any when empty).
+    pub states: Vec<TransactionState>,
+    /// Created at or after (engine clock, ms).
+    pub created_from: Option<u64>,
+    /// Created before (engine clock, ms).
+    pub created_before: Option<u64>,
+    /// Text in the workflow or transaction id.
+    pub q: Option<String>,
 }
 
 impl Wanted {
@@ -333,7 +340,7 @@ impl Wanted {
 
 /// Every stored summary `wanted` keeps, newest first. The store filters by workflow, state
 /// and time; the rest is checked here, page by page.
-async fn scan(app: &App, wanted: &Wanted) -> ApiResult<Vec<TransactionSummary>> {
+pub async fn scan(app: &App, wanted: &Wanted) -> ApiResult<Vec<TransactionSummary>> {
     let engine = app.workflows().engine();
     let mut filter = TransactionFilter {
         workflow: (wanted.workflows.len() == 1).then(|| wanted.workflows[0].as_str().into()),

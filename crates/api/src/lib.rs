@@ -12,7 +12,7 @@
 
 mod api_keys;
 mod auth;
-mod executions;
+pub mod executions;
 mod sales_channels;
 mod users;
 
