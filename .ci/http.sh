@@ -9,32 +9,7 @@ cd "$(dirname "$0")/.."
 
 SHOP="${SHOP:-target/debug/shop}"
 PORT="${PORT:-9311}"
-DIR="$(mktemp -d)"
-cleanup() {
-  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-cat > "$DIR/gorgon.toml" <<TOML
-[project]
-database_url = "sqlite://$DIR/shop.db"
-[project.http]
-port = $PORT
-TOML
-export RUST_LOG=warn
-"$SHOP" --root "$DIR" db migrate >/dev/null
-"$SHOP" --root "$DIR" user create -e admin@example.com -p supersecret >/dev/null
-"$SHOP" --root "$DIR" exec seed >/dev/null
-"$SHOP" --root "$DIR" start > "$DIR/server.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PORT/auth/user/emailpass" \
-  -H 'content-type: application/json' \
-  -d '{"email":"admin@example.com","password":"supersecret"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+. "$(dirname "$0")/shop-server.sh"
 
 # 1. The README's examples, against this server.
 sed -n '/<!-- curl-examples:start -->/,/<!-- curl-examples:end -->/p' README.md \

@@ -12,29 +12,7 @@ cargo build --release -q -p gorgon-example-shop
 SHOP=target/release/shop
 PORT="${PORT:-9312}"
 DURATION="${DURATION:-10s}"
-DIR="$(mktemp -d)"
-cleanup() {
-  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-cat > "$DIR/gorgon.toml" <<TOML
-[project]
-database_url = "sqlite://$DIR/shop.db"
-[project.http]
-port = $PORT
-TOML
-export RUST_LOG=warn
-"$SHOP" --root "$DIR" db migrate >/dev/null
-"$SHOP" --root "$DIR" user create -e admin@load.test -p supersecret >/dev/null
-"$SHOP" --root "$DIR" exec seed >/dev/null
-"$SHOP" --root "$DIR" start > "$DIR/server.log" 2>&1 &
-SERVER=$!
-BASE="http://127.0.0.1:$PORT"
-for _ in $(seq 1 100); do curl -fsS "$BASE/health" >/dev/null 2>&1 && break; sleep 0.1; done
-TOKEN=$(curl -fsS -X POST "$BASE/auth/user/emailpass" -H 'content-type: application/json' \
-  -d '{"email":"admin@load.test","password":"supersecret"}' | jq -r .token)
-SUPPLIER=$(curl -fsS "$BASE/admin/suppliers?fields=id&limit=1" -H "authorization: Bearer $TOKEN" | jq -r '.suppliers[0].id')
+. .ci/shop-server.sh
 BODY="{\"supplier_id\":\"$SUPPLIER\",\"items\":[{\"product_id\":\"prod_1\",\"quantity\":1,\"unit_cost\":1}]}"
 seq 1 1000 | xargs -P 4 -I{} curl -fsS -o /dev/null -X POST "$BASE/admin/restock-orders" \
   -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$BODY"

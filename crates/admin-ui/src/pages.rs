@@ -395,7 +395,11 @@ pub async fn detail(
         percent: (done * 100).checked_div(total).unwrap_or(0),
         started: detail.created_at.map(view::time).unwrap_or_default(),
         payload,
-        steps: detail.steps.iter().map(StepView::of).collect(),
+        steps: detail
+            .steps
+            .iter()
+            .map(|s| StepView::of(&flow, s))
+            .collect(),
         graph: view::graph(&flow, &detail),
         node_w: NODE_W,
         node_h: NODE_H,

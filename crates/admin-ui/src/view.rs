@@ -30,17 +30,23 @@ pub fn finished(state: TransactionState) -> bool {
     )
 }
 
-/// The class (and legend name) of a step's color.
-pub fn step_class(step: &StepDetail) -> &'static str {
+/// Whether a step's invoke is asynchronous (it waits for an answer from outside).
+pub fn is_async(flow: &Flow, step: &StepDetail) -> bool {
+    flow.steps()[step.index].options.is_async.unwrap_or(false)
+}
+
+/// The class (and legend name) of a step's color: `waiting` is an async step waiting for its
+/// answer from outside; a synchronous step whose handler runs is `invoking`.
+pub fn step_class(step: &StepDetail, is_async: bool) -> &'static str {
     match (step.compensate.state, step.invoke.state, step.invoke.status) {
         (StepState::Compensating, _, _) => "compensating",
+        // The step that failed stays failed, though its side is marked reverted after.
+        (_, StepState::Failed, _) | (StepState::Failed, _, _) => "failed",
         (StepState::Reverted, _, _) => "reverted",
-        (StepState::Failed, _, _) => "failed",
-        (_, _, StepStatus::Waiting) => "waiting",
+        (_, StepState::Invoking, StepStatus::Waiting) if is_async => "waiting",
         (_, StepState::NotStarted, _) => "not-started",
         (_, StepState::Invoking, _) => "invoking",
         (_, StepState::Done, _) => "done",
-        (_, StepState::Failed, _) => "failed",
         (_, StepState::Skipped | StepState::SkippedFailure, _) => "skipped",
         (_, StepState::Timeout, _) => "timeout",
         _ => "not-started",
@@ -93,12 +99,13 @@ fn pretty(data: &Option<gorgon_orchestration::Data>) -> Option<String> {
 }
 
 impl StepView {
-    /// The view of `step`.
-    pub fn of(step: &StepDetail) -> Self {
+    /// The view of `step` of `flow`.
+    pub fn of(flow: &Flow, step: &StepDetail) -> Self {
+        let is_async = is_async(flow, step);
         Self {
             id: step.id.clone(),
             action: step.action.clone(),
-            class: step_class(step),
+            class: step_class(step, is_async),
             invoke: format!("{} / {}", step.invoke.state, step.invoke.status),
             compensate: format!("{} / {}", step.compensate.state, step.compensate.status),
             attempts: step.attempts,
@@ -111,7 +118,9 @@ impl StepView {
                 .iter()
                 .map(|e| format!("{}: {}", e.handler, e.error.message))
                 .collect(),
-            waiting: step.invoke.status == StepStatus::Waiting,
+            waiting: is_async
+                && step.invoke.state == StepState::Invoking
+                && step.invoke.status == StepStatus::Waiting,
         }
     }
 }
@@ -194,7 +203,7 @@ pub fn graph(flow: &Flow, detail: &ExecutionDetail) -> Graph {
             .steps
             .iter()
             .find(|s| s.index == index)
-            .map(step_class)
+            .map(|s| step_class(s, is_async(flow, s)))
             .unwrap_or("not-started")
     };
     let position = |index: usize| {

@@ -44,6 +44,20 @@ async fn refuse(_reserved: String) -> StepResult<String, ()> {
     Err(StepFailure::permanent("the warehouse refused"))
 }
 
+/// Released by the test: the `slow` step waits for it.
+static RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+async fn slow(input: OrderInput) -> StepResult<String> {
+    RELEASE.notified().await;
+    Ok(StepResponse::new(format!("slowly {}", input.item)))
+}
+
+/// `test-slow`: one step that runs until the test releases it.
+fn slow_workflow() -> Workflow<OrderInput, String> {
+    let step = gorgon_workflows::Step::new("slow", slow);
+    Workflow::define_with("test-slow", stored(), move |b, input| b.step(&step, input)).unwrap()
+}
+
 fn stored() -> WorkflowOptions {
     WorkflowOptions {
         store: Some(true),
@@ -127,6 +141,7 @@ async fn boot_with(database: &str, more: impl FnOnce(&mut AppBuilder)) -> TestAp
         .plugin(CorePlugin)
         .workflow(&order_workflow())
         .workflow(&refused_workflow())
+        .workflow(&slow_workflow())
         .route(Route::undocumented(
             Method::GET,
             "/store/hello",
@@ -1213,4 +1228,56 @@ async fn the_application_overrides_a_core_route() {
         error.contains("route `GET /twice` is registered twice"),
         "{error}"
     );
+}
+
+/// A run whose step is running is shown as it stands (the step invoking), at once, not after
+/// the step ends: a dashboard watches long steps.
+#[tokio::test]
+async fn a_running_step_is_shown_while_it_runs() {
+    let test = boot("sqlite").await;
+    let client = test.client.clone();
+    let run = tokio::spawn(async move {
+        client
+            .admin(
+                Method::POST,
+                "/admin/workflows-executions/test-slow/run",
+                Some(json!({"input": {"item": "kiln"}, "transaction_id": "slow-1"})),
+            )
+            .await
+    });
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(2),
+            test.admin(
+                Method::GET,
+                "/admin/workflows-executions/test-slow/slow-1?fields=state,execution",
+                None,
+            ),
+        )
+        .await
+        .expect("the detail answers while the step runs");
+        if status == StatusCode::OK {
+            seen = body["workflow_execution"]["execution"]["steps"]["_root.slow"]["invoke"].clone();
+            if seen["state"] == "invoking" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen,
+        json!({"state": "invoking", "status": "waiting_response"})
+    );
+    RELEASE.notify_one();
+    let (status, body) = run.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, done) = test
+        .admin(
+            Method::GET,
+            "/admin/workflows-executions/test-slow/slow-1?fields=state",
+            None,
+        )
+        .await;
+    assert_eq!(done["workflow_execution"]["state"], "done");
 }

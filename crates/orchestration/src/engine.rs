@@ -1344,17 +1344,33 @@ impl Engine {
         }
     }
 
-    /// A snapshot of a transaction: the copy this engine is advancing, else the stored one.
+    /// A snapshot of a transaction: the copy this engine is advancing (the stored copy while
+    /// one of its steps runs, rather than waiting for the step), else the stored one.
     pub async fn get(&self, workflow: &str, transaction: &str) -> Result<Execution> {
         let registered = self.registered(workflow)?;
         check_transaction_id(transaction)?;
         let key = TransactionKey::new(registered.flow.workflow_arc().clone(), transaction);
         let live = self.inner.live.lock().get(&key).cloned();
+        let mut stored = None;
         if let Some(cell) = live {
             // The copy this engine advances is the newest; any other (a plain load, or one
             // whose lease another worker may have taken since) can be stale: read the store.
-            let tx = cell.tx.lock().await;
-            if cell.held() {
+            // While it is being advanced (a handler may run for minutes), an observer reads
+            // the store's copy, which has every step up to the running one, rather than wait;
+            // a store that has nothing yet (the memory store defers its writes) is waited for.
+            let tx = match cell.tx.try_lock() {
+                Ok(tx) => Some(tx),
+                Err(_) => {
+                    stored = self.inner.store.load(&key).await?;
+                    match stored {
+                        Some(_) => None,
+                        None => Some(cell.tx.lock().await),
+                    }
+                }
+            };
+            if let Some(tx) = tx
+                && cell.held()
+            {
                 return Ok(Execution::of(&tx));
             }
         }
@@ -1362,7 +1378,10 @@ impl Engine {
             workflow: workflow.to_string(),
             transaction: transaction.to_string(),
         };
-        let stored = self.inner.store.load(&key).await?.ok_or_else(not_found)?;
+        let stored = match stored {
+            Some(stored) => stored,
+            None => self.inner.store.load(&key).await?.ok_or_else(not_found)?,
+        };
         Ok(Execution::of(&replay(
             registered.flow.clone(),
             &key,

@@ -207,3 +207,46 @@ pub fn redeem_workflow() -> Result<Workflow<Redeem, ShopOrder>, gorgon_workflows
     let pay = Step::new("pay-with-points", pay_with_points);
     Workflow::define("redeem-points", move |b, input| b.step(&pay, input))
 }
+
+/// A restock a manager approves: the budget is reserved (a slow call, three seconds), then
+/// the run waits for the manager's answer, an async step completed from the dashboard or the
+/// admin API (`…/steps/success|failure`, step `manager-approval`). A refusal releases the
+/// budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewInput {
+    /// The supplier.
+    pub supplier_id: String,
+    /// The budget to reserve.
+    pub amount: Decimal,
+}
+
+async fn reserve_budget(input: ReviewInput) -> StepResult<String, Decimal> {
+    // The finance system answers slowly.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    let reservation = format!("budget {} for {}", input.amount, input.supplier_id);
+    Ok(StepResponse::new(reservation).with_compensation(input.amount))
+}
+
+async fn release_budget(amount: Option<Decimal>) -> Result<(), StepFailure> {
+    tracing::info!(?amount, "budget released");
+    Ok(())
+}
+
+async fn manager_approval(_reservation: String) -> StepResult<String, ()> {
+    Ok(StepResponse::wait())
+}
+
+/// The `review-restock` workflow (see [`ReviewInput`]).
+pub fn review_workflow() -> Result<Workflow<ReviewInput, String>, gorgon_workflows::Error> {
+    let reserve = Step::new("reserve-budget", reserve_budget).compensate(release_budget);
+    let approval = Step::new("manager-approval", manager_approval).asynchronous();
+    let options = gorgon_workflows::WorkflowOptions {
+        store: Some(true),
+        retention_time: Some(3.0 * 24.0 * 3600.0),
+        ..Default::default()
+    };
+    Workflow::define_with("review-restock", options, move |b, input| {
+        let reservation = b.step(&reserve, input);
+        b.step(&approval, reservation)
+    })
+}

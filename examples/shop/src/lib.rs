@@ -53,6 +53,7 @@ pub fn app(config: &Config) -> Result<AppBuilder, BoxError> {
             Side::of::<LoyaltyAccount>(),
         ))
         .workflow(api::restock())
+        .workflow(&flows::review_workflow()?)
         .workflow(&flows::redeem_workflow()?)
         .subscriber(subscribers::milestone_subscriber())
         .job(jobs::expire_drafts_job(Duration::from_millis(
