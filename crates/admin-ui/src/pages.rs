@@ -7,7 +7,7 @@ use std::time::Duration;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use futures::Stream;
@@ -15,7 +15,7 @@ use gorgon_api::auth_module::AuthService;
 use gorgon_api::executions::{Wanted, execution_id, scan};
 use gorgon_framework::App;
 use gorgon_http::AuthContext;
-use gorgon_http::auth::{SESSION_COOKIE, SESSION_TTL, session};
+use gorgon_http::auth::session;
 use gorgon_orchestration::TransactionState;
 use serde::Deserialize;
 
@@ -80,14 +80,6 @@ pub struct LoginForm {
     password: String,
 }
 
-fn cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 /// Signs an admin user in: a session in the cache, its id in a cookie.
 pub async fn login(State(app): State<App>, Form(form): Form<LoginForm>) -> Response {
     let refused = |email: String| {
@@ -119,12 +111,10 @@ pub async fn login(State(app): State<App>, Form(form): Form<LoginForm>) -> Respo
         Ok(id) => id,
         Err(error) => return error.into_response(),
     };
-    let secure = app.config().profile == gorgon_framework::Profile::Prod;
     let mut response = Redirect::to("/app/workflows").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        cookie(&id, SESSION_TTL.as_secs(), secure),
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session::set_cookie(&app, &id));
     response
 }
 
@@ -136,7 +126,7 @@ pub async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
     let mut response = Redirect::to("/app/login").into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie("", 0, false));
+        .insert(header::SET_COOKIE, session::clear_cookie());
     response
 }
 

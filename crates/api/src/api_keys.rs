@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use gorgon_data::Model as _;
 use gorgon_framework::{App, Route};
-use gorgon_http::{ApiError, ApiResult, Auth, Body, List, ListQuery, one};
+use gorgon_http::{ApiError, ApiResult, Auth, Body, Deleted, List, ListQuery, one};
 use gorgon_module_api_key::{ApiKey, ApiKeyError, ApiKeyService, KeyType};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -70,17 +70,6 @@ pub struct KeyList {
     pub offset: u64,
     /// Page size.
     pub limit: u64,
-}
-
-/// Medusa's deletion answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deleted {
-    /// The id.
-    pub id: String,
-    /// `api_key`.
-    pub object: String,
-    /// Always true.
-    pub deleted: bool,
 }
 
 /// List parameters.
@@ -177,13 +166,9 @@ async fn retrieve_key(
     query: ListQuery,
 ) -> ApiResult<Json<Value>> {
     query.allow(&[])?;
-    let mut request = query.to_graph(ApiKey::meta(), KEY_FIELDS, 1);
-    request.filters = json!({ "id": id });
-    let found = app.query().graph(request).await?;
-    let key = found
-        .data
-        .into_iter()
-        .next()
+    let key = query
+        .retrieve(&app, ApiKey::meta(), KEY_FIELDS, &id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("ApiKey with id: {id} was not found")))?;
     one("api_key", key)
 }
@@ -223,9 +208,5 @@ async fn delete_key(State(app): State<App>, Path(id): Path<String>) -> ApiResult
         .retrieve(&id, gorgon_data::FindConfig::new())
         .await?;
     service.keys.soft_delete([id.as_str()]).await?;
-    Ok(Json(Deleted {
-        id,
-        object: "api_key".into(),
-        deleted: true,
-    }))
+    Ok(Json(Deleted::new(id, "api_key")))
 }

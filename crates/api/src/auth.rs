@@ -3,10 +3,10 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use gorgon_framework::{App, Route};
-use gorgon_http::auth::{SESSION_COOKIE, SESSION_TTL, session};
+use gorgon_http::auth::{bearer, session};
 use gorgon_http::{ApiError, ApiResult, AuthContext, Body, Jwt};
 use gorgon_module_auth::{AuthError, AuthIdentity, AuthService};
 use serde::{Deserialize, Serialize};
@@ -204,14 +204,6 @@ async fn reset_password(
     Ok(axum::http::StatusCode::CREATED.into_response())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
 /// Sets a new password with the reset token (`Authorization: Bearer <token>`).
 #[utoipa::path(
     post,
@@ -266,14 +258,6 @@ async fn refresh(State(app): State<App>, headers: HeaderMap) -> ApiResult<Json<T
     }))
 }
 
-fn cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 /// Turns a bearer token into a cookie session.
 #[utoipa::path(
     post,
@@ -287,12 +271,10 @@ async fn open_session(State(app): State<App>, headers: HeaderMap) -> ApiResult<R
         .verify(token)
         .ok_or_else(ApiError::unauthorized)?;
     let id = session::open(&app, &context).await?;
-    let secure = app.config().profile == gorgon_framework::Profile::Prod;
     let mut response = Json(SessionResponse { user: context }).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        cookie(&id, SESSION_TTL.as_secs(), secure),
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session::set_cookie(&app, &id));
     Ok(response)
 }
 
@@ -310,6 +292,6 @@ async fn close_session(State(app): State<App>, headers: HeaderMap) -> ApiResult<
     let mut response = Json(Success { success: true }).into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie("", 0, false));
+        .insert(header::SET_COOKIE, session::clear_cookie());
     Ok(response)
 }

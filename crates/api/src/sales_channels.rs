@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use gorgon_data::{FindConfig, Model as _};
 use gorgon_framework::{App, Route};
-use gorgon_http::{ApiError, ApiResult, Body, List, ListQuery, one};
+use gorgon_http::{ApiError, ApiResult, Body, Deleted, List, ListQuery, one};
 use gorgon_module_api_key::{ApiKeyService, KeyType};
 use gorgon_module_sales_channel::{SalesChannel, SalesChannelService};
 use serde::{Deserialize, Serialize};
@@ -121,17 +121,6 @@ pub struct KeyWithChannels {
     pub api_key: Value,
 }
 
-/// Medusa's deletion answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deleted {
-    /// The id.
-    pub id: String,
-    /// `sales-channel`.
-    pub object: String,
-    /// Always true.
-    pub deleted: bool,
-}
-
 /// List parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -159,14 +148,9 @@ fn channels(app: &App) -> ApiResult<std::sync::Arc<SalesChannelService>> {
 }
 
 async fn read(app: &App, id: &str, query: &ListQuery) -> ApiResult<Value> {
-    let mut request = query.to_graph(SalesChannel::meta(), FIELDS, 1);
-    request.filters = json!({ "id": id });
-    app.query()
-        .graph(request)
+    query
+        .retrieve(app, SalesChannel::meta(), FIELDS, id)
         .await?
-        .data
-        .into_iter()
-        .next()
         .ok_or_else(|| ApiError::not_found(format!("Sales channel with id: {id} was not found")))
 }
 
@@ -233,11 +217,7 @@ async fn delete_channel(
     service.retrieve(&id, FindConfig::new()).await?;
     let keys = service.soft_delete([id.as_str()]).await?;
     app.links().delete(&keys).await?;
-    Ok(Json(Deleted {
-        id,
-        object: "sales-channel".into(),
-        deleted: true,
-    }))
+    Ok(Json(Deleted::new(id, "sales-channel")))
 }
 
 /// Adds channels to a publishable key and removes others.

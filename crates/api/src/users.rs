@@ -130,13 +130,9 @@ fn user_error(error: UserError) -> ApiError {
 }
 
 async fn read_user(app: &App, id: &str, query: &ListQuery) -> ApiResult<Value> {
-    let mut request = query.to_graph(User::meta(), USER_FIELDS, 1);
-    request.filters = serde_json::json!({ "id": id });
-    let found = app.query().graph(request).await?;
-    found
-        .data
-        .into_iter()
-        .next()
+    query
+        .retrieve(app, User::meta(), USER_FIELDS, id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("User with id: {id} was not found")))
 }
 

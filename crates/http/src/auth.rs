@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gorgon_framework::App;
@@ -237,6 +237,26 @@ pub mod session {
             .map_err(ApiError::internal)
     }
 
+    /// The `Set-Cookie` value that hands session `id` to the browser: `HttpOnly`,
+    /// `SameSite=Lax`, for [`SESSION_TTL`], and `Secure` in the `prod` profile.
+    pub fn set_cookie(app: &App, id: &str) -> HeaderValue {
+        let secure = app.config().profile == gorgon_framework::Profile::Prod;
+        cookie_header(id, SESSION_TTL.as_secs(), secure)
+    }
+
+    /// The `Set-Cookie` value that removes the session cookie.
+    pub fn clear_cookie() -> HeaderValue {
+        cookie_header("", 0, false)
+    }
+
+    fn cookie_header(value: &str, max_age: u64, secure: bool) -> HeaderValue {
+        let secure = if secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
     /// The session id in a request's cookies.
     pub fn cookie(headers: &HeaderMap) -> Option<String> {
         headers
@@ -250,7 +270,8 @@ pub mod session {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of `Authorization: Bearer <token>`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme

@@ -85,6 +85,28 @@ impl axum::response::IntoResponse for List {
     }
 }
 
+/// Medusa's answer to a deletion: `{id, object, deleted: true}`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    /// The id.
+    pub id: String,
+    /// What was deleted (`api_key`, `brand`, `sales-channel`).
+    pub object: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+impl Deleted {
+    /// The answer to deleting the `object` with this `id`.
+    pub fn new(id: impl Into<String>, object: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            object: object.into(),
+            deleted: true,
+        }
+    }
+}
+
 /// `{<key>: value}`: how Medusa returns one resource (`{brand}`).
 pub fn one(key: &str, value: impl Serialize) -> Result<axum::Json<Value>, ApiError> {
     let value = serde_json::to_value(value).map_err(ApiError::internal)?;

@@ -164,6 +164,20 @@ impl ListQuery {
         order
     }
 
+    /// The record of `entity` with this id, with the fields asked for (`defaults` when none),
+    /// read through Query; `None` when there is none.
+    pub async fn retrieve(
+        &self,
+        app: &gorgon_framework::App,
+        entity: &'static ModelMeta,
+        defaults: &[&str],
+        id: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let mut request = self.to_graph(entity, defaults, 1);
+        request.filters = serde_json::json!({ "id": id });
+        Ok(app.query().graph(request).await?.data.into_iter().next())
+    }
+
     /// A Query request over `entity`: the fields resolved from `defaults`, the filters with
     /// each string converted to its column's kind, `q`, and the page (`default_limit` when
     /// `limit` is not given).

@@ -8,10 +8,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use gorgon_data::{FindConfig, Model};
 use gorgon_framework::{App, Route};
-use gorgon_http::{ApiError, ApiResult, Body, List, ListQuery, one};
+use gorgon_http::{ApiError, ApiResult, Body, Deleted, List, ListQuery, one};
 use gorgon_workflows::Workflow;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -93,17 +93,6 @@ pub struct BrandList {
     pub limit: u64,
 }
 
-/// `{id, object, deleted}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deleted {
-    /// The id.
-    pub id: String,
-    /// `brand`.
-    pub object: String,
-    /// Always true.
-    pub deleted: bool,
-}
-
 /// List parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -140,14 +129,9 @@ fn brand_error(error: BrandError) -> ApiError {
 }
 
 async fn read(app: &App, id: &str, query: &ListQuery) -> ApiResult<Value> {
-    let mut request = query.to_graph(Brand::meta(), FIELDS, 1);
-    request.filters = json!({ "id": id });
-    app.query()
-        .graph(request)
+    query
+        .retrieve(app, Brand::meta(), FIELDS, id)
         .await?
-        .data
-        .into_iter()
-        .next()
         .ok_or_else(|| ApiError::not_found(format!("Brand with id: {id} was not found")))
 }
 
@@ -222,9 +206,5 @@ async fn delete_brand(State(app): State<App>, Path(id): Path<String>) -> ApiResu
     let brands = service(&app)?;
     brands.brands.retrieve(&id, FindConfig::new()).await?;
     brands.brands.soft_delete([id.as_str()]).await?;
-    Ok(Json(Deleted {
-        id,
-        object: "brand".into(),
-        deleted: true,
-    }))
+    Ok(Json(Deleted::new(id, "brand")))
 }
