@@ -4,14 +4,23 @@
 //! For every run: the transaction ends `done`, `reverted` or `failed`; no invoke begins after the
 //! first compensation call; a compensation completes at most once and only for a step whose
 //! invoke began; a parent's compensation begins only after every child that ran was compensated.
+//!
+//! Every tree runs on each of the engine's write paths (an append per step boundary, appends
+//! pipelined behind the steps, and stretches deferred into one append on a volatile store), with
+//! and without an event subscriber. On each, the stored log replays to the run's final state, and
+//! every path ends in the same states as the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use gorgon_orchestration::store::{StoredTransaction, TransactionHeader};
+
 use gorgon_orchestration::flow::{Next, SkipOnPermanentFailure};
 use gorgon_orchestration::{
-    Engine, Flow, FlowDefinition, HandlerType, RunOptions, StepCall, StepOptions, StepOutcome,
-    TransactionState, WorkflowOptions,
+    Claim, EngineOptions, Flow, FlowDefinition, HandlerType, Lease, MemoryStore, Purge, Record,
+    RunOptions, StepCall, StepOptions, StepOutcome, StepRun, Store, Transaction, TransactionFilter,
+    TransactionKey, TransactionPage, TransactionState, TransactionSummary, WorkflowOptions,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -130,6 +139,120 @@ enum Entry {
     End(HandlerType, String, bool),
 }
 
+/// How the engine writes a run's records: what the store in front of the memory store declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WritePath {
+    /// One append per step boundary, durable before the engine goes on.
+    EveryStep,
+    /// Appends queued behind the steps, at most one in flight per transaction.
+    Pipelined,
+    /// A volatile store: a stretch run without waiting goes into one append.
+    Deferred,
+}
+
+const WRITE_PATHS: [WritePath; 3] = [
+    WritePath::EveryStep,
+    WritePath::Pipelined,
+    WritePath::Deferred,
+];
+
+/// The memory store, declaring one write path.
+struct PathStore {
+    inner: MemoryStore,
+    path: WritePath,
+}
+
+#[async_trait]
+impl Store for PathStore {
+    fn pipelined(&self) -> bool {
+        self.path == WritePath::Pipelined
+    }
+    fn volatile(&self) -> bool {
+        self.path == WritePath::Deferred
+    }
+    async fn create(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+    ) -> gorgon_orchestration::Result<u64> {
+        self.inner.create(header, lease).await
+    }
+    async fn append(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        records: &[Record],
+    ) -> gorgon_orchestration::Result<()> {
+        self.inner.append(key, epoch, records).await
+    }
+    async fn load(
+        &self,
+        key: &TransactionKey,
+    ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
+        self.inner.load(key).await
+    }
+    async fn summary(
+        &self,
+        key: &TransactionKey,
+    ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
+        self.inner.summary(key).await
+    }
+    async fn claim(
+        &self,
+        key: &TransactionKey,
+        lease: &Lease,
+    ) -> gorgon_orchestration::Result<Claim> {
+        self.inner.claim(key, lease).await
+    }
+    async fn release(
+        &self,
+        key: &TransactionKey,
+        epoch: u64,
+        wake_in: Option<u64>,
+    ) -> gorgon_orchestration::Result<()> {
+        self.inner.release(key, epoch, wake_in).await
+    }
+    async fn claim_due(
+        &self,
+        workflows: &[Arc<str>],
+        lease: &Lease,
+        limit: usize,
+    ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
+        self.inner.claim_due(workflows, lease, limit).await
+    }
+    async fn renew(
+        &self,
+        lease: &Lease,
+        keys: &[TransactionKey],
+    ) -> gorgon_orchestration::Result<usize> {
+        self.inner.renew(lease, keys).await
+    }
+    async fn list(
+        &self,
+        filter: &TransactionFilter,
+    ) -> gorgon_orchestration::Result<TransactionPage> {
+        self.inner.list(filter).await
+    }
+    async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
+        self.inner.purge_finished(purge).await
+    }
+}
+
+/// What a run leaves behind, clocks left out: the transaction's state, and each step's.
+type RunEnd = (TransactionState, Vec<(String, StepRun)>);
+
+/// A step's run without its timestamps (which differ between runs).
+fn timeless(run: &StepRun) -> StepRun {
+    StepRun {
+        last_attempt: None,
+        started_at: None,
+        timed_out_at: None,
+        retry_rescheduled_at: None,
+        temporary_failed_at: run.temporary_failed_at.map(|_| 0),
+        ..*run
+    }
+}
+
 fn run_case(nodes: Vec<Node>) -> Result<(), TestCaseError> {
     let mut specs = HashMap::new();
     let mut parents = HashMap::new();
@@ -139,9 +262,40 @@ fn run_case(nodes: Vec<Node>) -> Result<(), TestCaseError> {
         next,
         options: StepOptions::default(),
     };
-    let flow = Flow::compile("prop", definition, WorkflowOptions::default())
-        .expect("generated flows are valid");
+    let flow = Arc::new(
+        Flow::compile("prop", definition, WorkflowOptions::default())
+            .expect("generated flows are valid"),
+    );
     let specs = Arc::new(specs);
+    let mut first: Option<(WritePath, bool, RunEnd)> = None;
+    for path in WRITE_PATHS {
+        for subscribed in [false, true] {
+            let outcome = run_on(&flow, &specs, &parents, path, subscribed)?;
+            match &first {
+                None => first = Some((path, subscribed, outcome)),
+                Some((first_path, first_subscribed, expected)) => prop_assert_eq!(
+                    &outcome,
+                    expected,
+                    "{:?} (subscriber: {}) ended otherwise than {:?} (subscriber: {})",
+                    path,
+                    subscribed,
+                    first_path,
+                    first_subscribed
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the flow once on one write path and checks the run's invariants and its replay.
+fn run_on(
+    flow: &Arc<Flow>,
+    specs: &Arc<HashMap<String, StepSpec>>,
+    parents: &HashMap<String, Option<String>>,
+    path: WritePath,
+    subscribed: bool,
+) -> Result<RunEnd, TestCaseError> {
     let log: Arc<Mutex<Vec<Entry>>> = Arc::default();
     let counters: Arc<Mutex<HashMap<(HandlerType, String), usize>>> = Arc::default();
 
@@ -149,43 +303,56 @@ fn run_case(nodes: Vec<Node>) -> Result<(), TestCaseError> {
         .enable_all()
         .build()
         .expect("runtime");
-    let (state, steps) = runtime.block_on(async {
-        let engine = Engine::in_memory();
+    let (state, steps, replayed) = runtime.block_on(async {
+        let store = Arc::new(PathStore {
+            inner: MemoryStore::new(),
+            path,
+        });
+        let engine = EngineOptions {
+            store: store.clone(),
+            ..EngineOptions::default()
+        }
+        .build();
+        let _events = subscribed.then(|| engine.subscribe());
         let (h_specs, h_log, h_counters) = (specs.clone(), log.clone(), counters.clone());
         engine
-            .register(flow, move |call: StepCall| {
-                let (specs, log, counters) = (h_specs.clone(), h_log.clone(), h_counters.clone());
-                async move {
-                    let action = call.action().to_string();
-                    let side = call.handler_type();
-                    log.lock().push(Entry::Begin(side, action.clone()));
-                    let spec = &specs[&action];
-                    let list = if side == HandlerType::Invoke {
-                        &spec.invoke
-                    } else {
-                        &spec.compensate
-                    };
-                    let n = {
-                        let mut c = counters.lock();
-                        let n = c.entry((side, action.clone())).or_insert(0);
-                        *n += 1;
-                        *n - 1
-                    };
-                    tokio::task::yield_now().await;
-                    let outcome = list[n.min(list.len() - 1)];
-                    log.lock().push(Entry::End(
-                        side,
-                        action.clone(),
-                        matches!(outcome, Outcome::Ok | Outcome::Skip),
-                    ));
-                    match outcome {
-                        Outcome::Ok => StepOutcome::ok(serde_json::json!(n)),
-                        Outcome::Fail => StepOutcome::fail("boom"),
-                        Outcome::Permanent => StepOutcome::permanent("broken"),
-                        Outcome::Skip => StepOutcome::Skip,
+            .register_arc(
+                flow.clone(),
+                Arc::new(move |call: StepCall| {
+                    let (specs, log, counters) =
+                        (h_specs.clone(), h_log.clone(), h_counters.clone());
+                    async move {
+                        let action = call.action().to_string();
+                        let side = call.handler_type();
+                        log.lock().push(Entry::Begin(side, action.clone()));
+                        let spec = &specs[&action];
+                        let list = if side == HandlerType::Invoke {
+                            &spec.invoke
+                        } else {
+                            &spec.compensate
+                        };
+                        let n = {
+                            let mut c = counters.lock();
+                            let n = c.entry((side, action.clone())).or_insert(0);
+                            *n += 1;
+                            *n - 1
+                        };
+                        tokio::task::yield_now().await;
+                        let outcome = list[n.min(list.len() - 1)];
+                        log.lock().push(Entry::End(
+                            side,
+                            action.clone(),
+                            matches!(outcome, Outcome::Ok | Outcome::Skip),
+                        ));
+                        match outcome {
+                            Outcome::Ok => StepOutcome::ok(serde_json::json!(n)),
+                            Outcome::Fail => StepOutcome::fail("boom"),
+                            Outcome::Permanent => StepOutcome::permanent("broken"),
+                            Outcome::Skip => StepOutcome::Skip,
+                        }
                     }
-                }
-            })
+                }),
+            )
             .expect("register");
         let execution = engine
             .run("prop", RunOptions::default())
@@ -199,8 +366,67 @@ fn run_case(nodes: Vec<Node>) -> Result<(), TestCaseError> {
             .skip(1)
             .map(|(i, s)| (s.action.clone(), execution.steps[i]))
             .collect();
-        (execution.state, steps)
+        // The stored log folds back to the run's final state, step by step, with its errors
+        // and every response.
+        let key = TransactionKey::new("prop", execution.transaction_id());
+        let stored = store
+            .load(&key)
+            .await
+            .expect("load")
+            .expect("the run is stored");
+        let replayed = Transaction::replay(
+            flow.clone(),
+            key.id.clone(),
+            stored.header.run_id.clone(),
+            stored.header.payload.clone(),
+            &stored.records,
+        )
+        .expect("the log replays");
+        let mut mismatch = None;
+        if replayed.state() != execution.state {
+            mismatch = Some(format!(
+                "state {} replays as {}",
+                execution.state,
+                replayed.state()
+            ));
+        } else if replayed.steps() != execution.steps.as_slice() {
+            mismatch = Some(format!(
+                "steps {:?} replay as {:?}",
+                execution.steps,
+                replayed.steps()
+            ));
+        } else if replayed.errors() != execution.errors.as_slice() {
+            mismatch = Some(format!(
+                "errors {:?} replay as {:?}",
+                execution.errors,
+                replayed.errors()
+            ));
+        } else {
+            for step in 1..flow.steps().len() {
+                for side in [HandlerType::Invoke, HandlerType::Compensate] {
+                    let live = execution.response_at(step, side);
+                    let stored = replayed.shared().responses.get(step, side);
+                    if live.as_ref().map(|d| d.to_json().ok())
+                        != stored.as_ref().map(|d| d.to_json().ok())
+                    {
+                        mismatch = Some(format!(
+                            "the {side} response of step {step} replays as {stored:?}, not {live:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        (execution.state, steps, mismatch)
     });
+    if let Some(mismatch) = replayed {
+        prop_assert!(
+            false,
+            "{:?} (subscriber: {}): {}",
+            path,
+            subscribed,
+            mismatch
+        );
+    }
     let log = log.lock().clone();
 
     // 1. Every transaction ends done, reverted or failed (no async steps here).
@@ -298,14 +524,19 @@ fn run_case(nodes: Vec<Node>) -> Result<(), TestCaseError> {
         }
         other => prop_assert!(false, "unexpected state {other}"),
     }
-    Ok(())
+    let mut runs: Vec<(String, StepRun)> = steps
+        .into_iter()
+        .map(|(action, run)| (action, timeless(&run)))
+        .collect();
+    runs.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((state, runs))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_trees_end_in_a_consistent_state(nodes in tree()) {
+    fn random_trees_end_in_a_consistent_state_on_every_write_path(nodes in tree()) {
         run_case(nodes)?;
     }
 }
