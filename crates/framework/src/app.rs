@@ -1203,7 +1203,7 @@ impl App {
         };
         let mut tasks = Vec::new();
         let store: Arc<dyn Store> = self.inner.infrastructure.store.clone();
-        if !store.volatile() {
+        if store.write_mode() != gorgon_orchestration::WriteMode::Volatile {
             let engine = self.inner.workflows.engine().clone();
             tasks.push(tokio::spawn(engine.serve(until(stopped.clone()))));
         }

@@ -62,6 +62,7 @@ pub mod data;
 pub mod engine;
 mod error;
 pub mod flow;
+pub mod log;
 pub mod log_rows;
 pub mod machine;
 pub mod relay;
@@ -80,11 +81,11 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use flow::{Flow, FlowDefinition, StepIndex, StepOptions, WorkflowOptions};
 pub use machine::{
-    Effect, EventKind, Record, StepError, StepOutcome, Transaction, TransactionError,
+    Actions, EventKind, Record, StepError, StepOutcome, Transaction, TransactionError,
 };
 pub use relay::{EventRelay, MemoryRelay, RelayStats, RelayedEvent};
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
 pub use store::{
     Claim, Keep, Lease, MemoryStore, PageCursor, Purge, Store, TransactionFilter, TransactionKey,
-    TransactionPage, TransactionSummary,
+    TransactionPage, TransactionSummary, WriteMode,
 };

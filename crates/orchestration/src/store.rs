@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Data;
 use crate::error::{Error, Result};
-use crate::machine::Record;
+use crate::log::Record;
 use crate::state::TransactionState;
 
 /// Identifies a transaction: its workflow and its id.
@@ -183,6 +183,27 @@ pub enum Claim {
     NotFound,
 }
 
+/// How a store's appends become durable: what the engine may do between two of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Every append is durable when it returns; the engine appends at every step boundary
+    /// and waits for it before going on.
+    #[default]
+    Durable,
+    /// Appends are batched (a commit covers many): the engine may run a transaction's next
+    /// steps before its last append is durable, keeps at most one append per transaction in
+    /// flight (gathering what the steps record meanwhile into the next one), and returns a
+    /// transaction's outcome only once all of it is durable. A crash may then re-run steps
+    /// whose records were not yet durable (with the same idempotency keys).
+    Pipelined,
+    /// The records live no longer than the process (the in-memory store): no crash can find a
+    /// checkpoint, and no other process shares them. The engine appends the step boundaries
+    /// of a stretch the transaction runs without waiting (every handler returned on its first
+    /// poll, no timer to arm, nobody listening for events) in one append at its end, each
+    /// step's last state once, and never checks leases.
+    Volatile,
+}
+
 /// Where transactions live. Object-safe; held as `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -192,7 +213,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64>;
     /// Appends records to a transaction's log, in one durable write, if `epoch` is current
     /// ([`Error::Fenced`] otherwise). Records that finish the transaction also end its lease.
-    async fn append(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()>;
+    async fn append(&self, key: &TransactionKey, epoch: u64, records: Vec<Record>) -> Result<()>;
     /// Reads a transaction's header and log, if it exists.
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>>;
     /// The summary of a transaction, if it exists.
@@ -215,47 +236,10 @@ pub trait Store: Send + Sync + 'static {
     /// and taken over) is left alone, so a transaction this worker dropped lapses and is taken
     /// over.
     async fn renew(&self, lease: &Lease, keys: &[TransactionKey]) -> Result<usize>;
-    /// Whether the engine may run a transaction's next steps before its last append is
-    /// durable (the store's batched mode). The engine then keeps at most one append per
-    /// transaction in flight, gathers what the steps record meanwhile into the next one, and
-    /// returns a transaction's outcome only once all of it is durable. A crash may then re-run
-    /// steps whose records were not yet durable (still with the same idempotency keys).
-    /// Default: `false`, every append durable before the engine goes on.
-    fn pipelined(&self) -> bool {
-        false
-    }
-    /// Whether the records live no longer than the process (the in-memory store). No crash can
-    /// then find a checkpoint, so the engine leaves out those nothing could see: the step
-    /// boundaries of a stretch the transaction ran through without waiting (every handler
-    /// returned on its first poll, no timer to arm, nobody listening for events) go into one
-    /// append at the end of the stretch, each step's last state once. Default: `false`, an
-    /// append at every step boundary.
-    fn volatile(&self) -> bool {
-        false
-    }
-    /// [`append`](Store::append) done on the spot, for in-process stores: the engine calls it
-    /// first and awaits `append` only when it returns `None` (the default), which spares a
-    /// boxed future per step boundary. The store may move the records out of `records` (an
-    /// in-process log keeps them without a copy); the engine only reuses the emptied buffer.
-    fn append_now(
-        &self,
-        key: &TransactionKey,
-        epoch: u64,
-        records: &mut Vec<Record>,
-    ) -> Option<Result<()>> {
-        let _ = (key, epoch, records);
-        None
-    }
-    /// [`create_and_append`](Store::create_and_append) done on the spot, for in-process stores
-    /// (see [`append_now`](Store::append_now)). Default: `None`.
-    fn create_and_append_now(
-        &self,
-        header: &TransactionHeader,
-        lease: Option<&Lease>,
-        records: &mut Vec<Record>,
-    ) -> Option<Result<u64>> {
-        let _ = (header, lease, records);
-        None
+    /// How the store's appends are made durable, which decides when the engine appends (see
+    /// [`WriteMode`]). Default: [`WriteMode::Durable`].
+    fn write_mode(&self) -> WriteMode {
+        WriteMode::Durable
     }
     /// [`create`](Store::create) and a first [`append`](Store::append) at the new epoch, in one
     /// write where the store can (pipelined stores use it for generated transaction ids, which
@@ -264,7 +248,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         header: &TransactionHeader,
         lease: Option<&Lease>,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> Result<u64> {
         let epoch = self.create(header, lease).await?;
         self.append(&header.key, epoch, records).await?;
@@ -593,9 +577,7 @@ impl MemoryStore {
         }
         let mut entry = MemoryEntry {
             header: header.clone(),
-            // A ten-step run logs 21 to 32 records: room for those up front (handed to the
-            // engine when the first append moves the engine's buffer in).
-            records: Vec::with_capacity(32),
+            records: Vec::new(),
             state: TransactionState::NotStarted,
             owner: lease.map(|l| l.owner.clone()),
             until: lease.map_or(0, |l| self.now().saturating_add(l.ms)),
@@ -617,13 +599,8 @@ impl MemoryStore {
         Ok(epoch)
     }
 
-    /// Appends, moving the records out of `records`.
-    fn append_sync(
-        &self,
-        key: &TransactionKey,
-        epoch: u64,
-        records: &mut Vec<Record>,
-    ) -> Result<()> {
+    /// Appends `records`.
+    fn append_sync(&self, key: &TransactionKey, epoch: u64, records: Vec<Record>) -> Result<()> {
         let (hash, shard) = self.shard(key);
         let mut shard = shard.lock();
         let entry = shard.get_mut(hash, key).ok_or_else(|| Error::Store {
@@ -708,39 +685,29 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    fn volatile(&self) -> bool {
-        true
+    fn write_mode(&self) -> WriteMode {
+        WriteMode::Volatile
     }
 
     async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {
         self.create_sync(header, lease)
     }
 
-    async fn append(&self, key: &TransactionKey, epoch: u64, records: &[Record]) -> Result<()> {
-        self.append_sync(key, epoch, &mut records.to_vec())
+    async fn append(&self, key: &TransactionKey, epoch: u64, records: Vec<Record>) -> Result<()> {
+        self.append_sync(key, epoch, records)
     }
 
-    fn append_now(
-        &self,
-        key: &TransactionKey,
-        epoch: u64,
-        records: &mut Vec<Record>,
-    ) -> Option<Result<()>> {
-        Some(self.append_sync(key, epoch, records))
-    }
-
-    fn create_and_append_now(
+    async fn create_and_append(
         &self,
         header: &TransactionHeader,
         lease: Option<&Lease>,
-        records: &mut Vec<Record>,
-    ) -> Option<Result<u64>> {
-        // The log takes the engine's buffer whole (no record is copied) and hands back room
-        // for the next run's records; the creation's clock read serves the append's.
-        Some(self.create_then(header, lease, |entry, hash| {
+        records: Vec<Record>,
+    ) -> Result<u64> {
+        // One lock and one lookup for both.
+        self.create_then(header, lease, |entry, hash| {
             let updated_at = entry.updated_at;
             append_to(entry, hash, records, || updated_at)
-        }))
+        })
     }
 
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>> {
@@ -891,13 +858,13 @@ fn summary_of(e: &MemoryEntry) -> TransactionSummary {
     }
 }
 
-/// Appends `records` to `entry` (whose key hashes to `hash`), moving them out, and reads
+/// Appends `records` to `entry` (whose key hashes to `hash`), and reads
 /// `now` if the state changed. Returns the run to note as finished when this append
 /// finished it.
 fn append_to(
     entry: &mut MemoryEntry,
     hash: u64,
-    records: &mut Vec<Record>,
+    mut records: Vec<Record>,
     now: impl FnOnce() -> u64,
 ) -> Option<FinishedRun> {
     let state_before = entry.state;
@@ -907,11 +874,10 @@ fn append_to(
         }
     }
     if entry.records.is_empty() {
-        // The first append takes the engine's buffer whole, and hands back the room made at
-        // creation: no record is copied.
-        std::mem::swap(&mut entry.records, records);
+        // The first append's records become the log: none is copied.
+        entry.records = records;
     } else {
-        entry.records.append(records);
+        entry.records.append(&mut records);
     }
     if entry.state.is_finished() {
         entry.owner = None;

@@ -22,8 +22,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::machine::Timer;
-use crate::machine::{Record, TransactionFields};
+use crate::log::{Record, Timer, TransactionFields};
 use crate::state::{StepRun, StepState, TransactionState};
 use crate::store::{
     Claim, Lease, PageCursor, Purge, Store, TransactionFilter, TransactionHeader, TransactionKey,
@@ -116,7 +115,7 @@ pub async fn oversized_values_are_refused(store: Arc<dyn Store>) {
         handler: HandlerType::Invoke,
         data: Some(huge()),
     };
-    match store.append(&h.key, epoch, &[record]).await {
+    match store.append(&h.key, epoch, vec![record]).await {
         Err(Error::TooLarge { what: "record", .. }) => {}
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -138,7 +137,7 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
         .append(
             &h.key,
             epoch,
-            &[
+            vec![
                 fields(TransactionState::Invoking),
                 Record::Step { step: 1, run },
                 Record::Timer {
@@ -159,7 +158,7 @@ pub async fn appends_are_returned_in_order(store: Arc<dyn Store>) {
         .append(
             &h.key,
             epoch,
-            &[response.clone(), Record::Step { step: 1, run }],
+            vec![response.clone(), Record::Step { step: 1, run }],
         )
         .await
         .expect("append");
@@ -219,7 +218,7 @@ pub async fn a_finished_id_starts_a_new_run(store: Arc<dyn Store>) {
         .await
         .expect("create");
     store
-        .append(&first.key, epoch, &[fields(TransactionState::Done)])
+        .append(&first.key, epoch, vec![fields(TransactionState::Done)])
         .await
         .expect("append");
     assert_eq!(
@@ -238,7 +237,7 @@ pub async fn a_finished_id_starts_a_new_run(store: Arc<dyn Store>) {
     assert!(second > epoch, "a new run has a newer epoch");
     assert!(matches!(
         store
-            .append(&first.key, epoch, &[fields(TransactionState::Invoking)])
+            .append(&first.key, epoch, vec![fields(TransactionState::Invoking)])
             .await,
         Err(Error::Fenced { .. })
     ));
@@ -252,7 +251,7 @@ pub async fn append_to_an_unknown_transaction_is_an_error(store: Arc<dyn Store>)
     let key = TransactionKey::new("suite", unique("ghost"));
     assert!(matches!(
         store
-            .append(&key, 1, &[fields(TransactionState::Invoking)])
+            .append(&key, 1, vec![fields(TransactionState::Invoking)])
             .await,
         Err(Error::Store { .. })
     ));
@@ -375,7 +374,7 @@ pub async fn a_taken_over_lease_fences_the_old_writer(store: Arc<dyn Store>) {
     };
     assert_eq!(epoch, first + 1);
     match store
-        .append(&h.key, first, &[fields(TransactionState::Invoking)])
+        .append(&h.key, first, vec![fields(TransactionState::Invoking)])
         .await
     {
         Err(Error::Fenced { epoch: stale, .. }) => assert_eq!(stale, first),
@@ -386,7 +385,7 @@ pub async fn a_taken_over_lease_fences_the_old_writer(store: Arc<dyn Store>) {
         Err(Error::Fenced { .. })
     ));
     store
-        .append(&h.key, epoch, &[fields(TransactionState::Invoking)])
+        .append(&h.key, epoch, vec![fields(TransactionState::Invoking)])
         .await
         .expect("the new holder writes");
     assert_eq!(
@@ -417,7 +416,7 @@ pub async fn released_transactions_are_due_at_their_wake_up_time(store: Arc<dyn 
         .await
         .expect("create");
     store
-        .append(&h.key, epoch, &[fields(TransactionState::Invoking)])
+        .append(&h.key, epoch, vec![fields(TransactionState::Invoking)])
         .await
         .expect("append");
     store
@@ -569,7 +568,7 @@ pub async fn finishing_ends_the_lease(store: Arc<dyn Store>) {
         .await
         .expect("create");
     store
-        .append(&h.key, epoch, &[fields(TransactionState::Done)])
+        .append(&h.key, epoch, vec![fields(TransactionState::Done)])
         .await
         .expect("append");
     tokio::time::sleep(LAPSE).await;
@@ -640,7 +639,7 @@ pub async fn listings_page_newest_first_with_filters(store: Arc<dyn Store>) {
             h.created_at = base + i as u64;
             let epoch = store.create(&h, None).await.expect("create");
             store
-                .append(&h.key, epoch, &[fields(*state)])
+                .append(&h.key, epoch, vec![fields(*state)])
                 .await
                 .expect("append");
             done_in_both += usize::from(*state == TransactionState::Done);
@@ -759,7 +758,7 @@ pub async fn purge_deletes_only_old_finished_transactions(store: Arc<dyn Store>)
         let h = header(&workflow, &format!("old-{i}"), "run");
         let epoch = store.create(&h, None).await.expect("create");
         store
-            .append(&h.key, epoch, &[fields(state)])
+            .append(&h.key, epoch, vec![fields(state)])
             .await
             .expect("append");
         old.push(h.key);
@@ -767,7 +766,7 @@ pub async fn purge_deletes_only_old_finished_transactions(store: Arc<dyn Store>)
     let running = header(&workflow, "running", "run");
     store.create(&running, None).await.expect("create");
     store
-        .append(&running.key, 1, &[fields(TransactionState::Invoking)])
+        .append(&running.key, 1, vec![fields(TransactionState::Invoking)])
         .await
         .expect("append");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -776,7 +775,7 @@ pub async fn purge_deletes_only_old_finished_transactions(store: Arc<dyn Store>)
     let recent = header(&workflow, "recent", "run");
     store.create(&recent, None).await.expect("create");
     store
-        .append(&recent.key, 1, &[fields(TransactionState::Done)])
+        .append(&recent.key, 1, vec![fields(TransactionState::Done)])
         .await
         .expect("append");
 
@@ -947,7 +946,7 @@ pub async fn create_and_append_writes_both(store: Arc<dyn Store>) {
         .create_and_append(
             &h,
             Some(&lease("a", LONG)),
-            &[fields(TransactionState::Invoking)],
+            vec![fields(TransactionState::Invoking)],
         )
         .await
         .expect("create and append");
@@ -955,14 +954,14 @@ pub async fn create_and_append_writes_both(store: Arc<dyn Store>) {
     assert_eq!(stored.header.run_id.as_ref(), "run");
     assert_eq!(stored.records, vec![fields(TransactionState::Invoking)]);
     match store
-        .create_and_append(&h, None, &[fields(TransactionState::Done)])
+        .create_and_append(&h, None, vec![fields(TransactionState::Done)])
         .await
     {
         Err(Error::AlreadyStarted { .. }) => {}
         other => panic!("expected AlreadyStarted, got {other:?}"),
     }
     store
-        .append(&h.key, epoch, &[fields(TransactionState::Done)])
+        .append(&h.key, epoch, vec![fields(TransactionState::Done)])
         .await
         .expect("the creator appends at its epoch");
     let stored = store.load(&h.key).await.expect("load").expect("exists");

@@ -68,7 +68,7 @@ impl Store for Faulty {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
         self.fail("append", &key.id)?;
         self.inner.append(key, epoch, records).await

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use gorgon_orchestration::machine::{Dispatch, Round, Timer};
+use gorgon_orchestration::machine::{Dispatch, Next, Round, Timer, TimerAction};
 use gorgon_orchestration::{
-    Data, Effect, EventKind, Flow, FlowDefinition, HandlerType, Record, StepError, StepOutcome,
+    Actions, Data, EventKind, Flow, FlowDefinition, HandlerType, Record, StepError, StepOutcome,
     StepState, StepStatus, Transaction, TransactionState, WorkflowOptions,
 };
 
@@ -17,8 +17,60 @@ fn flow(json: &str) -> Arc<Flow> {
     Arc::new(Flow::compile("m", definition, WorkflowOptions::default()).expect("compiles"))
 }
 
-fn transaction(flow: &Arc<Flow>) -> Transaction {
-    Transaction::new(flow.clone(), "t".into(), "r".into(), Data::null())
+/// A transaction with the buffers its caller owns: the round's calls and the actions.
+struct Fed {
+    tx: Transaction,
+    round: Round,
+    out: Actions,
+}
+
+fn transaction(flow: &Arc<Flow>) -> Fed {
+    Fed {
+        tx: Transaction::new(flow.clone(), "t".into(), "r".into(), Data::null()),
+        round: Round::default(),
+        out: Actions::default(),
+    }
+}
+
+impl Fed {
+    fn begin_or_resume(&mut self, now: u64) -> bool {
+        self.tx.begin_or_resume(now, &mut self.out)
+    }
+    /// Plans the next round; returns its calls (none once finished).
+    fn next_round(&mut self, now: u64) -> Next {
+        self.tx.next_round(now, &mut self.round, &mut self.out)
+    }
+    fn calls(&self) -> Vec<Dispatch> {
+        self.round.calls().to_vec()
+    }
+    fn complete(&mut self, dispatch: Dispatch, outcome: StepOutcome, now: u64) {
+        self.tx
+            .complete(dispatch, outcome, self.round.steps(), now, &mut self.out)
+    }
+    fn register_success(
+        &mut self,
+        step: usize,
+        response: Option<Data>,
+    ) -> gorgon_orchestration::Result<()> {
+        self.tx
+            .register_success(step, HandlerType::Invoke, response, &mut self.out)
+    }
+    fn timer_fired(&mut self, timer: Timer, now: u64) -> bool {
+        self.tx.timer_fired(timer, now, &mut self.out)
+    }
+}
+
+impl std::ops::Deref for Fed {
+    type Target = Transaction;
+    fn deref(&self) -> &Transaction {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Fed {
+    fn deref_mut(&mut self) -> &mut Transaction {
+        &mut self.tx
+    }
 }
 
 /// What the machine asked for since the last drain.
@@ -56,37 +108,31 @@ impl Asked {
     }
 }
 
-fn drain(tx: &mut Transaction) -> Asked {
-    let mut asked = Asked::default();
-    for effect in tx.take_effects() {
-        match effect {
-            Effect::Persist(records) => asked.records.extend(records),
-            Effect::Arm(timer, at) => asked.timers.push((timer, Some(at))),
-            Effect::Disarm(timer) => asked.timers.push((timer, None)),
-            Effect::Emit(kind, step) => asked
-                .events
-                .push((kind, step.map(|s| tx.flow().step(s).action.clone()))),
-        }
-    }
-    asked
-}
-
-fn calls(round: &Round) -> Vec<Dispatch> {
-    match round {
-        Round::Run { calls, .. } => calls.clone(),
-        Round::Finished => Vec::new(),
-    }
-}
-
-fn round_steps(round: &Round) -> Vec<usize> {
-    match round {
-        Round::Run { steps, .. } => steps.clone(),
-        Round::Finished => Vec::new(),
+/// Ends the batch and takes what the machine asked for.
+fn drain(fed: &mut Fed) -> Asked {
+    fed.tx.end_batch(&mut fed.out);
+    Asked {
+        records: std::mem::take(&mut fed.out.records),
+        timers: fed
+            .out
+            .timers
+            .drain(..)
+            .map(|t| match t {
+                TimerAction::Arm(timer, at) => (timer, Some(at)),
+                TimerAction::Disarm(timer) => (timer, None),
+            })
+            .collect(),
+        events: fed
+            .out
+            .events
+            .drain(..)
+            .map(|(kind, step)| (kind, step.map(|s| fed.tx.flow().step(s).action.clone())))
+            .collect(),
     }
 }
 
 /// Replays what was drained so far and checks it rebuilds the live transaction.
-fn assert_replays(flow: &Arc<Flow>, log: &[Record], live: &Transaction) {
+fn assert_replays(flow: &Arc<Flow>, log: &[Record], live: &Fed) {
     let replayed = Transaction::replay(flow.clone(), "t".into(), "r".into(), Data::null(), log)
         .expect("replay");
     assert_eq!(replayed.state(), live.state());
@@ -103,9 +149,9 @@ fn a_sequence_calls_one_step_per_round_and_records_each_boundary_once() {
     let mut log = Vec::new();
 
     assert!(tx.begin_or_resume(10));
-    let round = tx.next_round(10);
+    tx.next_round(10);
     assert_eq!(
-        calls(&round),
+        tx.calls(),
         vec![Dispatch {
             step: a,
             handler: HandlerType::Invoke,
@@ -113,13 +159,7 @@ fn a_sequence_calls_one_step_per_round_and_records_each_boundary_once() {
             is_async: false
         }]
     );
-    assert!(matches!(
-        round,
-        Round::Run {
-            continue_after: true,
-            ..
-        }
-    ));
+    assert!(tx.round.continue_after());
     let asked = drain(&mut tx);
     // The step once, in its last state of the batch, then the transaction's fields.
     assert_eq!(
@@ -133,14 +173,9 @@ fn a_sequence_calls_one_step_per_round_and_records_each_boundary_once() {
     log.extend(asked.records);
     assert_replays(&flow, &log, &tx);
 
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(1)),
-        &round_steps(&round),
-        11,
-    );
-    let round = tx.next_round(11);
-    assert_eq!(calls(&round)[0].step, b);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(1)), 11);
+    tx.next_round(11);
+    assert_eq!(tx.calls()[0].step, b);
     let asked = drain(&mut tx);
     assert!(matches!(
         asked.records.first(),
@@ -161,13 +196,8 @@ fn a_sequence_calls_one_step_per_round_and_records_each_boundary_once() {
     );
     log.extend(asked.records);
 
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(2)),
-        &round_steps(&round),
-        12,
-    );
-    assert_eq!(tx.next_round(12), Round::Finished);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(2)), 12);
+    assert_eq!(tx.next_round(12), Next::Finished);
     let asked = drain(&mut tx);
     assert_eq!(asked.fields(), vec![TransactionState::Done]);
     assert_eq!(
@@ -184,17 +214,18 @@ fn parallel_steps_are_called_in_one_round() {
     let flow = flow(r#"{"next":[{"action":"a"},{"action":"b"},{"action":"c"}]}"#);
     let mut tx = transaction(&flow);
     tx.begin_or_resume(0);
-    let round = tx.next_round(0);
-    let called: Vec<_> = calls(&round)
+    tx.next_round(0);
+    let called: Vec<_> = tx
+        .calls()
         .iter()
         .map(|c| flow.step(c.step).action.clone())
         .collect();
     assert_eq!(called, ["a", "b", "c"]);
     // The outcomes arrive in any order; the round ends when all three are in.
-    for dispatch in calls(&round).into_iter().rev() {
-        tx.complete(dispatch, StepOutcome::ok(json!(0)), &round_steps(&round), 1);
+    for dispatch in tx.calls().into_iter().rev() {
+        tx.complete(dispatch, StepOutcome::ok(json!(0)), 1);
     }
-    assert_eq!(tx.next_round(1), Round::Finished);
+    assert_eq!(tx.next_round(1), Next::Finished);
     assert_eq!(tx.state(), TransactionState::Done);
 }
 
@@ -205,25 +236,15 @@ fn a_temporary_failure_is_retried_then_a_permanent_one_compensates_in_reverse() 
     let mut tx = transaction(&flow);
     let mut log = Vec::new();
     tx.begin_or_resume(0);
-    let round = tx.next_round(0);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(1)),
-        &round_steps(&round),
-        1,
-    );
+    tx.next_round(0);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(1)), 1);
 
     // b fails once: an error record, and the next round calls it again (attempt 2).
-    let round = tx.next_round(1);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::fail("flaky"),
-        &round_steps(&round),
-        2,
-    );
-    let round = tx.next_round(2);
+    tx.next_round(1);
+    tx.complete(tx.calls()[0], StepOutcome::fail("flaky"), 2);
+    tx.next_round(2);
     assert_eq!(
-        calls(&round),
+        tx.calls(),
         vec![Dispatch {
             step: b,
             handler: HandlerType::Invoke,
@@ -241,14 +262,10 @@ fn a_temporary_failure_is_retried_then_a_permanent_one_compensates_in_reverse() 
     log.extend(asked.records);
 
     // Out of retries: b fails for good, the transaction compensates a (b has nothing to undo).
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::fail("again"),
-        &round_steps(&round),
-        3,
-    );
-    let round = tx.next_round(3);
-    let called: Vec<_> = calls(&round)
+    tx.complete(tx.calls()[0], StepOutcome::fail("again"), 3);
+    tx.next_round(3);
+    let called: Vec<_> = tx
+        .calls()
         .iter()
         .map(|c| (flow.step(c.step).action.clone(), c.handler))
         .collect();
@@ -257,22 +274,12 @@ fn a_temporary_failure_is_retried_then_a_permanent_one_compensates_in_reverse() 
     assert!(asked.events().contains(&EventKind::CompensateBegin));
     assert_eq!(tx.state(), TransactionState::Compensating);
     log.extend(asked.records);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(0)),
-        &round_steps(&round),
-        4,
-    );
-    let round = tx.next_round(4);
-    assert_eq!(calls(&round)[0].step, a);
-    assert_eq!(calls(&round)[0].handler, HandlerType::Compensate);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(0)),
-        &round_steps(&round),
-        5,
-    );
-    assert_eq!(tx.next_round(5), Round::Finished);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(0)), 4);
+    tx.next_round(4);
+    assert_eq!(tx.calls()[0].step, a);
+    assert_eq!(tx.calls()[0].handler, HandlerType::Compensate);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(0)), 5);
+    assert_eq!(tx.next_round(5), Next::Finished);
     assert_eq!(tx.state(), TransactionState::Reverted);
     log.extend(drain(&mut tx).records);
     assert_replays(&flow, &log, &tx);
@@ -288,16 +295,10 @@ fn an_async_step_with_a_timeout_arms_its_timer_and_a_completion_disarms_it() {
     let mut tx = transaction(&flow);
     let mut log = Vec::new();
     tx.begin_or_resume(1_000);
-    let round = tx.next_round(1_000);
-    assert!(calls(&round)[0].is_async);
+    tx.next_round(1_000);
+    assert!(tx.calls()[0].is_async);
     // Nothing follows an async call in the same round.
-    assert!(matches!(
-        round,
-        Round::Run {
-            continue_after: false,
-            ..
-        }
-    ));
+    assert!(!tx.round.continue_after());
     let asked = drain(&mut tx);
     assert_eq!(asked.timers, vec![(Timer::StepTimeout(a), Some(3_001))]);
     // The armed timer is in the log too, so that it survives the process.
@@ -309,13 +310,9 @@ fn an_async_step_with_a_timeout_arms_its_timer_and_a_completion_disarms_it() {
     assert_replays(&flow, &log, &tx);
     assert_eq!(tx.wake_at(), Some(3_001));
 
-    tx.register_success(
-        a,
-        HandlerType::Invoke,
-        Some(Data::json(serde_json::json!(5))),
-    )
-    .expect("the step waits");
-    assert_eq!(tx.next_round(1_500), Round::Finished);
+    tx.register_success(a, Some(Data::json(serde_json::json!(5))))
+        .expect("the step waits");
+    assert_eq!(tx.next_round(1_500), Next::Finished);
     let asked = drain(&mut tx);
     assert_eq!(asked.timers, vec![(Timer::StepTimeout(a), None)]);
     assert_eq!(asked.events()[0], EventKind::Resume);
@@ -331,13 +328,8 @@ fn an_async_step_times_out_when_its_timer_fires_late_enough() {
     let a = flow.step_index("a").unwrap();
     let mut tx = transaction(&flow);
     tx.begin_or_resume(0);
-    let round = tx.next_round(0);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(0)),
-        &round_steps(&round),
-        0,
-    );
+    tx.next_round(0);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(0)), 0);
     drain(&mut tx);
     // Early: the timer stays armed and is armed again.
     assert!(!tx.timer_fired(Timer::StepTimeout(a), 1_000));
@@ -358,47 +350,28 @@ fn a_cancelled_run_compensates_what_was_done() {
     let a = flow.step_index("a").unwrap();
     let mut tx = transaction(&flow);
     tx.begin_or_resume(0);
-    let round = tx.next_round(0);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(0)),
-        &round_steps(&round),
-        0,
-    );
-    let round = tx.next_round(0);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(0)),
-        &round_steps(&round),
-        0,
-    );
-    assert_eq!(tx.next_round(0), Round::Finished);
+    tx.next_round(0);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(0)), 0);
+    tx.next_round(0);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(0)), 0);
+    assert_eq!(tx.next_round(0), Next::Finished);
     drain(&mut tx);
     tx.cancel(1)
         .expect("a running transaction can be cancelled");
-    let round = tx.next_round(1);
-    let called: Vec<_> = calls(&round)
+    tx.next_round(1);
+    let called: Vec<_> = tx
+        .calls()
         .iter()
         .map(|c| (flow.step(c.step).action.clone(), c.handler))
         .collect();
     assert_eq!(called, [("b".to_string(), HandlerType::Compensate)]);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(0)),
-        &round_steps(&round),
-        2,
-    );
-    let round = tx.next_round(2);
-    assert_eq!(calls(&round)[0].step, a);
-    tx.complete(
-        calls(&round)[0],
-        StepOutcome::ok(json!(0)),
-        &round_steps(&round),
-        3,
-    );
-    assert_eq!(tx.next_round(3), Round::Finished);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(0)), 2);
+    tx.next_round(2);
+    assert_eq!(tx.calls()[0].step, a);
+    tx.complete(tx.calls()[0], StepOutcome::ok(json!(0)), 3);
+    assert_eq!(tx.next_round(3), Next::Finished);
     assert_eq!(tx.state(), TransactionState::Reverted);
     assert!(tx.fields().cancelled_at.is_some());
     // A finished transaction refuses outside completions.
-    assert!(tx.register_success(a, HandlerType::Invoke, None).is_err());
+    assert!(tx.register_success(a, None).is_err());
 }

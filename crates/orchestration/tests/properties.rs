@@ -21,6 +21,7 @@ use gorgon_orchestration::{
     Claim, EngineOptions, Flow, FlowDefinition, HandlerType, Lease, MemoryStore, Purge, Record,
     RunOptions, StepCall, StepOptions, StepOutcome, StepRun, Store, Transaction, TransactionFilter,
     TransactionKey, TransactionPage, TransactionState, TransactionSummary, WorkflowOptions,
+    WriteMode,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -164,11 +165,12 @@ struct PathStore {
 
 #[async_trait]
 impl Store for PathStore {
-    fn pipelined(&self) -> bool {
-        self.path == WritePath::Pipelined
-    }
-    fn volatile(&self) -> bool {
-        self.path == WritePath::Deferred
+    fn write_mode(&self) -> WriteMode {
+        match self.path {
+            WritePath::EveryStep => WriteMode::Durable,
+            WritePath::Pipelined => WriteMode::Pipelined,
+            WritePath::Deferred => WriteMode::Volatile,
+        }
     }
     async fn create(
         &self,
@@ -181,7 +183,7 @@ impl Store for PathStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
         self.inner.append(key, epoch, records).await
     }

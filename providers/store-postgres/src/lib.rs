@@ -97,7 +97,7 @@ use async_trait::async_trait;
 use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
 };
-use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey};
+use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey, WriteMode};
 use serde::Deserialize;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
@@ -958,21 +958,27 @@ impl Store for PostgresStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
+        let records = records.as_slice();
         self.write(key, epoch, records, None).await
     }
 
-    fn pipelined(&self) -> bool {
-        self.inner.queue.is_some()
+    fn write_mode(&self) -> WriteMode {
+        if self.inner.queue.is_some() {
+            WriteMode::Pipelined
+        } else {
+            WriteMode::Durable
+        }
     }
 
     async fn create_and_append(
         &self,
         header: &TransactionHeader,
         lease: Option<&Lease>,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<u64> {
+        let records = records.as_slice();
         let create = NewTransaction::encode(header, lease)?;
         self.write(&header.key, 1, records, Some(create)).await?;
         Ok(1)

@@ -150,7 +150,11 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
             "the winner's run is stored"
         );
         store
-            .append(&key, round + 1, &[step(1), state(TransactionState::Done)])
+            .append(
+                &key,
+                round + 1,
+                vec![step(1), state(TransactionState::Done)],
+            )
             .await
             .expect("finish");
     }
@@ -174,10 +178,10 @@ async fn batched_appends_of_200_transactions_share_commits() {
         let key = TransactionKey::new("pg-test", id.as_str());
         tokio::spawn(async move {
             store
-                .append(&key, 1, &[state(TransactionState::Invoking)])
+                .append(&key, 1, vec![state(TransactionState::Invoking)])
                 .await?;
             for n in 1..=9 {
-                store.append(&key, 1, &[step(n)]).await?;
+                store.append(&key, 1, vec![step(n)]).await?;
             }
             Ok::<_, StoreError>(())
         })
@@ -229,7 +233,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
         .chain(std::iter::once(ghost.clone()))
         .map(|key| {
             let store = store.clone();
-            tokio::spawn(async move { (store.append(&key, 1, &[step(1)]).await, key) })
+            tokio::spawn(async move { (store.append(&key, 1, vec![step(1)]).await, key) })
         });
     for result in futures::future::join_all(appends).await {
         let (result, key) = result.expect("task");
@@ -265,7 +269,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let appends = ids.iter().map(|id| {
         let store = store.clone();
         let key = TransactionKey::new("pg-test", id.as_str());
-        tokio::spawn(async move { store.append(&key, 1, &[step(1)]).await })
+        tokio::spawn(async move { store.append(&key, 1, vec![step(1)]).await })
     });
     for result in futures::future::join_all(appends).await {
         let error = result.expect("task").expect_err("the commit failed");
@@ -317,11 +321,11 @@ async fn log_rows_are_keyed_by_step_side_and_attempt() {
         }),
     ];
     store
-        .append(&h.key, 1, &records[..2])
+        .append(&h.key, 1, records[..2].to_vec())
         .await
         .expect("append");
     store
-        .append(&h.key, 1, &records[2..])
+        .append(&h.key, 1, records[2..].to_vec())
         .await
         .expect("append");
     let rows: Vec<LogRow> = sqlx::query_as(
@@ -377,7 +381,7 @@ async fn a_reconnected_store_reads_the_same_log() {
     let h = header("reopen");
     first.create(&h, None).await.expect("create");
     first
-        .append(&h.key, 1, &[state(TransactionState::Invoking), step(1)])
+        .append(&h.key, 1, vec![state(TransactionState::Invoking), step(1)])
         .await
         .expect("append");
     assert_eq!(
@@ -445,7 +449,7 @@ async fn a_nul_character_fails_nothing_else_in_its_batch() {
                 ..header(&id)
             };
             store
-                .create_and_append(&h, None, &[state(TransactionState::Invoking)])
+                .create_and_append(&h, None, vec![state(TransactionState::Invoking)])
                 .await
         })
     };
@@ -545,7 +549,7 @@ async fn a_deadlocked_batch_is_tried_again_whole() {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .append(&key, 1, &[state(TransactionState::Invoking)])
+                .append(&key, 1, vec![state(TransactionState::Invoking)])
                 .await
         })
     };

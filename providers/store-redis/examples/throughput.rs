@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 };
                 let epoch = store.create(&header, Some(&lease)).await?;
                 store
-                    .append(&key, epoch, &[fields(TransactionState::Invoking)])
+                    .append(&key, epoch, vec![fields(TransactionState::Invoking)])
                     .await?;
                 for step in 1..=10 {
                     let response = Record::Response {
@@ -63,10 +63,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         handler: HandlerType::Invoke,
                         data: Some(Data::json(serde_json::json!({"step": step}))),
                     };
-                    store.append(&key, epoch, &[response]).await?;
+                    store.append(&key, epoch, vec![response]).await?;
                 }
                 store
-                    .append(&key, epoch, &[fields(TransactionState::Done)])
+                    .append(&key, epoch, vec![fields(TransactionState::Done)])
                     .await?;
                 drop(permit);
                 Ok::<_, gorgon_orchestration::Error>(())

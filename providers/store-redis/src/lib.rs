@@ -13,7 +13,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use gorgon_orchestration::{EngineOptions, Store};
+//! use gorgon_orchestration::{WriteMode, EngineOptions, Store};
 //! use gorgon_store_redis::{Durability, Options, RedisStore};
 //!
 //! let options: Options = serde_json::from_str(r#"{"prefix": "shop:wf:", "durability": "batched"}"#)?;
@@ -146,7 +146,7 @@ use async_trait::async_trait;
 use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionKey, TransactionSummary, fenced,
 };
-use gorgon_orchestration::{Data, Record, Store, TransactionState};
+use gorgon_orchestration::{Data, Record, Store, TransactionState, WriteMode};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -727,8 +727,9 @@ impl Store for RedisStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
+        let records = records.as_slice();
         let member = member(key);
         let encoded = records
             .iter()
@@ -866,8 +867,12 @@ impl Store for RedisStore {
             .collect()
     }
 
-    fn pipelined(&self) -> bool {
-        self.inner.batch.is_some()
+    fn write_mode(&self) -> WriteMode {
+        if self.inner.batch.is_some() {
+            WriteMode::Pipelined
+        } else {
+            WriteMode::Durable
+        }
     }
 
     async fn renew(

@@ -127,7 +127,7 @@ async fn acknowledged_appends_survive_a_redis_kill_with_aof_always() {
                 .expect("create");
             for seq in 0..5 {
                 store
-                    .append(&key, 1, &[response(tx, seq)])
+                    .append(&key, 1, vec![response(tx, seq)])
                     .await
                     .expect("append");
             }
@@ -164,7 +164,7 @@ async fn acknowledged_appends_survive_a_redis_kill_with_aof_always() {
             .append(
                 &key,
                 1,
-                &[state(TransactionState::Invoking), response(0, 99)],
+                vec![state(TransactionState::Invoking), response(0, 99)],
             )
             .await
         {
@@ -192,7 +192,11 @@ async fn acknowledged_appends_survive_a_redis_kill_with_aof_always() {
         .expect("flush");
     let before = store.stats().round_trips;
     store
-        .append(&key, 1, &[state(TransactionState::Done), response(0, 100)])
+        .append(
+            &key,
+            1,
+            vec![state(TransactionState::Done), response(0, 100)],
+        )
         .await
         .expect("append after SCRIPT FLUSH");
     assert_eq!(store.stats().round_trips - before, 1);
@@ -304,7 +308,7 @@ async fn child_writer() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let key = TransactionKey::new("killed", format!("tx-{tx}"));
-                    store.append(&key, 1, &[response(tx, round)]).await
+                    store.append(&key, 1, vec![response(tx, round)]).await
                 })
             })
             .collect();

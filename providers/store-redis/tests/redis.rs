@@ -151,17 +151,17 @@ async fn batched_appends_of_200_transactions_share_round_trips() {
                 .await
                 .expect("create");
             store
-                .append(&key, 1, &[state(TransactionState::Invoking)])
+                .append(&key, 1, vec![state(TransactionState::Invoking)])
                 .await
                 .expect("append");
             for seq in 0..STEPS {
                 store
-                    .append(&key, 1, &[response(tx, seq), response(tx, seq + 1000)])
+                    .append(&key, 1, vec![response(tx, seq), response(tx, seq + 1000)])
                     .await
                     .expect("append");
             }
             store
-                .append(&key, 1, &[state(TransactionState::Done)])
+                .append(&key, 1, vec![state(TransactionState::Done)])
                 .await
                 .expect("append");
         }));
@@ -224,7 +224,7 @@ async fn a_new_instance_loads_what_another_wrote() {
             .append(
                 &key,
                 1,
-                &[state(TransactionState::Invoking), response(1, 1)],
+                vec![state(TransactionState::Invoking), response(1, 1)],
             )
             .await
             .expect("append");
@@ -252,9 +252,12 @@ async fn a_new_instance_loads_what_another_wrote() {
             .await,
         Err(EngineError::AlreadyStarted { .. })
     ));
-    second.append(&key, 1, &[]).await.expect("an empty append");
     second
-        .append(&key, 1, &[state(TransactionState::Done)])
+        .append(&key, 1, vec![])
+        .await
+        .expect("an empty append");
+    second
+        .append(&key, 1, vec![state(TransactionState::Done)])
         .await
         .expect("append");
     assert_eq!(
@@ -288,11 +291,11 @@ async fn listings_follow_the_indexes() {
         .expect("create");
     let key = TransactionKey::new("list:a", "t1");
     store
-        .append(&key, 1, &[state(TransactionState::Invoking)])
+        .append(&key, 1, vec![state(TransactionState::Invoking)])
         .await
         .expect("append");
     store
-        .append(&key, 1, &[state(TransactionState::Reverted)])
+        .append(&key, 1, vec![state(TransactionState::Reverted)])
         .await
         .expect("append");
 
@@ -408,7 +411,7 @@ async fn a_stale_epoch_fails_only_its_own_append_in_a_pipeline() {
         .map(|i| {
             let store = store.clone();
             let key = TransactionKey::new("fenced", format!("t{i}"));
-            tokio::spawn(async move { (store.append(&key, 1, &[response(i, 1)]).await, key, 1) })
+            tokio::spawn(async move { (store.append(&key, 1, vec![response(i, 1)]).await, key, 1) })
         })
         .collect();
     tasks.push({
@@ -416,7 +419,7 @@ async fn a_stale_epoch_fails_only_its_own_append_in_a_pipeline() {
         let key = taken.clone();
         tokio::spawn(async move {
             (
-                store.append(&key, current, &[response(0, 2)]).await,
+                store.append(&key, current, vec![response(0, 2)]).await,
                 key,
                 current,
             )
@@ -567,7 +570,7 @@ async fn the_lease_indexes_follow_the_transaction() {
         .expect("smembers");
     assert_eq!(owned, [member]);
     store
-        .append(&key, epoch, &[state(TransactionState::Invoking)])
+        .append(&key, epoch, vec![state(TransactionState::Invoking)])
         .await
         .expect("append");
     store
@@ -593,7 +596,7 @@ async fn the_lease_indexes_follow_the_transaction() {
     assert_eq!(score("parked:idx").await, None);
     assert!(from_now(score("leased:idx").await, 900_000));
     store
-        .append(&key, epoch, &[state(TransactionState::Done)])
+        .append(&key, epoch, vec![state(TransactionState::Done)])
         .await
         .expect("append");
     assert_eq!(score("leased:idx").await, None);

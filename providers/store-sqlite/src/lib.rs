@@ -110,7 +110,7 @@ use async_trait::async_trait;
 use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
 };
-use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey};
+use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey, WriteMode};
 use serde::Deserialize;
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -826,8 +826,9 @@ impl Store for SqliteStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
+        let records = records.as_slice();
         self.write(key, epoch, records, None).await
     }
 
@@ -835,7 +836,7 @@ impl Store for SqliteStore {
         &self,
         header: &TransactionHeader,
         lease: Option<&Lease>,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<u64> {
         if self.inner.queue.is_none() {
             let epoch = self.create(header, lease).await?;
@@ -843,7 +844,7 @@ impl Store for SqliteStore {
             return Ok(epoch);
         }
         let create = NewTransaction::encode(header, lease)?;
-        self.write(&header.key, 1, records, Some(create)).await?;
+        self.write(&header.key, 1, &records, Some(create)).await?;
         Ok(1)
     }
 
@@ -950,8 +951,12 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    fn pipelined(&self) -> bool {
-        self.inner.queue.is_some()
+    fn write_mode(&self) -> WriteMode {
+        if self.inner.queue.is_some() {
+            WriteMode::Pipelined
+        } else {
+            WriteMode::Durable
+        }
     }
 
     async fn renew(

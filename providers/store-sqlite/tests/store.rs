@@ -127,7 +127,7 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
             .append(
                 &key,
                 winners[0].1,
-                &[step(1), state(TransactionState::Done)],
+                vec![step(1), state(TransactionState::Done)],
             )
             .await
             .expect("finish");
@@ -149,10 +149,10 @@ async fn batched_appends_of_200_transactions_share_commits() {
         let key = TransactionKey::new("sqlite-test", id.as_str());
         tokio::spawn(async move {
             store
-                .append(&key, 1, &[state(TransactionState::Invoking)])
+                .append(&key, 1, vec![state(TransactionState::Invoking)])
                 .await?;
             for n in 1..=9 {
-                store.append(&key, 1, &[step(n)]).await?;
+                store.append(&key, 1, vec![step(n)]).await?;
             }
             Ok::<_, StoreError>(())
         })
@@ -201,7 +201,7 @@ async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
         .chain(std::iter::once(ghost.clone()))
         .map(|key| {
             let store = store.clone();
-            tokio::spawn(async move { (store.append(&key, 1, &[step(1)]).await, key) })
+            tokio::spawn(async move { (store.append(&key, 1, vec![step(1)]).await, key) })
         });
     for result in futures::future::join_all(appends).await {
         let (result, key) = result.expect("task");
@@ -236,7 +236,7 @@ async fn a_failed_batch_commit_fails_every_append_in_it() {
     let appends = ids.iter().map(|id| {
         let store = store.clone();
         let key = TransactionKey::new("sqlite-test", id.as_str());
-        tokio::spawn(async move { store.append(&key, 1, &[step(1)]).await })
+        tokio::spawn(async move { store.append(&key, 1, vec![step(1)]).await })
     });
     for result in futures::future::join_all(appends).await {
         let error = result.expect("task").expect_err("the commit failed");
@@ -294,12 +294,18 @@ async fn a_stale_epoch_fails_only_its_own_append_in_a_batch() {
     let stale = ids.iter().map(|id| {
         let store = store.clone();
         let key = TransactionKey::new("sqlite-test", id.as_str());
-        tokio::spawn(async move { (store.append(&key, 1, &[step(1)]).await, key, 1) })
+        tokio::spawn(async move { (store.append(&key, 1, vec![step(1)]).await, key, 1) })
     });
     let fresh = {
         let store = store.clone();
         let key = taken.clone();
-        tokio::spawn(async move { (store.append(&key, current, &[step(2)]).await, key, current) })
+        tokio::spawn(async move {
+            (
+                store.append(&key, current, vec![step(2)]).await,
+                key,
+                current,
+            )
+        })
     };
     let before = store.stats();
     for result in futures::future::join_all(stale.chain(std::iter::once(fresh))).await {
@@ -429,11 +435,11 @@ async fn log_rows_are_keyed_by_step_side_and_attempt() {
         }),
     ];
     store
-        .append(&h.key, epoch, &records[..2])
+        .append(&h.key, epoch, records[..2].to_vec())
         .await
         .expect("append");
     store
-        .append(&h.key, epoch, &records[2..])
+        .append(&h.key, epoch, records[2..].to_vec())
         .await
         .expect("append");
     let rows: Vec<LogRow> = sqlx::query_as(
@@ -508,11 +514,15 @@ async fn child_writes_then_exits() {
     };
     let epoch = store.create(&h, None).await.expect("create");
     store
-        .append(&h.key, epoch, &[state(TransactionState::Invoking), step(1)])
+        .append(
+            &h.key,
+            epoch,
+            vec![state(TransactionState::Invoking), step(1)],
+        )
         .await
         .expect("append");
     store
-        .append(&h.key, epoch, &[step(2)])
+        .append(&h.key, epoch, vec![step(2)])
         .await
         .expect("append");
     std::process::exit(0);

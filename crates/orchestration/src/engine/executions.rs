@@ -16,7 +16,7 @@ use super::{Engine, Execution};
 use crate::data::Data;
 use crate::error::Result;
 use crate::flow::StepIndex;
-use crate::machine::{StepError, TransactionError};
+use crate::log::{StepError, TransactionError};
 use crate::state::{HandlerType, SideState, TransactionState};
 use crate::store::{Purge, TransactionFilter, TransactionKey, TransactionPage};
 

@@ -70,10 +70,10 @@ impl Store for JsonStore {
         &self,
         key: &TransactionKey,
         epoch: u64,
-        records: &[Record],
+        records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
-        let records: Vec<Record> = through_json(&records.to_vec());
-        self.inner.append(key, epoch, &records).await
+        let records: Vec<Record> = through_json(&records);
+        self.inner.append(key, epoch, records).await
     }
     async fn load(
         &self,
