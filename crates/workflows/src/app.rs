@@ -7,21 +7,23 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use futures::future::BoxFuture;
 use gorgon_event_bus::{EventBus, EventGroupId};
 use gorgon_orchestration::{
     Data, Engine, EngineOptions, EventKind, Execution, ExecutionDetail, HandlerType,
-    IdempotencyKey, StepStatus, TransactionError, TransactionEvent, TransactionFilter,
-    TransactionKey, TransactionPage, TransactionState,
+    IdempotencyKey, TransactionError, TransactionEvent, TransactionFilter, TransactionKey,
+    TransactionPage, TransactionState,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
-use crate::compose::{Env, EnvSource, NodeDef, Resolver};
-use crate::context::{Payload, WorkflowContext};
+use crate::context::{Payload, StepEnv, WorkflowContext};
 use crate::error::{Error, StepFailure};
+use crate::hook::bound_node;
+use crate::node::{Compiled, Host, NodeDef, Resolver, Runtime};
 use crate::services::Services;
 use crate::step::Value;
-use crate::workflow::{Compiled, Runtime, Workflow};
+use crate::workflow::{Wait, Workflow, result_of, waits};
 
 /// The ids of apps, from 1 (0 stands for none in [`Compiled::checked_on`]).
 static APP_IDS: AtomicU64 = AtomicU64::new(1);
@@ -245,158 +247,10 @@ impl<Out: Clone + Send + Sync + 'static> Run<Out> {
     }
 }
 
-/// The typed result of an execution of `compiled`.
-pub(crate) fn result_of<Out>(
-    execution: &Execution,
-    compiled: &Compiled,
-    result: &Resolver<Out>,
-) -> Result<Out, Error> {
-    match execution.state {
-        TransactionState::Done => {
-            let env = Env {
-                source: EnvSource::Execution(execution),
-                compiled,
-                workflow: &compiled.name,
-            };
-            result(&env)?.ok_or_else(|| Error::NoResult {
-                workflow: compiled.name.to_string(),
-                transaction_id: execution.transaction_id().to_string(),
-            })
-        }
-        TransactionState::Reverted | TransactionState::Failed => Err(Error::Failed {
-            workflow: compiled.name.to_string(),
-            transaction_id: execution.transaction_id().to_string(),
-            state: execution.state,
-            errors: execution.errors.clone(),
-        }),
-        state => Err(Error::NotFinished {
-            workflow: compiled.name.to_string(),
-            transaction_id: execution.transaction_id().to_string(),
-            state,
-            waiting_on: waiting_on(execution),
-        }),
-    }
-}
-
-/// What an unfinished execution's step waits on.
-enum Wait {
-    /// The outside: `set_step_success` / `set_step_failure` for an async step, or a resume.
-    Outside(String),
-    /// The workflow the step at this index nests.
-    Nested(gorgon_orchestration::StepIndex),
-}
-
-/// What an unfinished execution's steps wait on (the engine's own timers and background
-/// steps aside).
-fn waits(execution: &Execution) -> Vec<Wait> {
-    let flow = execution.flow();
-    let mut waits = Vec::new();
-    for (index, run) in execution.steps.iter().enumerate().skip(1) {
-        let step = flow.step(index);
-        let side = run.side();
-        let options = &step.options;
-        let handler = run.handler_type();
-        if side.status == StepStatus::Waiting && options.is_async_side(handler) {
-            if options.nested() {
-                waits.push(Wait::Nested(index));
-            } else if handler == HandlerType::Compensate || !options.background_execution() {
-                waits.push(Wait::Outside(format!(
-                    "step `{}` ({handler}: set_step_success / set_step_failure)",
-                    step.action
-                )));
-            }
-        } else if side.status == StepStatus::TemporaryFailure && run.temporary_failed_at.is_some() {
-            waits.push(Wait::Outside(format!("step `{}` (resume)", step.action)));
-        }
-    }
-    waits
-}
-
-/// What an unfinished execution waits on, a line per step: async steps waiting for
-/// `set_step_success` / `set_step_failure`, steps waiting for a resume, nested workflows.
-fn waiting_on(execution: &Execution) -> Vec<String> {
-    waits(execution)
-        .into_iter()
-        .map(|wait| match wait {
-            Wait::Outside(what) => what,
-            Wait::Nested(index) => format!(
-                "nested workflow step `{}`",
-                execution.flow().step(index).action
-            ),
-        })
-        .collect()
-}
-
 impl AppInner {
-    /// Starts a child workflow (nested or fan-out) with the parent's context; returns when it
-    /// finishes or waits.
-    pub(crate) async fn start_child<In: Value, Out>(
-        &self,
-        child: &Workflow<In, Out>,
-        transaction_id: String,
-        input: In,
-        context: Arc<WorkflowContext>,
-    ) -> Result<Execution, Error> {
-        let payload = Data::new(Payload {
-            input: Data::new(input),
-            context,
-            // The parent's outcome decides the group's fate.
-            hold_events: true,
-        });
-        Ok(self
-            .engine
-            .run(
-                child.name(),
-                gorgon_orchestration::RunOptions {
-                    transaction_id: Some(transaction_id),
-                    payload: Some(payload),
-                    idempotent: None,
-                },
-            )
-            .await?)
-    }
-
-    /// Runs a child workflow to its result.
-    pub(crate) async fn run_child<In: Value, Out>(
-        &self,
-        child: &Workflow<In, Out>,
-        transaction_id: String,
-        input: In,
-        context: Arc<WorkflowContext>,
-    ) -> Result<Out, Error> {
-        let mut execution = self
-            .start_child(child, transaction_id, input, context)
-            .await?;
-        if !execution.state.is_finished() {
-            // A child that waits on the engine's timers (a retry interval) is waited for.
-            if let Some(compiled) = self.compiled_of(child.name()) {
-                execution = self.wait_engine_driven(&compiled, execution).await?;
-            }
-        }
-        self.result_of(child, &execution)
-    }
-
-    /// The typed result of an execution of `workflow`, read with the workflow as registered
-    /// here (its hooks bound).
-    pub(crate) fn result_of<In, Out>(
-        &self,
-        workflow: &Workflow<In, Out>,
-        execution: &Execution,
-    ) -> Result<Out, Error> {
-        let compiled = self
-            .compiled_of(workflow.name())
-            .unwrap_or_else(|| workflow.compiled.clone());
-        result_of(execution, &compiled, &workflow.result)
-    }
-
-    /// The workflow registered under `name`, as it runs here.
-    pub(crate) fn compiled_of(&self, name: &str) -> Option<Arc<Compiled>> {
-        self.workflows.read().get(name).cloned()
-    }
-
     /// Waits until a run finishes or comes to wait for the outside (its own steps, or those of
     /// the workflows it nests).
-    pub(crate) async fn wait_engine_driven(
+    async fn wait_engine_driven(
         &self,
         compiled: &Arc<Compiled>,
         mut execution: Execution,
@@ -447,7 +301,7 @@ impl AppInner {
         &'a self,
         compiled: &'a Compiled,
         execution: &'a Execution,
-    ) -> futures::future::BoxFuture<'a, Result<bool, Error>> {
+    ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
             for wait in waits(execution) {
                 let step = match wait {
@@ -477,7 +331,7 @@ impl AppInner {
     }
 
     /// Waits until a run has finished; see [`App::wait_until_finished`].
-    pub(crate) async fn wait_finished(
+    async fn wait_finished(
         &self,
         workflow: &str,
         transaction_id: &str,
@@ -508,32 +362,10 @@ impl AppInner {
         }
     }
 
-    /// Cancels (compensates) a child run; a child that never started has nothing to undo.
-    pub(crate) async fn cancel_child(
-        &self,
-        workflow: &str,
-        transaction_id: &str,
-    ) -> Result<(), StepFailure> {
-        match self.engine.cancel(workflow, transaction_id).await {
-            Ok(execution) if execution.state == TransactionState::Reverted => Ok(()),
-            Ok(execution) => Err(StepFailure::new(format!(
-                "compensating {workflow} {transaction_id} ended {}",
-                execution.state
-            ))),
-            Err(gorgon_orchestration::Error::TransactionNotFound { .. }) => Ok(()),
-            Err(error) => Err(StepFailure::new(error.to_string())),
-        }
-    }
-
     /// Whether the app has an event bus. Without one (the flag is never set) no lock is taken:
     /// every run ends here, on every core.
     fn has_event_bus(&self) -> bool {
         self.bus_set.load(Ordering::Acquire) && self.event_bus.read().is_some()
-    }
-
-    /// The event bus, when the app has one.
-    pub(crate) fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
-        self.event_bus.read().clone()
     }
 
     /// Releases or discards a whole event group on the app's bus.
@@ -565,7 +397,7 @@ impl AppInner {
     ///
     /// A failing bus is logged, not returned: the run's outcome stands, and the staged events
     /// stay in the bus (Redis: until their TTL) for [`App::release_events`].
-    pub(crate) async fn settle_events(&self, execution: &Execution, state: TransactionState) {
+    async fn settle_events(&self, execution: &Execution, state: TransactionState) {
         if state.is_finished() && self.has_event_bus() {
             // The watcher then skips this end (a late duplicate could publish what a cancel
             // right after it staged).
@@ -692,6 +524,44 @@ impl AppInner {
                 }
             }
         });
+    }
+}
+
+impl Host for AppInner {
+    fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
+        self.event_bus.read().clone()
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn compiled_of(&self, name: &str) -> Option<Arc<Compiled>> {
+        self.workflows.read().get(name).cloned()
+    }
+
+    fn wait_engine_driven<'a>(
+        &'a self,
+        compiled: &'a Arc<Compiled>,
+        execution: Execution,
+    ) -> BoxFuture<'a, Result<Execution, Error>> {
+        Box::pin(AppInner::wait_engine_driven(self, compiled, execution))
+    }
+
+    fn wait_finished<'a>(
+        &'a self,
+        workflow: &'a str,
+        transaction_id: &'a str,
+    ) -> BoxFuture<'a, Result<Execution, Error>> {
+        Box::pin(AppInner::wait_finished(self, workflow, transaction_id))
+    }
+
+    fn settle_events<'a>(
+        &'a self,
+        execution: &'a Execution,
+        state: TransactionState,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(AppInner::settle_events(self, execution, state))
     }
 }
 
@@ -846,6 +716,21 @@ impl App {
         self.inner.settle_group(Settle::Discard, group_id).await
     }
 
+    /// The snapshot of a run of `workflow` after `operation` on it (run only once the workflow
+    /// is found registered here), its event group settled if the operation finished it.
+    async fn settled_after<In, Out, E>(
+        &self,
+        workflow: &Workflow<In, Out>,
+        operation: impl Future<Output = Result<Execution, E>>,
+    ) -> Result<Run<Out>, Error>
+    where
+        Error: From<E>,
+    {
+        let compiled = self.compiled_for(workflow)?;
+        let execution = operation.await?;
+        Ok(self.settled(workflow, compiled, execution).await)
+    }
+
     /// Settles the run's event group if `execution` finished, and wraps it.
     async fn settled<In, Out>(
         &self,
@@ -922,7 +807,7 @@ impl App {
                 hook: hook.name().to_string(),
             });
         }
-        let (_, node) = crate::hook::bound_node(compiled, hook, handler)?;
+        let (_, node) = bound_node(compiled, hook, handler)?;
         let mut hooks = self.inner.hooks.lock();
         let key = (compiled.name.clone(), node.name.clone());
         if hooks.contains_key(&key) {
@@ -970,13 +855,18 @@ impl App {
             // The same workflow again (a shared child, a second register): nothing changes.
             return Ok(registered);
         }
+        let host: Weak<dyn Host> = Arc::<AppInner>::downgrade(&self.inner);
+        let env = Arc::new(StepEnv {
+            services: self.inner.services.clone(),
+            host: host.clone(),
+        });
         self.inner.engine.register_arc(
             bound.flow.clone(),
-            Arc::new(Runtime::new(
-                bound.clone(),
-                self.inner.services.clone(),
-                Arc::downgrade(&self.inner),
-            )),
+            Arc::new(Runtime {
+                compiled: bound.clone(),
+                host,
+                env,
+            }),
         )?;
         self.inner
             .workflows
@@ -1147,13 +1037,8 @@ impl App {
         workflow: &Workflow<In, Out>,
         transaction_id: &str,
     ) -> Result<Run<Out>, Error> {
-        let compiled = self.compiled_for(workflow)?;
-        let execution = self
-            .inner
-            .engine
-            .resume(workflow.name(), transaction_id)
-            .await?;
-        Ok(self.settled(workflow, compiled, execution).await)
+        let resume = self.inner.engine.resume(workflow.name(), transaction_id);
+        self.settled_after(workflow, resume).await
     }
 
     /// The current snapshot of a run.
@@ -1246,13 +1131,8 @@ impl App {
         workflow: &Workflow<In, Out>,
         transaction_id: &str,
     ) -> Result<Run<Out>, Error> {
-        let compiled = self.compiled_for(workflow)?;
-        let execution = self
-            .inner
-            .engine
-            .cancel(workflow.name(), transaction_id)
-            .await?;
-        Ok(self.settled(workflow, compiled, execution).await)
+        let cancel = self.inner.engine.cancel(workflow.name(), transaction_id);
+        self.settled_after(workflow, cancel).await
     }
 
     /// Waits until a run has finished (done, reverted or failed) and returns its snapshot: for
@@ -1263,12 +1143,8 @@ impl App {
         workflow: &Workflow<In, Out>,
         transaction_id: &str,
     ) -> Result<Run<Out>, Error> {
-        let compiled = self.compiled_for(workflow)?;
-        let execution = self
-            .inner
-            .wait_finished(workflow.name(), transaction_id)
-            .await?;
-        Ok(self.settled(workflow, compiled, execution).await)
+        let finished = self.inner.wait_finished(workflow.name(), transaction_id);
+        self.settled_after(workflow, finished).await
     }
 
     /// A page of this workflow's runs, newest first (Medusa's workflow executions list):

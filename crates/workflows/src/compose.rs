@@ -9,83 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
-use gorgon_orchestration::{
-    Data, Execution, HandlerType, StepCall, StepError, StepOptions, StepOutcome,
-};
+use gorgon_orchestration::{Data, HandlerType, StepCall, StepOptions, StepOutcome};
 
 use crate::context::{Payload, StepContext};
 use crate::error::Error;
-use crate::hook::HookDecl;
-use crate::services::Requirement;
+use crate::node::{
+    Compiled, Composed, Env, Node, NodeDef, Resolver, Runtime, ready, resolution_failure,
+    resolve_input,
+};
 use crate::step::{Saved, Step, Value};
-use crate::workflow::{ABSENT, Compiled, Runtime};
-
-/// Where values are read from while a run executes: the running call, or a finished execution.
-pub(crate) enum EnvSource<'a> {
-    Call(&'a StepCall),
-    Execution(&'a Execution),
-}
-
-/// The run being resolved against: its payload, its saved responses, and the compiled workflow
-/// (which maps a node's definition order to its step index in the flow).
-pub(crate) struct Env<'a> {
-    pub(crate) source: EnvSource<'a>,
-    pub(crate) compiled: &'a Compiled,
-    pub(crate) workflow: &'a str,
-}
-
-impl Env<'_> {
-    fn payload(&self) -> &Data {
-        match self.source {
-            EnvSource::Call(call) => call.payload(),
-            EnvSource::Execution(execution) => execution.payload(),
-        }
-    }
-    pub(crate) fn response(&self, node: usize) -> Option<Data> {
-        self.with_response(node, |data| data.cloned())
-    }
-    /// Reads a node's saved response in place (no reference count taken); `read` gets `None`
-    /// when there is none.
-    pub(crate) fn with_response<R>(&self, node: usize, read: impl FnOnce(Option<&Data>) -> R) -> R {
-        let index = self.compiled.map[node];
-        if index == ABSENT {
-            return read(None);
-        }
-        match self.source {
-            EnvSource::Call(call) => call.responses().with(index, HandlerType::Invoke, read),
-            EnvSource::Execution(execution) => {
-                execution.responses().with(index, HandlerType::Invoke, read)
-            }
-        }
-    }
-    /// Whether every `when` decision in `guards` was taken (absent decisions count as not taken).
-    #[inline]
-    fn guards_pass(&self, guards: &[usize]) -> Result<bool, Error> {
-        if guards.is_empty() {
-            return Ok(true);
-        }
-        self.decisions_taken(guards)
-    }
-    fn decisions_taken(&self, guards: &[usize]) -> Result<bool, Error> {
-        for &guard in guards {
-            let taken = match self.response(guard) {
-                None => false,
-                Some(data) => match data.downcast_ref::<bool>() {
-                    Some(taken) => *taken,
-                    None => data.decode::<bool>().map_err(|e| Error::Decode {
-                        workflow: self.workflow.to_string(),
-                        source_name: format!("when decision #{guard}"),
-                        reason: e.to_string(),
-                    })?,
-                },
-            };
-            if !taken {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-}
 
 /// The workflow input of a run whose payload or input came from a store (JSON).
 #[cold]
@@ -116,9 +48,6 @@ fn decode_output<O: Value, C: Value>(
             reason: e.to_string(),
         })
 }
-
-/// Reads a value from a run: `Ok(None)` when it is absent (its step was skipped).
-pub(crate) type Resolver<T> = Arc<dyn Fn(&Env<'_>) -> Result<Option<T>, Error> + Send + Sync>;
 
 /// A typed reference to a value a workflow will have at run time: its input, a step's output, a
 /// transform's result. Handles are `Copy`; they are only meaningful inside the composer of the
@@ -330,62 +259,6 @@ tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j);
 tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k);
 tuple_branch!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k, L l);
 
-/// A node of the flow, type-erased: dispatched by step index when the engine calls the workflow.
-pub(crate) trait Node: Send + Sync {
-    fn invoke(&self, call: StepCall, rt: &Runtime) -> BoxFuture<'static, StepOutcome>;
-    fn compensate(&self, call: StepCall, rt: &Runtime) -> BoxFuture<'static, StepOutcome>;
-    /// The response to save for an external `set_step_success` with this output.
-    fn external_success(&self, output: Box<dyn Any + Send>) -> Option<Data>;
-    /// The Rust type of the output, for errors.
-    fn output_type(&self) -> &'static str;
-    /// The output in a saved response, type-erased (for hooks, whose handler types are bound
-    /// after composition).
-    fn output_any(&self, data: &Data) -> Result<Option<Box<dyn Any + Send>>, serde_json::Error> {
-        let _ = data;
-        Ok(None)
-    }
-    /// The name of the workflow this node runs as a nested run, if it does (its transaction
-    /// id is `<step>-<parent transaction>`).
-    fn nested(&self) -> Option<Arc<str>> {
-        None
-    }
-    /// Whether the node saves its response as the SDK's envelope (output and compensation
-    /// input apart) rather than as the bare value (a `when` decision).
-    fn saves_envelope(&self) -> bool {
-        true
-    }
-}
-
-pub(crate) fn ready(outcome: StepOutcome) -> BoxFuture<'static, StepOutcome> {
-    Box::pin(std::future::ready(outcome))
-}
-
-/// A node's input for this call: `Ok(None)` when a guard is not taken or the input is absent.
-pub(crate) fn resolve_input<T>(
-    call: &StepCall,
-    rt: &Runtime,
-    guards: &[usize],
-    input: &Resolver<T>,
-) -> Result<Option<T>, Error> {
-    let env = Env {
-        source: EnvSource::Call(call),
-        compiled: &rt.compiled,
-        workflow: call.workflow(),
-    };
-    if !env.guards_pass(guards)? {
-        return Ok(None);
-    }
-    input(&env)
-}
-
-pub(crate) fn resolution_failure(error: Error) -> StepOutcome {
-    StepOutcome::Failure {
-        error: StepError::named("ResolveError", error.to_string()),
-        permanent: true,
-        response: None,
-    }
-}
-
 pub(crate) struct StepNode<I, O, C> {
     pub(crate) step: Step<I, O, C>,
     pub(crate) input: Resolver<I>,
@@ -481,33 +354,6 @@ impl<T: Send + 'static> Node for DecisionNode<T> {
 
     fn saves_envelope(&self) -> bool {
         false
-    }
-}
-
-/// What a composer produced.
-pub(crate) struct Composed {
-    /// Nodes by stage: a stage's nodes are siblings; each stage follows the previous one.
-    pub(crate) stages: Vec<Vec<usize>>,
-    pub(crate) nodes: Vec<NodeDef>,
-    pub(crate) children: Vec<Arc<Compiled>>,
-}
-
-/// A node as the builder records it.
-#[derive(Clone)]
-pub(crate) struct NodeDef {
-    pub(crate) name: Cow<'static, str>,
-    pub(crate) options: StepOptions,
-    pub(crate) node: Arc<dyn Node>,
-    pub(crate) requires: Vec<Requirement>,
-    /// For a hook: its declaration, and whether a handler is bound (unbound hooks are left out
-    /// of the flow).
-    pub(crate) hook: Option<(Arc<HookDecl>, bool)>,
-}
-
-impl NodeDef {
-    /// Whether the node is a step of the flow.
-    pub(crate) fn in_flow(&self) -> bool {
-        !matches!(self.hook, Some((_, false)))
     }
 }
 

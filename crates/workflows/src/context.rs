@@ -9,8 +9,8 @@ use gorgon_orchestration::{Data, HandlerType, IdempotencyKey, StepCall};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::node::{Host, Runtime};
 use crate::services::Services;
-use crate::workflow::{Runtime, StepEnv};
 
 /// The context shared by every step of a run, saved with the run (it crosses checkpoints).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,14 +82,18 @@ pub struct StepContext {
     invoke_failed: bool,
 }
 
-/// The environment of a context whose transaction has none (not reached: every context is made
-/// by a runtime that sets it).
-fn no_env() -> &'static StepEnv {
-    static NONE: OnceLock<StepEnv> = OnceLock::new();
-    NONE.get_or_init(|| StepEnv {
-        services: Arc::new(Services::new()),
-        app: Weak::new(),
-    })
+/// What a step context reads from its app: the services, and the app itself for its event bus.
+pub(crate) struct StepEnv {
+    pub(crate) services: Arc<Services>,
+    /// The app, for its event bus (looked up when a step emits).
+    pub(crate) host: Weak<dyn Host>,
+}
+
+/// The services of a context whose transaction has no environment (not reached: every context
+/// is made by a runtime that sets it).
+fn no_services() -> &'static Services {
+    static NONE: OnceLock<Services> = OnceLock::new();
+    NONE.get_or_init(Services::new)
 }
 
 impl std::fmt::Debug for StepContext {
@@ -118,12 +122,11 @@ impl StepContext {
         }
     }
 
-    fn env(&self) -> &StepEnv {
+    fn env(&self) -> Option<&StepEnv> {
         self.own_env
             .as_ref()
             .or_else(|| self.call.handler_data().get())
             .and_then(|env| env.downcast_ref::<StepEnv>())
-            .unwrap_or_else(|| no_env())
     }
     /// The workflow name.
     pub fn workflow(&self) -> &str {
@@ -173,8 +176,7 @@ impl StepContext {
     }
     /// The service of type `T` from the application's registry.
     pub fn service<T: ?Sized + Send + Sync + 'static>(&self) -> Result<Arc<T>, Error> {
-        self.env()
-            .services
+        self.services()
             .get::<T>()
             .ok_or_else(|| Error::MissingService {
                 type_name: std::any::type_name::<T>(),
@@ -184,7 +186,10 @@ impl StepContext {
     }
     /// The whole service registry.
     pub fn services(&self) -> &Services {
-        &self.env().services
+        match self.env() {
+            Some(env) => &env.services,
+            None => no_services(),
+        }
     }
     /// The orchestrator's call, for what the SDK does not wrap.
     pub fn call(&self) -> &StepCall {
@@ -192,7 +197,7 @@ impl StepContext {
     }
 
     fn bus(&self) -> Option<Arc<dyn EventBus>> {
-        self.env().app.upgrade().and_then(|app| app.event_bus())
+        self.env()?.host.upgrade()?.event_bus()
     }
 
     /// The run's event group id: the context's, else the run id.

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use gorgon_orchestration::{Data, StepCall, StepOptions, StepOutcome};
 
-use crate::compose::{Builder, Composed, Handle, Inputs, Node, NodeDef, Resolver, StepNode, ready};
+use crate::compose::{Builder, Handle, Inputs, StepNode};
 use crate::error::Error;
+use crate::node::{Compiled, Composed, HookDecl, Node, NodeDef, Resolver, Runtime, ready};
 use crate::step::{Step, Value};
-use crate::workflow::{Compiled, Runtime};
 
 /// A hook: a named point of a workflow where an application can run its own step, with the data
 /// `T`, producing `R` (Medusa's `createHook`).
@@ -53,15 +53,6 @@ impl<T, R> Hook<T, R> {
     pub fn name(&self) -> &str {
         &self.name
     }
-}
-
-/// What the composer recorded about a hook: how to read its data, and its guards.
-pub(crate) struct HookDecl {
-    /// A `Resolver<T>`.
-    input: Box<dyn Any + Send + Sync>,
-    guards: Box<[usize]>,
-    types: TypeId,
-    type_name: &'static str,
 }
 
 /// The node of an unbound hook; never in the flow, so never called.

@@ -186,12 +186,15 @@
 //! count, and read back from JSON when the run was loaded from a durable store. Transforms are
 //! not saved: they are recomputed when needed, so they must be pure. A `when` decision is saved.
 
+// Layers, lowest first: error, services → node → context → step → compose → workflow → hook,
+// nested → app. Each module uses only those before it (`tests/layering.rs` checks).
 mod app;
 mod compose;
 mod context;
 mod error;
 mod hook;
 mod nested;
+mod node;
 mod services;
 mod step;
 mod workflow;

@@ -8,16 +8,17 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use gorgon_orchestration::{
     Data, Execution, HandlerType, IdempotencyKey, StepCall, StepError, StepOptions, StepOutcome,
+    TransactionState,
 };
 
-use crate::app::AppInner;
-use crate::compose::{
-    Builder, Handle, Inputs, Node, NodeDef, Resolver, ready, resolution_failure, resolve_input,
-};
+use crate::compose::{Builder, Handle, Inputs};
 use crate::context::{Payload, WorkflowContext};
-use crate::error::Error;
-use crate::step::{Saved, Step, Value};
-use crate::workflow::{Runtime, Workflow};
+use crate::error::{Error, StepFailure};
+use crate::node::{
+    Host, Node, NodeDef, Resolver, Runtime, ready, resolution_failure, resolve_input,
+};
+use crate::step::{Saved, Step, Value, failure_outcome};
+use crate::workflow::{Workflow, result_of};
 
 fn permanent(message: impl Into<String>) -> StepOutcome {
     StepOutcome::Failure {
@@ -27,10 +28,28 @@ fn permanent(message: impl Into<String>) -> StepOutcome {
     }
 }
 
-fn app_of(rt: &Runtime) -> Result<Arc<AppInner>, StepOutcome> {
-    rt.app
+/// The app running `rt`'s workflow; a permanent failure when it was dropped.
+fn host_of(rt: &Runtime) -> Result<Arc<dyn Host>, StepOutcome> {
+    rt.host
         .upgrade()
         .ok_or_else(|| permanent("the app running this workflow was dropped"))
+}
+
+/// What a nested or fan-out step starts its children with: its input and the app. `Err` is the
+/// outcome to give at once: a skip (a `when` not taken, an absent input), or a permanent failure
+/// (an input that does not resolve, a dropped app).
+fn input_and_host<T>(
+    call: &StepCall,
+    rt: &Runtime,
+    guards: &[usize],
+    input: &Resolver<T>,
+) -> Result<(T, Arc<dyn Host>), StepOutcome> {
+    let input = match resolve_input(call, rt, guards, input) {
+        Ok(Some(input)) => input,
+        Ok(None) => return Err(StepOutcome::Skip),
+        Err(error) => return Err(resolution_failure(error)),
+    };
+    Ok((input, host_of(rt)?))
 }
 
 /// The context a child run gets: the parent's, with the parent's event group id made explicit
@@ -59,6 +78,82 @@ fn child_id(call: &StepCall, element: Option<usize>) -> String {
     }
 }
 
+/// Starts a child workflow (nested or fan-out) with the parent's context; returns when it
+/// finishes or waits.
+async fn start_child<In: Value, Out>(
+    host: &dyn Host,
+    child: &Workflow<In, Out>,
+    transaction_id: String,
+    input: In,
+    context: Arc<WorkflowContext>,
+) -> Result<Execution, Error> {
+    let payload = Data::new(Payload {
+        input: Data::new(input),
+        context,
+        // The parent's outcome decides the group's fate.
+        hold_events: true,
+    });
+    Ok(host
+        .engine()
+        .run(
+            child.name(),
+            gorgon_orchestration::RunOptions {
+                transaction_id: Some(transaction_id),
+                payload: Some(payload),
+                idempotent: None,
+            },
+        )
+        .await?)
+}
+
+/// Runs a child workflow to its result.
+async fn run_child<In: Value, Out>(
+    host: &dyn Host,
+    child: &Workflow<In, Out>,
+    transaction_id: String,
+    input: In,
+    context: Arc<WorkflowContext>,
+) -> Result<Out, Error> {
+    let mut execution = start_child(host, child, transaction_id, input, context).await?;
+    if !execution.state.is_finished() {
+        // A child that waits on the engine's timers (a retry interval) is waited for.
+        if let Some(compiled) = host.compiled_of(child.name()) {
+            execution = host.wait_engine_driven(&compiled, execution).await?;
+        }
+    }
+    child_result(host, child, &execution)
+}
+
+/// The typed result of a child run, read with the child as registered on the app (its hooks
+/// bound).
+fn child_result<In, Out>(
+    host: &dyn Host,
+    child: &Workflow<In, Out>,
+    execution: &Execution,
+) -> Result<Out, Error> {
+    let compiled = host
+        .compiled_of(child.name())
+        .unwrap_or_else(|| child.compiled.clone());
+    result_of(execution, &compiled, &child.result)
+}
+
+/// Cancels (compensates) a child run; a child that never started has nothing to undo.
+async fn cancel_child(
+    host: &dyn Host,
+    workflow: &str,
+    transaction_id: &str,
+) -> Result<(), StepFailure> {
+    match host.engine().cancel(workflow, transaction_id).await {
+        Ok(execution) if execution.state == TransactionState::Reverted => Ok(()),
+        Ok(execution) => Err(StepFailure::new(format!(
+            "compensating {workflow} {transaction_id} ended {}",
+            execution.state
+        ))),
+        Err(gorgon_orchestration::Error::TransactionNotFound { .. }) => Ok(()),
+        Err(error) => Err(StepFailure::new(error.to_string())),
+    }
+}
+
 struct SubflowNode<CI, CO> {
     child: Workflow<CI, CO>,
     input: Resolver<CI>,
@@ -70,22 +165,22 @@ struct SubflowNode<CI, CO> {
 
 /// Completes the parent's nested step with the outcome of its finished child.
 async fn complete_parent<CI, CO: Value>(
-    app: &AppInner,
+    host: &dyn Host,
     child: &Workflow<CI, CO>,
     execution: &Execution,
     parent: &IdempotencyKey,
 ) {
-    let result = match app.result_of(child, execution) {
+    let result = match child_result(host, child, execution) {
         Ok(output) => {
             let response = Data::new(Saved::<CO, ()> {
                 output: Some(output),
                 compensation: None,
                 compensation_is_output: false,
             });
-            app.engine.set_step_success(parent, Some(response)).await
+            host.engine().set_step_success(parent, Some(response)).await
         }
         Err(error) => {
-            app.engine
+            host.engine()
                 .set_step_failure(parent, child_failure(error), true)
                 .await
         }
@@ -93,7 +188,7 @@ async fn complete_parent<CI, CO: Value>(
     match result {
         // The parent may have finished here: settle its (and its children's) events.
         Ok(parent_execution) => {
-            app.settle_events(&parent_execution, parent_execution.state)
+            host.settle_events(&parent_execution, parent_execution.state)
                 .await;
         }
         Err(error) => {
@@ -104,13 +199,8 @@ async fn complete_parent<CI, CO: Value>(
 
 impl<CI: Value, CO: Value> Node for SubflowNode<CI, CO> {
     fn invoke(&self, call: StepCall, rt: &Runtime) -> BoxFuture<'static, StepOutcome> {
-        let input = match resolve_input(&call, rt, &self.guards, &self.input) {
-            Ok(Some(input)) => input,
-            Ok(None) => return ready(StepOutcome::Skip),
-            Err(error) => return ready(resolution_failure(error)),
-        };
-        let app = match app_of(rt) {
-            Ok(app) => app,
+        let (input, host) = match input_and_host(&call, rt, &self.guards, &self.input) {
+            Ok(found) => found,
             Err(outcome) => return ready(outcome),
         };
         let child = self.child.clone();
@@ -119,24 +209,25 @@ impl<CI: Value, CO: Value> Node for SubflowNode<CI, CO> {
         if self.asynchronous {
             let parent = call.idempotency_key();
             return Box::pin(async move {
-                let execution = match app.start_child(&child, id.clone(), input, context).await {
+                let execution = match start_child(&*host, &child, id.clone(), input, context).await
+                {
                     Ok(execution) => execution,
                     Err(error) => return permanent(error.to_string()),
                 };
                 if execution.state.is_finished() {
-                    complete_parent(&app, &child, &execution, &parent).await;
+                    complete_parent(&*host, &child, &execution, &parent).await;
                 } else {
                     // The child waits (an async step of its own): complete the parent when it
                     // finishes. In-process only: after a restart, resume the parent by hand.
                     tokio::spawn(async move {
-                        match app.wait_finished(child.name(), &id).await {
+                        match host.wait_finished(child.name(), &id).await {
                             Ok(execution) => {
-                                complete_parent(&app, &child, &execution, &parent).await;
+                                complete_parent(&*host, &child, &execution, &parent).await;
                             }
                             Err(error) => {
                                 tracing::error!(step = %parent, %error, "watching a child run failed");
-                                let _ = app
-                                    .engine
+                                let _ = host
+                                    .engine()
                                     .set_step_failure(
                                         &parent,
                                         StepError::new(error.to_string()),
@@ -151,7 +242,7 @@ impl<CI: Value, CO: Value> Node for SubflowNode<CI, CO> {
             });
         }
         Box::pin(async move {
-            match app.run_child(&child, id, input, context).await {
+            match run_child(&*host, &child, id, input, context).await {
                 Ok(output) => StepOutcome::Success(Some(Data::new(Saved::<CO, ()> {
                     output: Some(output),
                     compensation: None,
@@ -168,16 +259,16 @@ impl<CI: Value, CO: Value> Node for SubflowNode<CI, CO> {
     }
 
     fn compensate(&self, call: StepCall, rt: &Runtime) -> BoxFuture<'static, StepOutcome> {
-        let app = match app_of(rt) {
-            Ok(app) => app,
+        let host = match host_of(rt) {
+            Ok(host) => host,
             Err(outcome) => return ready(outcome),
         };
         let child = self.child.compiled.name.clone();
         let id = child_id(&call, None);
         Box::pin(async move {
-            match app.cancel_child(&child, &id).await {
+            match cancel_child(&*host, &child, &id).await {
                 Ok(()) => StepOutcome::Success(None),
-                Err(failure) => crate::step::failure_outcome(failure),
+                Err(failure) => failure_outcome(failure),
             }
         })
     }
@@ -204,13 +295,8 @@ struct FanOutNode<T, O> {
 
 impl<T: Value, O: Value> Node for FanOutNode<T, O> {
     fn invoke(&self, call: StepCall, rt: &Runtime) -> BoxFuture<'static, StepOutcome> {
-        let items = match resolve_input(&call, rt, &self.guards, &self.input) {
-            Ok(Some(items)) => items,
-            Ok(None) => return ready(StepOutcome::Skip),
-            Err(error) => return ready(resolution_failure(error)),
-        };
-        let app = match app_of(rt) {
-            Ok(app) => app,
+        let (items, host) = match input_and_host(&call, rt, &self.guards, &self.input) {
+            Ok(found) => found,
             Err(outcome) => return ready(outcome),
         };
         let child = self.child.clone();
@@ -221,7 +307,7 @@ impl<T: Value, O: Value> Node for FanOutNode<T, O> {
             let runs = items
                 .into_iter()
                 .zip(ids)
-                .map(|(item, id)| app.run_child(&child, id, item, context.clone()));
+                .map(|(item, id)| run_child(&*host, &child, id, item, context.clone()));
             let results = futures::future::join_all(runs).await;
             let mut outputs = Vec::with_capacity(count);
             let mut failures = Vec::new();
@@ -267,16 +353,16 @@ impl<T: Value, O: Value> Node for FanOutNode<T, O> {
                 Err(e) => return ready(permanent(e.to_string())),
             },
         };
-        let app = match app_of(rt) {
-            Ok(app) => app,
+        let host = match host_of(rt) {
+            Ok(host) => host,
             Err(outcome) => return ready(outcome),
         };
         let child = self.child.compiled.name.clone();
         let ids: Vec<String> = (0..count).rev().map(|i| child_id(&call, Some(i))).collect();
         Box::pin(async move {
             for id in ids {
-                if let Err(failure) = app.cancel_child(&child, &id).await {
-                    return crate::step::failure_outcome(failure);
+                if let Err(failure) = cancel_child(&*host, &child, &id).await {
+                    return failure_outcome(failure);
                 }
             }
             StepOutcome::Success(None)

@@ -1,103 +1,16 @@
-//! [`Workflow`]: a composed, compiled workflow, and the handler that runs its steps.
+//! [`Workflow`]: a composed, compiled workflow; and what a run of it ended with or waits on.
 
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
-use gorgon_orchestration::flow::Next;
 use gorgon_orchestration::{
-    Flow, FlowDefinition, Handler, HandlerType, StepCall, StepError, StepIndex, StepOptions,
-    StepOutcome, WorkflowOptions,
+    Execution, Flow, HandlerType, StepIndex, StepStatus, TransactionState, WorkflowOptions,
 };
 
-use crate::app::AppInner;
-use crate::compose::{Builder, Composed, Handle, NodeDef, Resolver};
+use crate::compose::{Builder, Handle};
 use crate::error::Error;
-use crate::services::Services;
+use crate::node::{Compiled, Env, EnvSource, Resolver};
 use crate::step::Value;
-
-/// The map entry of a node that is not in the flow (an unbound hook).
-pub(crate) const ABSENT: StepIndex = usize::MAX;
-
-/// A workflow compiled from its composer: the flow, and the nodes in definition order.
-pub(crate) struct Compiled {
-    pub(crate) name: Arc<str>,
-    pub(crate) options: WorkflowOptions,
-    pub(crate) stages: Vec<Vec<usize>>,
-    pub(crate) flow: Arc<Flow>,
-    pub(crate) nodes: Vec<NodeDef>,
-    /// Node (definition order) → step index in the flow.
-    pub(crate) map: Vec<StepIndex>,
-    /// Step index in the flow → node.
-    pub(crate) by_index: Vec<usize>,
-    /// The workflows run by nested-workflow and fan-out steps, registered with this one.
-    pub(crate) children: Vec<Arc<Compiled>>,
-    /// The id of the app that last found this workflow registered (0: none).
-    pub(crate) checked_on: AtomicU64,
-}
-
-impl Compiled {
-    /// The flow of composed nodes: each stage after the last member of the previous one;
-    /// unbound hooks are left out.
-    pub(crate) fn build(
-        name: Arc<str>,
-        options: WorkflowOptions,
-        composed: Composed,
-    ) -> Result<Self, Error> {
-        let Composed {
-            stages,
-            nodes,
-            children,
-        } = composed;
-        let mut next: Option<Next> = None;
-        for stage in stages.iter().rev() {
-            let mut defs: Vec<FlowDefinition> = stage
-                .iter()
-                .filter(|&&n| nodes[n].in_flow())
-                .map(|&n| FlowDefinition::step(nodes[n].name.to_string(), nodes[n].options.clone()))
-                .collect();
-            let Some(last) = defs.last_mut() else {
-                continue;
-            };
-            last.next = next.take();
-            next = Some(if defs.len() == 1 {
-                Next::One(Box::new(defs.remove(0)))
-            } else {
-                Next::Many(defs)
-            });
-        }
-        let root = FlowDefinition {
-            action: None,
-            next,
-            options: StepOptions::default(),
-        };
-        let flow = Flow::compile(name.to_string(), root, options.clone())?;
-        let mut map = Vec::with_capacity(nodes.len());
-        let mut by_index = vec![ABSENT; flow.steps().len()];
-        for (n, node) in nodes.iter().enumerate() {
-            match flow.step_index(&node.name) {
-                Some(index) if node.in_flow() => {
-                    map.push(index);
-                    by_index[index] = n;
-                }
-                _ => map.push(ABSENT),
-            }
-        }
-        Ok(Compiled {
-            name,
-            options,
-            stages,
-            flow: Arc::new(flow),
-            nodes,
-            map,
-            by_index,
-            children,
-            checked_on: AtomicU64::new(0),
-        })
-    }
-}
 
 /// A workflow: typed input `In`, typed result `Out`, defined once by a composer.
 ///
@@ -175,62 +88,84 @@ impl<In, Out> Workflow<In, Out> {
     }
 }
 
-/// The orchestrator handler of a workflow registered on an app: dispatches by step index, and
-/// gives the nodes what they run with.
-pub(crate) struct Runtime {
-    pub(crate) compiled: Arc<Compiled>,
-    /// The app, for nested workflows (weak: the app owns the engine, which owns this).
-    pub(crate) app: Weak<AppInner>,
-    /// The services and the app, as the transactions of this workflow keep them for their step
-    /// contexts (an `Arc<StepEnv>`).
-    pub(crate) env: Arc<dyn std::any::Any + Send + Sync>,
-}
-
-impl Runtime {
-    pub(crate) fn new(
-        compiled: Arc<Compiled>,
-        services: Arc<Services>,
-        app: Weak<AppInner>,
-    ) -> Self {
-        let env = Arc::new(StepEnv {
-            services,
-            app: app.clone(),
-        });
-        Runtime { compiled, app, env }
+/// The typed result of an execution of `compiled`.
+pub(crate) fn result_of<Out>(
+    execution: &Execution,
+    compiled: &Compiled,
+    result: &Resolver<Out>,
+) -> Result<Out, Error> {
+    match execution.state {
+        TransactionState::Done => {
+            let env = Env {
+                source: EnvSource::Execution(execution),
+                compiled,
+                workflow: &compiled.name,
+            };
+            result(&env)?.ok_or_else(|| Error::NoResult {
+                workflow: compiled.name.to_string(),
+                transaction_id: execution.transaction_id().to_string(),
+            })
+        }
+        TransactionState::Reverted | TransactionState::Failed => Err(Error::Failed {
+            workflow: compiled.name.to_string(),
+            transaction_id: execution.transaction_id().to_string(),
+            state: execution.state,
+            errors: execution.errors.clone(),
+        }),
+        state => Err(Error::NotFinished {
+            workflow: compiled.name.to_string(),
+            transaction_id: execution.transaction_id().to_string(),
+            state,
+            waiting_on: waiting_on(execution),
+        }),
     }
 }
 
-/// What a step context reads from its app.
-pub(crate) struct StepEnv {
-    pub(crate) services: Arc<Services>,
-    /// The app, for its event bus (looked up when a step emits).
-    pub(crate) app: Weak<AppInner>,
+/// What an unfinished execution's step waits on.
+pub(crate) enum Wait {
+    /// The outside: `set_step_success` / `set_step_failure` for an async step, or a resume.
+    Outside(String),
+    /// The workflow the step at this index nests.
+    Nested(StepIndex),
 }
 
-impl Handler for Runtime {
-    fn call<'life0, 'async_trait>(
-        &'life0 self,
-        call: StepCall,
-    ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        let compiled = &self.compiled;
-        let node = compiled
-            .by_index
-            .get(call.step())
-            .and_then(|&n| compiled.nodes.get(n));
-        let Some(node) = node else {
-            return Box::pin(std::future::ready(StepOutcome::Failure {
-                error: StepError::new("no step is defined at this index"),
-                permanent: true,
-                response: None,
-            }));
-        };
-        match call.handler_type() {
-            HandlerType::Invoke => node.node.invoke(call, self),
-            HandlerType::Compensate => node.node.compensate(call, self),
+/// What an unfinished execution's steps wait on (the engine's own timers and background
+/// steps aside).
+pub(crate) fn waits(execution: &Execution) -> Vec<Wait> {
+    let flow = execution.flow();
+    let mut waits = Vec::new();
+    for (index, run) in execution.steps.iter().enumerate().skip(1) {
+        let step = flow.step(index);
+        let side = run.side();
+        let options = &step.options;
+        let handler = run.handler_type();
+        if side.status == StepStatus::Waiting && options.is_async_side(handler) {
+            if options.nested() {
+                waits.push(Wait::Nested(index));
+            } else if handler == HandlerType::Compensate || !options.background_execution() {
+                waits.push(Wait::Outside(format!(
+                    "step `{}` ({handler}: set_step_success / set_step_failure)",
+                    step.action
+                )));
+            }
+        } else if side.status == StepStatus::TemporaryFailure && run.temporary_failed_at.is_some() {
+            waits.push(Wait::Outside(format!("step `{}` (resume)", step.action)));
         }
     }
+    waits
+}
+
+/// What an unfinished execution waits on, a line per step: async steps waiting for
+/// `set_step_success` / `set_step_failure`, steps waiting for a resume, nested workflows.
+fn waiting_on(execution: &Execution) -> Vec<String> {
+    waits(execution)
+        .into_iter()
+        .map(|wait| match wait {
+            Wait::Outside(what) => what,
+            Wait::Nested(index) => format!(
+                "nested workflow step `{}`",
+                execution.flow().step(index).action
+            ),
+        })
+        .collect()
 }
