@@ -1,4 +1,4 @@
-# Sourced by .ci/http.sh, .ci/browser.sh and crates/bench/http_load.sh: serves the example
+# Sourced by .ci/http.sh, .ci/browser.sh and tools/bench/http_load.sh: serves the example
 # shop from $SHOP on $PORT in a fresh folder (SQLite), with an admin user
 # (admin@example.com / supersecret) and the seed's data. Sets DIR, SERVER, BASE, TOKEN and
 # SUPPLIER; the server stops and the folder goes when the calling script exits.

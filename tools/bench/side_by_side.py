@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Medusa's harness and gorgon-bench in one run on this machine, and the ratio table.
 
-    python3 crates/bench/side_by_side.py [--quick] [--medusa-dir DIR] [--keep-json DIR]
+    python3 tools/bench/side_by_side.py [--quick] [--medusa-dir DIR] [--keep-json DIR]
 
 Runs `node bench.mjs` (Medusa's workflows-sdk, in memory) first, then `gorgon-bench` (built with
 the workspace's `production` profile, release with fat LTO, if it is not yet), one after the

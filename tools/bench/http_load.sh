@@ -4,7 +4,7 @@
 #   GET /health                                       32 connections, 10 s
 #   GET /admin/workflows-executions?limit=20          32 connections, 10 s, an admin token
 # Prints wrk's summaries; a non-2xx answer or a socket error fails the run.
-#   bash crates/bench/http_load.sh      (needs wrk: apt-get install wrk)
+#   bash tools/bench/http_load.sh      (needs wrk: apt-get install wrk)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
