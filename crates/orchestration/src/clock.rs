@@ -28,8 +28,8 @@ pub trait Clock: Send + Sync + 'static {
 /// from the CPU's counter where that runs at a constant rate (through [`quanta`]; the operating
 /// system's monotonic clock elsewhere), offset to the system's wall clock. The offset is taken
 /// again once a second, so a change to the wall clock (an NTP step) shows within a second.
-/// Here a reading took 19 ns against `SystemTime::now`'s 52 ns. The first reading in a process
-/// calibrates the counter against the monotonic clock (5 ms here, at most 200 ms).
+/// The first reading in a process calibrates the counter against the monotonic clock (at most
+/// 200 ms).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 

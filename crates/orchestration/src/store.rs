@@ -255,7 +255,6 @@ pub trait Store: Send + Sync + 'static {
         Ok(epoch)
     }
 
-    // ---- executions listing and retention (issue 4): begin ----
     /// A page of transaction summaries matching `filter`, newest first (`created_at`
     /// descending; ties in a store-defined order that is the same on every call), starting
     /// after `filter.after`. `next` is set when more may follow. Keyset pagination: a page is
@@ -265,7 +264,6 @@ pub trait Store: Send + Sync + 'static {
     /// log, whose summary's `updated_at` is before `purge.older_than`; returns how many it
     /// deleted. Callers loop while it returns `purge.limit` (one bounded batch per call).
     async fn purge_finished(&self, purge: &Purge) -> Result<u64>;
-    // ---- executions listing and retention (issue 4): end ----
 }
 
 /// The largest value (a workflow input, a step's response, as JSON) a durable store holds: it is
@@ -320,9 +318,7 @@ pub fn finishes(records: &[Record]) -> bool {
 ///   process does not grow without bound, however long its workflows.
 ///
 /// What is kept costs time as well as memory: every finished run drops the oldest, whose
-/// memory has long left the CPU caches once many are kept. On the 2-core machine of the
-/// benchmark, a ten-step run took 16-21% less time keeping 1,000 (about 6 MB) than keeping
-/// 10,000 (58 MB, beyond its L3 cache), and 5-10% less again keeping 256.
+/// memory has left the CPU caches when many are kept (`docs/performance.md`).
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
@@ -476,9 +472,7 @@ impl MemoryStore {
     /// How many finished transactions that nothing asks for again ([`Keep::Evictable`])
     /// [`new`](Self::new) keeps: the last 256, for looking back at while developing (Medusa's
     /// in-memory storage keeps none). Idempotent runs and runs with a retention time are kept
-    /// beside them, as long as their workflow says. Keeping 1,000 made the benchmark's ten-step runs 5-10%
-    /// slower: a finished run's memory is about 6 KB, and the oldest is dropped as each run
-    /// finishes, by then out of the caches the fewer are kept the less often.
+    /// beside them, as long as their workflow says. A finished ten-step run holds about 6 KB.
     pub const DEFAULT_KEEP_FINISHED: usize = 256;
     /// How many log records the finished transactions kept may hold together by default:
     /// about 3 MB of records (256 ten-step runs log 5,400 to 8,200; 100-step runs are kept
@@ -805,7 +799,6 @@ impl Store for MemoryStore {
         }
         Ok(renewed)
     }
-    // ---- executions listing and retention (issue 4) ----
     async fn list(&self, filter: &TransactionFilter) -> Result<TransactionPage> {
         filter.check()?;
         let mut matching: Vec<TransactionSummary> = Vec::new();
@@ -912,7 +905,7 @@ fn wall_clock_ms() -> u64 {
     crate::Clock::now_ms(&crate::SystemClock)
 }
 
-// ---- executions listing and retention (issue 4): the types ----
+// ---- executions listing and retention ----
 
 /// The largest page a listing returns.
 pub const MAX_PAGE: usize = 1000;

@@ -86,7 +86,7 @@ where
     renewed_leases_are_kept_and_lapsed_ones_taken_over(make().await).await;
     finishing_ends_the_lease(make().await).await;
     create_and_append_writes_both(make().await).await;
-    // executions listing and retention (issue 4)
+    // executions listing and retention
     listings_page_newest_first_with_filters(make().await).await;
     purge_deletes_only_old_finished_transactions(make().await).await;
     the_engine_lists_details_and_purges_runs(make().await).await;
@@ -581,7 +581,7 @@ pub async fn finishing_ends_the_lease(store: Arc<dyn Store>) {
     );
 }
 
-// ---- executions listing and retention (issue 4) ----
+// ---- executions listing and retention ----
 
 fn wall_ms() -> u64 {
     crate::log_rows::now_millis().max(0) as u64

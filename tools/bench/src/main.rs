@@ -10,9 +10,7 @@
 //! Runtime configuration, as a server binary using the SDK would have it: tokio's multi-thread
 //! runtime (one worker per core) and mimalloc as the global allocator, as many Rust server
 //! binaries have (the default feature `mimalloc`). `--no-default-features` keeps the system
-//! allocator (glibc) instead: on this 2-core machine it made every shape slower, by 14% (`seq10`
-//! serial) to 30% (`par10` concurrent), although callgrind counts only 5.5% more instructions:
-//! glibc's arena locks and its consolidation of freed chunks cost more time than instructions.
+//! allocator (glibc) instead (`docs/performance.md` has what that costs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -248,9 +246,8 @@ async fn run_shape(app: &App, shapes: &Shapes, shape: &str) -> anyhow::Result<()
 /// caches) that are measured; the clock starts once every task has warmed up.
 ///
 /// Each run's latency (from the CPU's counter, through `quanta`) goes to the slot of its number
-/// in one array, written through before the clock starts. (A buffer per task, each sized for
-/// every run, had the kernel zero a fresh transparent huge page per task while the clock ran:
-/// 8.6% of `fail10`'s concurrent time.)
+/// in one array, written through before the clock starts, so that no page is first touched
+/// while the clock runs.
 async fn measure(
     app: &App,
     shapes: &Arc<Shapes>,

@@ -325,11 +325,9 @@ pub struct EngineOptions {
     pub clock: Arc<dyn Clock>,
     /// How this engine shares a store with other engines (other processes).
     pub worker: WorkerOptions,
-    // relay: begin
     /// Where events are shared with other engines (other processes); `None`: this engine's
     /// subscribers see only its own transactions. See [`crate::relay`].
     pub relay: Option<Arc<dyn EventRelay>>,
-    // relay: end
 }
 
 impl Default for EngineOptions {
@@ -338,7 +336,7 @@ impl Default for EngineOptions {
             store: Arc::new(MemoryStore::new()),
             clock: Arc::new(SystemClock),
             worker: WorkerOptions::default(),
-            relay: None, // relay
+            relay: None,
         }
     }
 }
@@ -378,7 +376,7 @@ impl EngineOptions {
     /// Builds the engine. Call it inside a tokio runtime.
     pub fn build(self) -> Engine {
         let (events, _) = broadcast::channel(4096);
-        let relay = self.relay.map(|r| RelayLink::start(r, events.clone())); // relay
+        let relay = self.relay.map(|r| RelayLink::start(r, events.clone()));
         Engine {
             inner: Arc::new(Inner {
                 writes: WritePolicy::of(self.store.write_mode()),
@@ -388,7 +386,7 @@ impl EngineOptions {
                 workflows: RwLock::new(Default::default()),
                 live: Mutex::new(Default::default()),
                 events,
-                relay, // relay
+                relay,
                 subscribed: AtomicBool::new(false),
                 timer_ids: AtomicU64::new(0),
                 lease_clock: LeaseClock(std::time::Instant::now()),
@@ -420,7 +418,7 @@ struct Inner {
     workflows: RwLock<foldhash::HashMap<Arc<str>, Arc<Registered>>>,
     live: Mutex<foldhash::HashMap<TransactionKey, Arc<Cell>>>,
     events: broadcast::Sender<TransactionEvent>,
-    relay: Option<RelayLink>, // relay
+    relay: Option<RelayLink>,
     /// Whether anyone ever subscribed: until then an event has no receiver for sure, and the
     /// channel's lock (which every core running a transaction would take per event) is skipped.
     subscribed: AtomicBool,
@@ -524,6 +522,37 @@ fn replay(
         stored.header.payload.clone(),
         &stored.records,
     )
+}
+
+/// A run's id: a v7 uuid from the engine's clock, time-ordered to the millisecond and random
+/// within it (without the uuid crate's process-wide counter, a lock every run would take),
+/// formatted once.
+struct RunId([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl RunId {
+    /// A new run id at `now_ms` (Unix milliseconds).
+    fn at(now_ms: u64) -> Self {
+        let uuid = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            now_ms / 1000,
+            (now_ms % 1000) as u32 * 1_000_000,
+        ));
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid.hyphenated().encode_lower(&mut text);
+        RunId(text)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a uuid is ascii")
+    }
+
+    /// The transaction id of a run started without one: `auto-<run id>`.
+    fn generated_transaction_id(&self) -> Arc<str> {
+        let mut id = [0u8; 5 + uuid::fmt::Hyphenated::LENGTH];
+        id[..5].copy_from_slice(b"auto-");
+        id[5..].copy_from_slice(&self.0);
+        Arc::from(std::str::from_utf8(&id).expect("ascii"))
+    }
 }
 
 /// Polls a future once: its output, or `Pending` with the task's waker registered.
@@ -694,7 +723,6 @@ impl Engine {
         self.inner.events.subscribe()
     }
 
-    // relay: begin
     /// Resolves once the engine listens to its relay (at once without one): remote events
     /// published before that are not delivered.
     pub async fn relay_ready(&self) {
@@ -716,7 +744,6 @@ impl Engine {
             .map(|r| r.stats())
             .unwrap_or_default()
     }
-    // relay: end
 
     fn now(&self) -> u64 {
         self.inner.clock.now_ms()

@@ -15,30 +15,13 @@ impl Engine {
         // One clock read stamps the run id, the creation, the lease and the drive's start (the
         // engine's clock, as everywhere else). A chosen id reads it again after its lookup.
         let started = self.now();
-        // A v7 uuid without the crate's process-wide counter context (a mutex every run would
-        // take): ids stay time-ordered to the millisecond, random within it.
-        let run_uuid = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            started / 1000,
-            (started % 1000) as u32 * 1_000_000,
-        ));
-        // The uuid is formatted once, straight into a buffer (no formatting machinery), and
-        // serves as both the run id and a generated transaction id's suffix.
-        let mut uuid_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let uuid_text: &str = run_uuid.hyphenated().encode_lower(&mut uuid_text);
+        let run_id = RunId::at(started);
         let (id, chosen): (Arc<str>, bool) = match options.transaction_id {
             Some(id) => {
                 check_transaction_id(&id)?;
                 (id.into(), true)
             }
-            None => {
-                // Assembled on the stack: the shared string is the only allocation.
-                let mut id = [0u8; 5 + uuid::fmt::Hyphenated::LENGTH];
-                id[..5].copy_from_slice(b"auto-");
-                id[5..].copy_from_slice(uuid_text.as_bytes());
-                let id = std::str::from_utf8(&id).expect("ascii");
-                (Arc::from(id), false)
-            }
+            None => (run_id.generated_transaction_id(), false),
         };
         let key = TransactionKey::new(registered.flow.workflow_arc().clone(), id);
         let existing = if chosen {
@@ -82,7 +65,7 @@ impl Engine {
         }
         let now = if chosen { self.now() } else { started };
         let payload = options.payload.unwrap_or_else(Data::null);
-        let run_id: Arc<str> = Arc::from(uuid_text);
+        let run_id: Arc<str> = Arc::from(run_id.as_str());
         let header = TransactionHeader {
             key: key.clone(),
             run_id: run_id.clone(),
@@ -133,23 +116,24 @@ impl Engine {
     /// Returns the transaction id.
     pub async fn enqueue(&self, workflow: &str, options: RunOptions) -> Result<String> {
         let registered = self.registered(workflow)?;
-        let run_uuid = uuid::Uuid::now_v7();
-        let id = match options.transaction_id {
+        let now = self.now();
+        let run_id = RunId::at(now);
+        let id: Arc<str> = match options.transaction_id {
             Some(id) => {
                 check_transaction_id(&id)?;
-                id
+                id.into()
             }
-            None => format!("auto-{run_uuid}"),
+            None => run_id.generated_transaction_id(),
         };
         let header = TransactionHeader {
-            key: TransactionKey::new(registered.flow.workflow_arc().clone(), id.as_str()),
-            run_id: Arc::from(run_uuid.to_string()),
+            key: TransactionKey::new(registered.flow.workflow_arc().clone(), id.clone()),
+            run_id: Arc::from(run_id.as_str()),
             payload: options.payload.unwrap_or_else(Data::null),
-            created_at: self.now(),
+            created_at: now,
             keep: Keep::of(registered.flow.options(), options.idempotent),
         };
         self.inner.store.create(&header, None).await?;
-        Ok(id)
+        Ok(id.to_string())
     }
 
     /// Ends an operation: gives the lease up when the transaction waits (recording when it
