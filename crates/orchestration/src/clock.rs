@@ -22,6 +22,15 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep_until(&self, at_ms: u64) -> Sleep;
 }
 
+/// Milliseconds since the Unix epoch, read from the system clock on each call (not through a
+/// [`Clock`]): the time durable stores stamp `updated_at` with, and retention cuts by.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Wall-clock time; timers are tokio sleeps.
 ///
 /// The engine reads its clock whenever a handler returns, so a reading is made cheap: it comes

@@ -63,10 +63,8 @@ pub mod engine;
 mod error;
 pub mod flow;
 pub mod log;
-pub mod log_rows;
 pub mod machine;
 pub mod relay;
-pub mod sql_listing;
 pub mod state;
 pub mod store;
 #[cfg(feature = "testing")]

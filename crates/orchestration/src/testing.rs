@@ -584,7 +584,7 @@ pub async fn finishing_ends_the_lease(store: Arc<dyn Store>) {
 // ---- executions listing and retention ----
 
 fn wall_ms() -> u64 {
-    crate::log_rows::now_millis().max(0) as u64
+    crate::clock::now_millis().max(0) as u64
 }
 
 /// Every page of a listing, following the cursors (at most 100 pages).

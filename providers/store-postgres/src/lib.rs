@@ -67,10 +67,10 @@
 //! - [`Durability::EveryStep`] (the default): each `append` is its own commit and returns once
 //!   PostgreSQL has committed it. Latency per step is one commit (about 2 ms with the default
 //!   `fsync` here); throughput is bounded by how many commits the server makes per second.
-//! - [`Durability::Batched`]: the store is *pipelined* (`Store::pipelined`): the engine does not
-//!   wait for each append before the next step, keeps one append per transaction in flight, and
-//!   returns a run's outcome only once all of it is committed. Appends of many transactions are
-//!   queued to background writers
+//! - [`Durability::Batched`]: the store is *pipelined* (`Store::write_mode` is
+//!   [`WriteMode::Pipelined`]): the engine does not wait for each append before the next step,
+//!   keeps one append per transaction in flight, and returns a run's outcome only once all of it
+//!   is committed. Appends of many transactions are queued to background writers
 //!   ([`Options::batch_writers`], default 2, so one batch fills while another commits); a writer
 //!   takes everything queued so far (up to [`Options::batch_max_appends`]) and writes it in one
 //!   statement and one commit. Each `append` resolves only after the commit holding its
@@ -91,42 +91,34 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use gorgon_orchestration::clock::now_millis;
 use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
 };
-use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey, WriteMode};
+use gorgon_orchestration::{
+    Error as StoreError, Purge, Record, Store, TransactionFilter, TransactionKey, TransactionPage,
+    WriteMode,
+};
+use gorgon_store_sql::log_rows::{self, NewTransaction, encode, encode_packed};
+use gorgon_store_sql::sql_listing::{self, Dialect};
+use gorgon_store_sql::{
+    BatchAppend, BatchCommit, BatchQueue, Counters, Outcome, Reads, Reason, WRITE_RETRIES,
+    already_started, bind_all, claimed, query_error, store_error, untaken, with_taken,
+};
 use serde::Deserialize;
+use sqlx::AssertSqlSafe;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
-use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::{mpsc, oneshot};
-
-use gorgon_orchestration::log_rows::{
-    self as row, EncodedAppend, NewTransaction, encode, encode_packed, now_millis,
-};
-use gorgon_orchestration::sql_listing::{self, Dialect, SqlParam};
-use gorgon_orchestration::{Purge, TransactionFilter, TransactionPage};
 
 pub mod relay;
+pub use gorgon_store_sql::{Durability, Stats};
 pub use relay::PostgresRelay;
 
 /// The URL used when neither the options nor `DATABASE_URL` give one.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// When an append is committed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Durability {
-    /// Each append is its own commit, made before `append` returns.
-    #[default]
-    EveryStep,
-    /// Appends of many transactions share a commit made by a background writer; each `append`
-    /// returns once the commit holding its records succeeded.
-    Batched,
-}
 
 /// How to reach and use the database. Deserializable, so the store is chosen by configuration.
 #[derive(Clone, Deserialize)]
@@ -221,32 +213,6 @@ pub enum Error {
     },
 }
 
-/// Counters of the store's writes since it was connected.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// `append` calls that succeeded.
-    pub appends: u64,
-    /// Records written by them.
-    pub records: u64,
-    /// Database commits that wrote appends (in batched mode, fewer than `appends`).
-    pub commits: u64,
-    /// Writes tried again after PostgreSQL aborted them for a deadlock or a serialization
-    /// failure (in batched mode, the whole commit).
-    pub retries: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    appends: AtomicU64,
-    records: AtomicU64,
-    commits: AtomicU64,
-    retries: AtomicU64,
-}
-
-/// How many times a write PostgreSQL aborted for a deadlock or a serialization failure is
-/// tried again.
-const WRITE_RETRIES: u32 = 3;
-
 /// Whether PostgreSQL aborted a statement for a deadlock or a serialization failure: trying the
 /// whole transaction again may succeed.
 fn retryable(error: &sqlx::Error) -> bool {
@@ -269,7 +235,7 @@ struct Inner {
     /// How many connections the store detaches at most (the pool is that much smaller).
     max_idle: usize,
     schema: String,
-    queue: Option<mpsc::Sender<Pending>>,
+    queue: Option<BatchQueue>,
     counters: Arc<Counters>,
 }
 
@@ -344,16 +310,6 @@ impl Drop for Held<'_> {
     }
 }
 
-/// One append waiting for the batch writer.
-#[derive(Debug)]
-struct Pending {
-    key: TransactionKey,
-    create: Option<NewTransaction>,
-    epoch: u64,
-    append: EncodedAppend,
-    reply: oneshot::Sender<Result<Written, String>>,
-}
-
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
@@ -370,58 +326,6 @@ fn valid_schema(schema: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && schema.len() <= 63
-}
-
-fn store_error(operation: &'static str, key: &TransactionKey, reason: impl Reason) -> StoreError {
-    StoreError::Store {
-        operation,
-        transaction: key.to_string(),
-        reason: reason.reason(operation),
-    }
-}
-
-/// What a caller is told about a failure. The database's own text (which may quote data or
-/// internals) goes to the log; callers get its kind and, for a refusal, the SQLSTATE code.
-trait Reason {
-    fn reason(self, operation: &'static str) -> String;
-}
-
-impl Reason for &str {
-    fn reason(self, _: &'static str) -> String {
-        self.to_string()
-    }
-}
-
-impl Reason for String {
-    fn reason(self, _: &'static str) -> String {
-        self
-    }
-}
-
-impl Reason for sqlx::Error {
-    fn reason(self, operation: &'static str) -> String {
-        tracing::warn!(operation, error = %self, "a database operation failed");
-        coarse(&self)
-    }
-}
-
-/// The kind of a database error, without its text.
-fn coarse(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(e) => match e.code() {
-            Some(code) => format!("the database refused it (code {code})"),
-            None => "the database refused it".to_string(),
-        },
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed => "the database could not be reached".to_string(),
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_) => "a stored value could not be read".to_string(),
-        _ => "the database operation failed".to_string(),
-    }
 }
 
 impl PostgresStore {
@@ -508,19 +412,12 @@ impl PostgresStore {
         let counters = Arc::new(Counters::default());
         let queue = match options.durability {
             Durability::EveryStep => None,
-            Durability::Batched => {
-                let (sender, receiver) = mpsc::channel(options.batch_max_appends * 4);
-                let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-                for _ in 0..options.batch_writers {
-                    tokio::spawn(run_writer(
-                        pool.clone(),
-                        receiver.clone(),
-                        options.batch_max_appends,
-                        counters.clone(),
-                    ));
-                }
-                Some(sender)
-            }
+            Durability::Batched => Some(BatchQueue::start(
+                Commits(pool.clone()),
+                options.batch_writers,
+                options.batch_max_appends,
+                counters.clone(),
+            )),
         };
         Ok(PostgresStore {
             inner: Arc::new(Inner {
@@ -547,13 +444,7 @@ impl PostgresStore {
 
     /// The store's write counters.
     pub fn stats(&self) -> Stats {
-        let c = &self.inner.counters;
-        Stats {
-            appends: c.appends.load(Ordering::Relaxed),
-            records: c.records.load(Ordering::Relaxed),
-            commits: c.commits.load(Ordering::Relaxed),
-            retries: c.retries.load(Ordering::Relaxed),
-        }
+        self.inner.counters.stats()
     }
 
     /// Drops the store's schema with everything in it (for tests and throwaway stores).
@@ -599,19 +490,6 @@ WITH d AS (
 SELECT k FROM s
 "#;
 
-/// What became of one append of a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Written {
-    /// Its rows are in the log.
-    Yes,
-    /// Its epoch is not the transaction's current one: nothing written.
-    Fenced,
-    /// The transaction was never created: nothing written.
-    Missing,
-    /// Its transaction was to be created with it, but the id is taken: nothing written.
-    Taken,
-}
-
 /// Inserts the transactions created with their first append (generated ids), returning the
 /// keys inserted; a taken id is left alone.
 const CREATE_MANY_SQL: &str = r#"
@@ -646,25 +524,35 @@ WITH ins AS (
 SELECT count(*) FROM ins
 "#;
 
+/// The batch writers' commits, on the pool.
+struct Commits(PgPool);
+
+impl BatchCommit for Commits {
+    async fn commit(&self, batch: &[BatchAppend<'_>]) -> Result<Vec<Outcome>, sqlx::Error> {
+        write_batch_creating(&self.0, batch).await
+    }
+
+    fn retryable(&self, error: &sqlx::Error) -> bool {
+        retryable(error)
+    }
+}
+
 /// Writes a batch in one database transaction: first the transactions created with their
 /// first append, then every append.
 async fn write_batch_creating(
     pool: &PgPool,
-    batch: &[(
-        &TransactionKey,
-        u64,
-        &EncodedAppend,
-        Option<&NewTransaction>,
-    )],
-) -> Result<Vec<Written>, sqlx::Error> {
+    batch: &[BatchAppend<'_>],
+) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut conn = pool.begin().await?;
     let mut taken = vec![false; batch.len()];
-    let creates: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].3.is_some()).collect();
+    let creates: Vec<usize> = (0..batch.len())
+        .filter(|&i| batch[i].create.is_some())
+        .collect();
     if !creates.is_empty() {
         let column = |f: &dyn Fn(&TransactionKey, &NewTransaction) -> String| -> Vec<String> {
             creates
                 .iter()
-                .map(|&i| f(batch[i].0, batch[i].3.expect("a create")))
+                .map(|&i| f(batch[i].key, batch[i].create.expect("a create")))
                 .collect()
         };
         let workflows = column(&|k, _| k.workflow.to_string());
@@ -674,11 +562,11 @@ async fn write_batch_creating(
         let owners = column(&|_, n| n.owner.clone().unwrap_or_default());
         let created: Vec<i64> = creates
             .iter()
-            .map(|&i| batch[i].3.expect("a create").created_at)
+            .map(|&i| batch[i].create.expect("a create").created_at)
             .collect();
         let lease_ms: Vec<i64> = creates
             .iter()
-            .map(|&i| batch[i].3.expect("a create").lease_ms)
+            .map(|&i| batch[i].create.expect("a create").lease_ms)
             .collect();
         let inserted: Vec<(String, String)> = sqlx::query_as(CREATE_MANY_SQL)
             .bind(&workflows)
@@ -698,32 +586,17 @@ async fn write_batch_creating(
             }
         }
     }
-    let appends: Vec<(&TransactionKey, u64, &EncodedAppend)> = batch
-        .iter()
-        .zip(&taken)
-        .filter(|(_, taken)| !**taken)
-        .map(|((key, epoch, append, _), _)| (*key, *epoch, *append))
-        .collect();
-    let mut written = write_batch(&mut conn, &appends).await?.into_iter();
+    let written = write_batch(&mut conn, &untaken(batch, &taken)).await?;
     conn.commit().await?;
-    Ok(taken
-        .into_iter()
-        .map(|taken| {
-            if taken {
-                Written::Taken
-            } else {
-                written.next().unwrap_or(Written::Missing)
-            }
-        })
-        .collect())
+    Ok(with_taken(taken, written))
 }
 
 /// Writes appends (of any transactions) in one statement, one commit. An append whose epoch is
 /// stale, or whose transaction does not exist, writes nothing; the others are unaffected.
 async fn write_batch(
     conn: &mut sqlx::PgConnection,
-    batch: &[(&TransactionKey, u64, &EncodedAppend)],
-) -> Result<Vec<Written>, sqlx::Error> {
+    batch: &[BatchAppend<'_>],
+) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut index: HashMap<&TransactionKey, usize> = HashMap::new();
     let (mut workflows, mut ids, mut counts, mut states, mut epochs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -737,13 +610,14 @@ async fn write_batch(
         Vec::new(),
     );
     let mut of_append = Vec::with_capacity(batch.len());
-    for (key, epoch, append) in batch {
+    for a in batch {
+        let (key, epoch, append) = (a.key, a.epoch, a.append);
         let k = *index.entry(key).or_insert_with(|| {
             workflows.push(key.workflow.as_ref());
             ids.push(key.id.as_ref());
             counts.push(0_i64);
             states.push("");
-            epochs.push(i64::try_from(*epoch).unwrap_or(i64::MAX));
+            epochs.push(i64::try_from(epoch).unwrap_or(i64::MAX));
             workflows.len() - 1
         });
         of_append.push(k);
@@ -782,15 +656,15 @@ async fn write_batch(
         // here, inside an aborted transaction, could never succeed).
         result?
     };
-    let mut written = vec![Written::Missing; workflows.len()];
+    let mut written = vec![Outcome::Missing; workflows.len()];
     for k in found {
         if let Some(slot) = usize::try_from(k - 1).ok().and_then(|i| written.get_mut(i)) {
-            *slot = Written::Yes;
+            *slot = Outcome::Written;
         }
     }
     // The rare refused appends: tell a stale epoch from a missing transaction.
     for k in 0..written.len() {
-        if written[k] == Written::Missing {
+        if written[k] == Outcome::Missing {
             let exists: Option<i64> = sqlx::query_scalar(
                 "SELECT epoch FROM transactions WHERE workflow = $1 AND transaction_id = $2",
             )
@@ -799,89 +673,11 @@ async fn write_batch(
             .fetch_optional(&mut *conn)
             .await?;
             if exists.is_some() {
-                written[k] = Written::Fenced;
+                written[k] = Outcome::Fenced;
             }
         }
     }
     Ok(of_append.into_iter().map(|k| written[k]).collect())
-}
-
-/// A batch writer: takes everything queued (up to `max`), writes it in one commit, answers.
-/// Several writers share the queue; each takes the next batch while the others commit theirs.
-async fn run_writer(
-    pool: PgPool,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
-    max: usize,
-    counters: Arc<Counters>,
-) {
-    let mut batch = Vec::with_capacity(max);
-    loop {
-        if queue.lock().await.recv_many(&mut batch, max).await == 0 {
-            return;
-        }
-        let refs: Vec<(
-            &TransactionKey,
-            u64,
-            &EncodedAppend,
-            Option<&NewTransaction>,
-        )> = batch
-            .iter()
-            .map(|p| (&p.key, p.epoch, &p.append, p.create.as_ref()))
-            .collect();
-        let outcomes = write_isolating(&pool, &refs, &counters).await;
-        drop(refs);
-        for (pending, outcome) in batch.drain(..).zip(outcomes) {
-            let _ = pending.reply.send(outcome);
-        }
-    }
-}
-
-/// What one append of a batch came to: written (or refused), or the error of the commit it
-/// failed in.
-type AppendOutcome = Result<Written, String>;
-
-/// Writes a batch in one commit; when that commit fails, writes each half on its own, down to
-/// single appends, so an append the database refuses (a value it cannot hold) fails alone and
-/// the others of its batch are written.
-fn write_isolating<'a>(
-    pool: &'a PgPool,
-    batch: &'a [(
-        &'a TransactionKey,
-        u64,
-        &'a EncodedAppend,
-        Option<&'a NewTransaction>,
-    )],
-    counters: &'a Counters,
-) -> futures::future::BoxFuture<'a, Vec<AppendOutcome>> {
-    Box::pin(async move {
-        let mut result = write_batch_creating(pool, batch).await;
-        // A deadlock aborts the whole database transaction: it is the commit that is tried
-        // again, never a statement inside the aborted transaction.
-        let mut tries = 0;
-        while tries < WRITE_RETRIES && result.as_ref().is_err_and(retryable) {
-            tries += 1;
-            counters.retries.fetch_add(1, Ordering::Relaxed);
-            result = write_batch_creating(pool, batch).await;
-        }
-        match result {
-            Ok(written) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                written.into_iter().map(Ok).collect()
-            }
-            Err(error) if batch.len() == 1 => {
-                let key = batch[0].0;
-                tracing::warn!(transaction = %key, %error, "an append was refused");
-                vec![Err(error.reason("append"))]
-            }
-            Err(error) => {
-                tracing::warn!(%error, appends = batch.len(), "a batched commit failed; writing its halves apart");
-                let (first, second) = batch.split_at(batch.len() / 2);
-                let mut outcomes = write_isolating(pool, first, counters).await;
-                outcomes.extend(write_isolating(pool, second, counters).await);
-                outcomes
-            }
-        }
-    })
 }
 
 const CREATE_SQL: &str = r#"
@@ -905,6 +701,10 @@ WITH up AS (
 SELECT epoch FROM up
 "#;
 
+/// A transaction's summary: `$1` the workflow, `$2` the id.
+const SUMMARY_SQL: &str = "SELECT run_id, state, created_at, updated_at FROM transactions WHERE workflow = $1 AND transaction_id = $2";
+
+/// A transaction's header row, then its log rows in order: `$1` the workflow, `$2` the id.
 const LOAD_SQL: &str = r#"
 SELECT -1::int8 AS seq, run_id, payload::text AS body, created_at
   FROM transactions WHERE workflow = $1 AND transaction_id = $2
@@ -925,19 +725,14 @@ impl Store for PostgresStore {
         lease: Option<&Lease>,
     ) -> gorgon_orchestration::Result<u64> {
         let key = &header.key;
-        let payload = header
-            .payload
-            .to_json()
-            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?
-            .to_string();
-        gorgon_orchestration::store::check_size("payload", key, payload.len())?;
+        let payload = log_rows::payload(header)?;
         let created_at = i64::try_from(header.created_at)
             .map_err(|_| store_error("create", key, "created_at is out of range"))?;
         let epoch: Option<i64> = sqlx::query_scalar(CREATE_SQL)
             .bind(key.workflow.as_ref())
             .bind(key.id.as_ref())
             .bind(header.run_id.as_ref())
-            .bind(payload.to_string())
+            .bind(payload)
             .bind(created_at)
             .bind(now_millis())
             .bind(lease.map(|l| l.owner.as_ref()))
@@ -947,10 +742,7 @@ impl Store for PostgresStore {
             .map_err(|e| store_error("create", key, e))?;
         match epoch {
             Some(epoch) => Ok(u64::try_from(epoch).unwrap_or(0)),
-            None => Err(StoreError::AlreadyStarted {
-                workflow: key.workflow.to_string(),
-                transaction: key.id.to_string(),
-            }),
+            None => Err(already_started(key)),
         }
     }
 
@@ -960,8 +752,7 @@ impl Store for PostgresStore {
         epoch: u64,
         records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
-        let records = records.as_slice();
-        self.write(key, epoch, records, None).await
+        self.write(key, epoch, &records, None).await
     }
 
     fn write_mode(&self) -> WriteMode {
@@ -978,9 +769,8 @@ impl Store for PostgresStore {
         lease: Option<&Lease>,
         records: Vec<Record>,
     ) -> gorgon_orchestration::Result<u64> {
-        let records = records.as_slice();
         let create = NewTransaction::encode(header, lease)?;
-        self.write(&header.key, 1, records, Some(create)).await?;
+        self.write(&header.key, 1, &records, Some(create)).await?;
         Ok(1)
     }
 
@@ -988,38 +778,7 @@ impl Store for PostgresStore {
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
-        let rows = sqlx::query(LOAD_SQL)
-            .bind(key.workflow.as_ref())
-            .bind(key.id.as_ref())
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| store_error("load", key, e))?;
-        let mut rows = rows.into_iter();
-        let Some(first) = rows.next() else {
-            return Ok(None);
-        };
-        let get =
-            |row: &sqlx::postgres::PgRow, column: &str| -> gorgon_orchestration::Result<String> {
-                row.try_get::<String, _>(column)
-                    .map_err(|e| store_error("load", key, e))
-            };
-        let payload: serde_json::Value = serde_json::from_str(&get(&first, "body")?)
-            .map_err(|e| store_error("load", key, format!("the payload does not decode: {e}")))?;
-        let created_at: i64 = first
-            .try_get("created_at")
-            .map_err(|e| store_error("load", key, e))?;
-        let header = TransactionHeader {
-            key: key.clone(),
-            run_id: Arc::from(get(&first, "run_id")?),
-            payload: Data::json(payload),
-            created_at: u64::try_from(created_at).unwrap_or(0),
-            keep: Default::default(),
-        };
-        let mut records = Vec::new();
-        for row in rows {
-            row::decode_row(key, &get(&row, "body")?, &mut records)?;
-        }
-        Ok(Some(StoredTransaction { header, records }))
+        self.reads().load(LOAD_SQL, key).await
     }
 
     async fn claim(
@@ -1066,7 +825,7 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         let names: Vec<&str> = workflows.iter().map(|w| w.as_ref()).collect();
-        let claimed: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
             .bind(&names)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(lease.owner.as_ref())
@@ -1078,15 +837,7 @@ impl Store for PostgresStore {
                 transaction: String::new(),
                 reason: e.reason("claim_due"),
             })?;
-        Ok(claimed
-            .into_iter()
-            .map(|(workflow, id, epoch)| {
-                (
-                    TransactionKey::new(workflow, id),
-                    u64::try_from(epoch).unwrap_or(0),
-                )
-            })
-            .collect())
+        Ok(claimed(rows))
     }
 
     async fn renew(
@@ -1118,56 +869,14 @@ impl Store for PostgresStore {
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
-        let row = sqlx::query(
-            "SELECT run_id, state, created_at, updated_at FROM transactions WHERE workflow = $1 AND transaction_id = $2",
-        )
-        .bind(key.workflow.as_ref())
-        .bind(key.id.as_ref())
-        .fetch_optional(&self.inner.pool)
-        .await
-        .map_err(|e| store_error("summary", key, e))?;
-        let Some(row) = row else { return Ok(None) };
-        let run_id: String = row
-            .try_get("run_id")
-            .map_err(|e| store_error("summary", key, e))?;
-        let state: String = row
-            .try_get("state")
-            .map_err(|e| store_error("summary", key, e))?;
-        let created_at: i64 = row
-            .try_get("created_at")
-            .map_err(|e| store_error("summary", key, e))?;
-        let updated_at: i64 = row
-            .try_get("updated_at")
-            .map_err(|e| store_error("summary", key, e))?;
-        Ok(Some(TransactionSummary {
-            key: key.clone(),
-            run_id: Arc::from(run_id),
-            state: row::state(key, &state)?,
-            created_at: u64::try_from(created_at).unwrap_or(0),
-            updated_at: u64::try_from(updated_at).unwrap_or(0),
-        }))
+        self.reads().summary(SUMMARY_SQL, key).await
     }
 
-    // ---- executions listing and retention (issue 4) ----
     async fn list(
         &self,
         filter: &TransactionFilter,
     ) -> gorgon_orchestration::Result<TransactionPage> {
-        let statement = sql_listing::list(filter, Dialect::Postgres)?;
-        let rows: Vec<(String, String, String, String, i64, i64)> = bind_all(
-            sqlx::query_as(AssertSqlSafe(statement.sql)),
-            &statement.params,
-        )
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(|e| query_error("list", e))?;
-        let items = rows
-            .into_iter()
-            .map(|(w, id, run, state, created, updated)| {
-                sql_listing::summary(w, id, run, &state, created, updated)
-            })
-            .collect::<gorgon_orchestration::Result<Vec<_>>>()?;
-        Ok(TransactionPage::from_sorted(items, filter.limit))
+        self.reads().list(filter).await
     }
 
     async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
@@ -1190,27 +899,6 @@ impl Store for PostgresStore {
             .map_err(|e| query_error("purge", e))?;
         Ok(u64::try_from(deleted).unwrap_or(0))
     }
-}
-
-fn query_error(operation: &'static str, error: impl Reason) -> StoreError {
-    StoreError::StoreQuery {
-        operation,
-        reason: error.reason(operation),
-    }
-}
-
-/// Binds a statement's values in order.
-fn bind_all<'q, O>(
-    mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    params: &'q [SqlParam],
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    for param in params {
-        query = match param {
-            SqlParam::Text(text) => query.bind(text.as_str()),
-            SqlParam::Int(int) => query.bind(*int),
-        };
-    }
-    query
 }
 
 /// Extends by `$2` ms owner `$1`'s leases on the transactions named by `$3` (workflows) and `$4`
@@ -1319,11 +1007,11 @@ impl PostgresStore {
                     .await
                     .map_err(|e| store_error("create", key, e))?;
                 held.keep();
-                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.commit();
                 if inserted == 1 {
-                    Written::Yes
+                    Outcome::Written
                 } else {
-                    Written::Taken
+                    Outcome::Taken
                 }
             }
             None => {
@@ -1332,60 +1020,40 @@ impl PostgresStore {
                     .await
                     .map_err(|e| store_error("append", key, e))?;
                 // One statement in its own transaction: a deadlock aborts it alone.
-                let mut written = write_batch(held.conn(), &[(key, epoch, &append)]).await;
+                let alone = [BatchAppend {
+                    key,
+                    epoch,
+                    append: &append,
+                    create: None,
+                }];
+                let mut written = write_batch(held.conn(), &alone).await;
                 let mut tries = 0;
                 while tries < WRITE_RETRIES && written.as_ref().is_err_and(retryable) {
                     tries += 1;
-                    self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    written = write_batch(held.conn(), &[(key, epoch, &append)]).await;
+                    self.inner.counters.retry();
+                    written = write_batch(held.conn(), &alone).await;
                 }
                 let written = written.map_err(|e| store_error("append", key, e))?;
                 held.keep();
-                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.commit();
                 written[0]
             }
+            // Batched: one row holds the whole append (many step events of one transaction),
+            // so a commit of many transactions stays small.
             Some(queue) => {
-                // Batched: one row holds the whole append (many step events of one
-                // transaction), so a commit of many transactions stays small.
                 let append = encode_packed(key, records)?;
-                let (reply, answer) = oneshot::channel();
-                let pending = Pending {
-                    key: key.clone(),
-                    create,
-                    epoch,
-                    append,
-                    reply,
-                };
-                queue
-                    .send(pending)
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?;
-                answer
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?
-                    .map_err(|reason| store_error("append", key, reason))?
+                queue.write(key, epoch, append, create).await?
             }
         };
-        match written {
-            Written::Yes => {}
-            Written::Fenced => return Err(fenced(key, epoch)),
-            Written::Taken => {
-                return Err(StoreError::AlreadyStarted {
-                    workflow: key.workflow.to_string(),
-                    transaction: key.id.to_string(),
-                });
-            }
-            Written::Missing => {
-                return Err(store_error(
-                    "append",
-                    key,
-                    "the transaction was never created",
-                ));
-            }
+        self.inner.counters.appended(key, epoch, n, written)
+    }
+
+    /// The reads, on the pool.
+    fn reads(&self) -> Reads<'_, Postgres> {
+        Reads {
+            pool: &self.inner.pool,
+            dialect: Dialect::Postgres,
         }
-        self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
-        self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
-        Ok(())
     }
 
     async fn claim_once(

@@ -103,45 +103,37 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use gorgon_orchestration::clock::now_millis;
 use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
 };
-use gorgon_orchestration::{Data, Error as StoreError, Record, Store, TransactionKey, WriteMode};
+use gorgon_orchestration::{
+    Error as StoreError, Purge, Record, Store, TransactionFilter, TransactionKey, TransactionPage,
+    WriteMode,
+};
+use gorgon_store_sql::log_rows::{self, NewTransaction, encode};
+use gorgon_store_sql::sql_listing::{self, Dialect};
+use gorgon_store_sql::{
+    BatchAppend, BatchCommit, BatchQueue, Counters, Outcome, Reads, Reason, already_started,
+    bind_all, claimed, query_error, store_error, untaken, with_taken,
+};
 use serde::Deserialize;
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use tokio::sync::{mpsc, oneshot};
-
-use gorgon_orchestration::log_rows::{
-    self as row, EncodedAppend, NewTransaction, encode, now_millis,
-};
-use gorgon_orchestration::sql_listing::{self, Dialect, SqlParam};
-use gorgon_orchestration::{Purge, TransactionFilter, TransactionPage};
 use sqlx::AssertSqlSafe;
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+
+pub use gorgon_store_sql::{Durability, Stats};
 
 /// The file used when the options name none.
 pub const DEFAULT_PATH: &str = "gorgon.db";
 
 /// The path that keeps the store in memory.
 pub const MEMORY: &str = ":memory:";
-
-/// When an append is committed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Durability {
-    /// Each append is its own commit, made before `append` returns.
-    #[default]
-    EveryStep,
-    /// Appends of many transactions share a commit made by a background writer; each `append`
-    /// returns once the commit holding its records succeeded.
-    Batched,
-}
 
 /// Where the database is and how to use it. Deserializable, so the store is chosen by
 /// configuration.
@@ -222,24 +214,6 @@ pub enum Error {
     },
 }
 
-/// Counters of the store's writes since it was connected.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// `append` calls that succeeded.
-    pub appends: u64,
-    /// Records written by them.
-    pub records: u64,
-    /// Database commits that wrote appends (in batched mode, fewer than `appends`).
-    pub commits: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    appends: AtomicU64,
-    records: AtomicU64,
-    commits: AtomicU64,
-}
-
 /// A [`Store`] in a SQLite file. Cheap to clone; clones share the connections and batch writer.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -251,31 +225,8 @@ struct Inner {
     writer: SqlitePool,
     reader: SqlitePool,
     path: String,
-    queue: Option<mpsc::Sender<Pending>>,
+    queue: Option<BatchQueue>,
     counters: Arc<Counters>,
-}
-
-/// One append waiting for the batch writer.
-#[derive(Debug)]
-struct Pending {
-    key: TransactionKey,
-    create: Option<NewTransaction>,
-    epoch: u64,
-    append: EncodedAppend,
-    reply: oneshot::Sender<Result<Outcome, String>>,
-}
-
-/// What became of one append of a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    /// Its records are in the log.
-    Written,
-    /// The transaction was never created; nothing was written.
-    Missing,
-    /// Its epoch is not the transaction's; nothing was written.
-    Fenced,
-    /// Its transaction was to be created with it, but the id is taken; nothing was written.
-    Taken,
 }
 
 /// Inserts a transaction created with its first append (a generated id); no row when taken.
@@ -285,58 +236,6 @@ const CREATE_NEW_SQL: &str = "INSERT INTO transactions
 VALUES (?1, ?2, ?3, 'not_started', ?4, ?5, ?6, 0, ?7, ?8, 1, NULL)
 ON CONFLICT (workflow, transaction_id) DO NOTHING
 RETURNING epoch";
-
-fn store_error(operation: &'static str, key: &TransactionKey, reason: impl Reason) -> StoreError {
-    StoreError::Store {
-        operation,
-        transaction: key.to_string(),
-        reason: reason.reason(operation),
-    }
-}
-
-/// What a caller is told about a failure. The database's own text (which may quote data or
-/// internals) goes to the log; callers get its kind and, for a refusal, the SQLSTATE code.
-trait Reason {
-    fn reason(self, operation: &'static str) -> String;
-}
-
-impl Reason for &str {
-    fn reason(self, _: &'static str) -> String {
-        self.to_string()
-    }
-}
-
-impl Reason for String {
-    fn reason(self, _: &'static str) -> String {
-        self
-    }
-}
-
-impl Reason for sqlx::Error {
-    fn reason(self, operation: &'static str) -> String {
-        tracing::warn!(operation, error = %self, "a database operation failed");
-        coarse(&self)
-    }
-}
-
-/// The kind of a database error, without its text.
-fn coarse(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(e) => match e.code() {
-            Some(code) => format!("the database refused it (code {code})"),
-            None => "the database refused it".to_string(),
-        },
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed => "the database could not be reached".to_string(),
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_) => "a stored value could not be read".to_string(),
-        _ => "the database operation failed".to_string(),
-    }
-}
 
 impl SqliteStore {
     /// Opens (or creates) the database and applies the migrations; in batched mode it also
@@ -406,16 +305,12 @@ impl SqliteStore {
         let counters = Arc::new(Counters::default());
         let queue = match options.durability {
             Durability::EveryStep => None,
-            Durability::Batched => {
-                let (sender, receiver) = mpsc::channel(options.batch_max_appends * 4);
-                tokio::spawn(run_writer(
-                    writer.clone(),
-                    receiver,
-                    options.batch_max_appends,
-                    counters.clone(),
-                ));
-                Some(sender)
-            }
+            Durability::Batched => Some(BatchQueue::start(
+                Commits(writer.clone()),
+                1,
+                options.batch_max_appends,
+                counters.clone(),
+            )),
         };
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -440,12 +335,7 @@ impl SqliteStore {
 
     /// The store's write counters.
     pub fn stats(&self) -> Stats {
-        let c = &self.inner.counters;
-        Stats {
-            appends: c.appends.load(Ordering::Relaxed),
-            records: c.records.load(Ordering::Relaxed),
-            commits: c.commits.load(Ordering::Relaxed),
-        }
+        self.inner.counters.stats()
     }
 
     /// Closes the connections (pending appends of a batched store fail). Dropping the store
@@ -509,35 +399,32 @@ fn until(value: u64) -> i64 {
     int(value).min(i64::MAX - 1)
 }
 
-/// One append of a batch: its transaction, the epoch it was written with, its rows.
-type BatchAppend<'a> = (&'a TransactionKey, u64, &'a EncodedAppend);
+/// The batch writer's commits, on the write connection.
+struct Commits(SqlitePool);
 
-/// Writes appends (of any transactions) in one SQLite transaction, one commit. Appends of one
+impl BatchCommit for Commits {
+    async fn commit(&self, batch: &[BatchAppend<'_>]) -> Result<Vec<Outcome>, sqlx::Error> {
+        write_batch(&self.0, batch).await
+    }
+}
+
+/// Writes appends (of any transactions) in one SQLite transaction, one commit, first creating
+/// the transactions of the appends that come with a [`NewTransaction`]. Appends of one
 /// transaction with one epoch form a group, written (or refused) together; for each append,
-/// whether it was written, its transaction is missing, or its epoch is stale.
+/// whether it was written, its id was taken, its transaction is missing, or its epoch is stale.
 async fn write_batch(
     pool: &SqlitePool,
     batch: &[BatchAppend<'_>],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    write_batch_creating(pool, batch, &[]).await
-}
-
-/// [`write_batch`], first creating the transactions of the appends that come with a
-/// [`NewTransaction`] (`creates` is empty or aligned with `batch`), in the same commit.
-async fn write_batch_creating(
-    pool: &SqlitePool,
-    batch: &[BatchAppend<'_>],
-    creates: &[Option<&NewTransaction>],
-) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut taken = vec![false; batch.len()];
-    for (i, create) in creates.iter().enumerate() {
-        let (Some(new), Some(&(key, _, _))) = (create, batch.get(i)) else {
+    for (i, append) in batch.iter().enumerate() {
+        let Some(new) = append.create else {
             continue;
         };
         let epoch: Option<i64> = sqlx::query_scalar(CREATE_NEW_SQL)
-            .bind(key.workflow.as_ref())
-            .bind(key.id.as_ref())
+            .bind(append.key.workflow.as_ref())
+            .bind(append.key.id.as_ref())
             .bind(&new.run_id)
             .bind(&new.payload)
             .bind(new.created_at)
@@ -548,24 +435,9 @@ async fn write_batch_creating(
             .await?;
         taken[i] = epoch.is_none();
     }
-    let kept: Vec<BatchAppend<'_>> = batch
-        .iter()
-        .zip(&taken)
-        .filter(|(_, taken)| !**taken)
-        .map(|(append, _)| *append)
-        .collect();
-    let mut written = write_batch_in(&mut tx, &kept).await?.into_iter();
+    let written = write_batch_in(&mut tx, &untaken(batch, &taken)).await?;
     tx.commit().await?;
-    Ok(taken
-        .into_iter()
-        .map(|taken| {
-            if taken {
-                Outcome::Taken
-            } else {
-                written.next().unwrap_or(Outcome::Missing)
-            }
-        })
-        .collect())
+    Ok(with_taken(taken, written))
 }
 
 /// The appends of a batch, inside the caller's SQLite transaction.
@@ -577,7 +449,8 @@ async fn write_batch_in(
     // workflow, transaction_id, records, state, epoch
     let mut groups: Vec<(&str, &str, i64, Option<&str>, i64)> = Vec::new();
     let mut of_append = Vec::with_capacity(batch.len());
-    for &(key, epoch, append) in batch {
+    for a in batch {
+        let (key, epoch, append) = (a.key, a.epoch, a.append);
         let g = *index.entry((key, epoch)).or_insert_with(|| {
             groups.push((key.workflow.as_ref(), key.id.as_ref(), 0, None, int(epoch)));
             groups.len() - 1
@@ -590,9 +463,9 @@ async fn write_batch_in(
     }
     let mut offsets = vec![0_i64; groups.len()];
     let mut rows = Vec::new();
-    for (&(_, _, append), &g) in batch.iter().zip(&of_append) {
+    for (a, &g) in batch.iter().zip(&of_append) {
         let (workflow, id, total, _, epoch) = groups[g];
-        for row in &append.rows {
+        for row in &a.append.rows {
             rows.push((
                 workflow,
                 id,
@@ -656,59 +529,6 @@ async fn write_batch_in(
     Ok(of_append.into_iter().map(|g| outcome[g]).collect())
 }
 
-/// The batch writer: takes everything queued (up to `max`), writes it in one commit, answers.
-async fn run_writer(
-    pool: SqlitePool,
-    mut queue: mpsc::Receiver<Pending>,
-    max: usize,
-    counters: Arc<Counters>,
-) {
-    let mut batch = Vec::with_capacity(max);
-    while queue.recv_many(&mut batch, max).await > 0 {
-        let refs: Vec<BatchAppend<'_>> =
-            batch.iter().map(|p| (&p.key, p.epoch, &p.append)).collect();
-        let creates: Vec<Option<&NewTransaction>> =
-            batch.iter().map(|p| p.create.as_ref()).collect();
-        let outcomes = write_isolating(&pool, &refs, &creates, &counters).await;
-        drop(refs);
-        for (pending, outcome) in batch.drain(..).zip(outcomes) {
-            let _ = pending.reply.send(outcome);
-        }
-    }
-}
-
-/// Writes a batch in one commit; when that commit fails, writes each half on its own, down to
-/// single appends, so an append the database refuses fails alone and the others of its batch
-/// are written.
-fn write_isolating<'a>(
-    pool: &'a SqlitePool,
-    batch: &'a [BatchAppend<'a>],
-    creates: &'a [Option<&'a NewTransaction>],
-    counters: &'a Counters,
-) -> futures::future::BoxFuture<'a, Vec<Result<Outcome, String>>> {
-    Box::pin(async move {
-        match write_batch_creating(pool, batch, creates).await {
-            Ok(outcomes) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                outcomes.into_iter().map(Ok).collect()
-            }
-            Err(error) if batch.len() == 1 => {
-                tracing::warn!(transaction = %batch[0].0, %error, "an append was refused");
-                vec![Err(error.reason("append"))]
-            }
-            Err(error) => {
-                tracing::warn!(%error, appends = batch.len(), "a batched commit failed; writing its halves apart");
-                let half = batch.len() / 2;
-                let (first, second) = batch.split_at(half);
-                let (creates_first, creates_second) = creates.split_at(half.min(creates.len()));
-                let mut outcomes = write_isolating(pool, first, creates_first, counters).await;
-                outcomes.extend(write_isolating(pool, second, creates_second, counters).await);
-                outcomes
-            }
-        }
-    })
-}
-
 /// Creates a transaction, or replaces a finished one with a new run (one epoch later);
 /// returns the epoch, or no row when an unfinished run holds the id.
 const CREATE_SQL: &str = "INSERT INTO transactions
@@ -758,6 +578,10 @@ const CLAIM_DUE_SQL: &str = "UPDATE transactions
          LIMIT ?5)
 RETURNING workflow, transaction_id, epoch";
 
+/// A transaction's summary: `?1` the workflow, `?2` the id.
+const SUMMARY_SQL: &str = "SELECT run_id, state, created_at, updated_at FROM transactions WHERE workflow = ?1 AND transaction_id = ?2";
+
+/// A transaction's header row, then its log rows in order: `?1` the workflow, `?2` the id.
 const LOAD_SQL: &str = "SELECT -1 AS seq, run_id, payload AS body, created_at
   FROM transactions WHERE workflow = ?1 AND transaction_id = ?2
 UNION ALL
@@ -776,12 +600,7 @@ impl Store for SqliteStore {
         lease: Option<&Lease>,
     ) -> gorgon_orchestration::Result<u64> {
         let key = &header.key;
-        let payload = header
-            .payload
-            .to_json()
-            .map_err(|e| store_error("create", key, format!("the payload is not JSON: {e}")))?
-            .to_string();
-        gorgon_orchestration::store::check_size("payload", key, payload.len())?;
+        let payload = log_rows::payload(header)?;
         let created_at = i64::try_from(header.created_at)
             .map_err(|_| store_error("create", key, "created_at is out of range"))?;
         let result: Result<Option<i64>, sqlx::Error> = async {
@@ -790,7 +609,7 @@ impl Store for SqliteStore {
                 .bind(key.workflow.as_ref())
                 .bind(key.id.as_ref())
                 .bind(header.run_id.as_ref())
-                .bind(payload.to_string())
+                .bind(payload)
                 .bind(created_at)
                 .bind(now_millis())
                 .bind(lease.map(|l| l.owner.as_ref()))
@@ -815,10 +634,7 @@ impl Store for SqliteStore {
         .await;
         match result.map_err(|e| store_error("create", key, e))? {
             Some(epoch) => Ok(u64::try_from(epoch).unwrap_or(0)),
-            None => Err(StoreError::AlreadyStarted {
-                workflow: key.workflow.to_string(),
-                transaction: key.id.to_string(),
-            }),
+            None => Err(already_started(key)),
         }
     }
 
@@ -828,8 +644,7 @@ impl Store for SqliteStore {
         epoch: u64,
         records: Vec<Record>,
     ) -> gorgon_orchestration::Result<()> {
-        let records = records.as_slice();
-        self.write(key, epoch, records, None).await
+        self.write(key, epoch, &records, None).await
     }
 
     async fn create_and_append(
@@ -931,7 +746,7 @@ impl Store for SqliteStore {
             reason,
         };
         let names_json = serde_json::to_string(&names).map_err(|e| failed(e.to_string()))?;
-        let claimed: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
             .bind(names_json)
             .bind(lease.owner.as_ref())
             .bind(until(now.saturating_add(lease.ms)))
@@ -940,15 +755,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.inner.writer)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        Ok(claimed
-            .into_iter()
-            .map(|(workflow, id, epoch)| {
-                (
-                    TransactionKey::new(workflow, id),
-                    u64::try_from(epoch).unwrap_or(0),
-                )
-            })
-            .collect())
+        Ok(claimed(rows))
     }
 
     fn write_mode(&self) -> WriteMode {
@@ -991,83 +798,21 @@ impl Store for SqliteStore {
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
-        let rows = sqlx::query(LOAD_SQL)
-            .bind(key.workflow.as_ref())
-            .bind(key.id.as_ref())
-            .fetch_all(&self.inner.reader)
-            .await
-            .map_err(|e| store_error("load", key, e))?;
-        let mut rows = rows.into_iter();
-        let Some(first) = rows.next() else {
-            return Ok(None);
-        };
-        let get =
-            |row: &sqlx::sqlite::SqliteRow, column: &str| -> gorgon_orchestration::Result<String> {
-                row.try_get::<String, _>(column)
-                    .map_err(|e| store_error("load", key, e))
-            };
-        let payload: serde_json::Value = serde_json::from_str(&get(&first, "body")?)
-            .map_err(|e| store_error("load", key, format!("the payload does not decode: {e}")))?;
-        let created_at: i64 = first
-            .try_get("created_at")
-            .map_err(|e| store_error("load", key, e))?;
-        let header = TransactionHeader {
-            key: key.clone(),
-            run_id: Arc::from(get(&first, "run_id")?),
-            payload: Data::json(payload),
-            created_at: u64::try_from(created_at).unwrap_or(0),
-            keep: Default::default(),
-        };
-        let records = rows
-            .map(|row| row::decode(key, &get(&row, "body")?))
-            .collect::<gorgon_orchestration::Result<Vec<_>>>()?;
-        Ok(Some(StoredTransaction { header, records }))
+        self.reads().load(LOAD_SQL, key).await
     }
 
     async fn summary(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
-        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT run_id, state, created_at, updated_at FROM transactions WHERE workflow = ?1 AND transaction_id = ?2",
-        )
-        .bind(key.workflow.as_ref())
-        .bind(key.id.as_ref())
-        .fetch_optional(&self.inner.reader)
-        .await
-        .map_err(|e| store_error("summary", key, e))?;
-        let Some((run_id, state, created_at, updated_at)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(TransactionSummary {
-            key: key.clone(),
-            run_id: Arc::from(run_id),
-            state: row::state(key, &state)?,
-            created_at: u64::try_from(created_at).unwrap_or(0),
-            updated_at: u64::try_from(updated_at).unwrap_or(0),
-        }))
+        self.reads().summary(SUMMARY_SQL, key).await
     }
 
-    // ---- executions listing and retention (issue 4) ----
     async fn list(
         &self,
         filter: &TransactionFilter,
     ) -> gorgon_orchestration::Result<TransactionPage> {
-        let statement = sql_listing::list(filter, Dialect::Sqlite)?;
-        let rows: Vec<(String, String, String, String, i64, i64)> = bind_all(
-            sqlx::query_as(AssertSqlSafe(statement.sql)),
-            &statement.params,
-        )
-        .fetch_all(&self.inner.reader)
-        .await
-        .map_err(|e| query_error("list", e))?;
-        let items = rows
-            .into_iter()
-            .map(|(w, id, run, state, created, updated)| {
-                sql_listing::summary(w, id, run, &state, created, updated)
-            })
-            .collect::<gorgon_orchestration::Result<Vec<_>>>()?;
-        Ok(TransactionPage::from_sorted(items, filter.limit))
+        self.reads().list(filter).await
     }
 
     async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
@@ -1109,27 +854,6 @@ impl Store for SqliteStore {
     }
 }
 
-fn query_error(operation: &'static str, error: impl Reason) -> StoreError {
-    StoreError::StoreQuery {
-        operation,
-        reason: error.reason(operation),
-    }
-}
-
-/// Binds a statement's values in order.
-fn bind_all<'q, O>(
-    mut query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>,
-    params: &'q [SqlParam],
-) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments> {
-    for param in params {
-        query = match param {
-            SqlParam::Text(text) => query.bind(text.as_str()),
-            SqlParam::Int(int) => query.bind(*int),
-        };
-    }
-    query
-}
-
 impl SqliteStore {
     /// An append (with, in batched mode, the creation of its transaction), in a commit of its
     /// own or through the batch writer.
@@ -1144,47 +868,28 @@ impl SqliteStore {
         let n = append.rows.len() as u64;
         let outcome = match &self.inner.queue {
             None => {
-                let outcome = write_batch(&self.inner.writer, &[(key, epoch, &append)])
+                let alone = BatchAppend {
+                    key,
+                    epoch,
+                    append: &append,
+                    create: None,
+                };
+                let outcome = write_batch(&self.inner.writer, &[alone])
                     .await
                     .map_err(|e| store_error("append", key, e))?;
-                self.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.commit();
                 outcome[0]
             }
-            Some(queue) => {
-                let (reply, answer) = oneshot::channel();
-                let pending = Pending {
-                    key: key.clone(),
-                    create,
-                    epoch,
-                    append,
-                    reply,
-                };
-                queue
-                    .send(pending)
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?;
-                answer
-                    .await
-                    .map_err(|_| store_error("append", key, "the batch writer has stopped"))?
-                    .map_err(|reason| store_error("append", key, reason))?
-            }
+            Some(queue) => queue.write(key, epoch, append, create).await?,
         };
-        match outcome {
-            Outcome::Written => {
-                self.inner.counters.appends.fetch_add(1, Ordering::Relaxed);
-                self.inner.counters.records.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            }
-            Outcome::Missing => Err(store_error(
-                "append",
-                key,
-                "the transaction was never created",
-            )),
-            Outcome::Fenced => Err(fenced(key, epoch)),
-            Outcome::Taken => Err(StoreError::AlreadyStarted {
-                workflow: key.workflow.to_string(),
-                transaction: key.id.to_string(),
-            }),
+        self.inner.counters.appended(key, epoch, n, outcome)
+    }
+
+    /// The reads, on the read connections.
+    fn reads(&self) -> Reads<'_, Sqlite> {
+        Reads {
+            pool: &self.inner.reader,
+            dialect: Dialect::Sqlite,
         }
     }
 }

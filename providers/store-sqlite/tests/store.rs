@@ -2,14 +2,10 @@
 //! create races (one file, two stores), batching, failures, and a log surviving its process.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use gorgon_orchestration::machine::TransactionFields;
 use gorgon_orchestration::store::{Claim, Lease, TransactionHeader};
-use gorgon_orchestration::{
-    Data, Error as StoreError, HandlerType, Record, StepError, StepRun, Store, TransactionError,
-    TransactionKey, TransactionState,
-};
+use gorgon_orchestration::{Error as StoreError, Store, TransactionKey, TransactionState};
+use gorgon_store_sql::testing::{self, state, step};
 use gorgon_store_sqlite::{Durability, Error, Options, SqliteStore};
 use serde_json::json;
 use tempfile::TempDir;
@@ -27,29 +23,7 @@ async fn connect(durability: Durability) -> (SqliteStore, TempDir) {
 }
 
 fn header(id: &str) -> TransactionHeader {
-    TransactionHeader {
-        key: TransactionKey::new("sqlite-test", id),
-        run_id: Arc::from(format!("run-{}", uuid::Uuid::new_v4())),
-        payload: Data::json(json!({"id": id})),
-        created_at: 42,
-        keep: Default::default(),
-    }
-}
-
-fn state(state: TransactionState) -> Record {
-    Record::Transaction(TransactionFields {
-        state,
-        started_at: Some(1),
-        ..TransactionFields::NOT_STARTED
-    })
-}
-
-fn step(n: u32) -> Record {
-    let run = StepRun {
-        attempts: n,
-        ..StepRun::default()
-    };
-    Record::Step { step: 1, run }
+    testing::header("sqlite-test", id)
 }
 
 async fn suite(store: SqliteStore) {
@@ -75,6 +49,12 @@ async fn batched_store_passes_the_suite() {
 }
 
 #[tokio::test]
+async fn batched_store_passes_the_batched_suite() {
+    let (store, _dir) = connect(Durability::Batched).await;
+    testing::batched_store_suite(async || store.clone(), SqliteStore::stats).await;
+}
+
+#[tokio::test]
 async fn memory_store_passes_the_suite() {
     let store = SqliteStore::connect(Options::in_memory())
         .await
@@ -82,183 +62,21 @@ async fn memory_store_passes_the_suite() {
     suite(store).await;
 }
 
-/// Sixteen creates of one id at once, from two stores on one file (as two processes would):
-/// exactly one wins, the others are `AlreadyStarted`; the same once that run finished.
+/// Sixteen creates of one id at once, from two stores on one file (as two processes would).
 #[tokio::test]
 async fn concurrent_creates_of_one_id_let_exactly_one_win() {
     let (first, dir) = connect(Durability::EveryStep).await;
     let second = SqliteStore::connect(Options::file(dir.path().join("gorgon.db")))
         .await
         .expect("second store on the same file");
-    let id = "race";
-    let key = TransactionKey::new("sqlite-test", id);
-    for round in 0..2 {
-        let attempts = (0..16).map(|i| {
-            let store = if i % 2 == 0 {
-                first.clone()
-            } else {
-                second.clone()
-            };
-            let h = header(id);
-            tokio::spawn(async move { store.create(&h, None).await.map(|e| (h.run_id, e)) })
-        });
-        let results: Vec<_> = futures::future::join_all(attempts)
-            .await
-            .into_iter()
-            .map(|r| r.expect("task"))
-            .collect();
-        let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-        assert_eq!(winners.len(), 1, "round {round}: exactly one create wins");
-        for result in &results {
-            if let Err(e) = result {
-                assert!(
-                    matches!(e, StoreError::AlreadyStarted { .. }),
-                    "round {round}: {e}"
-                );
-            }
-        }
-        let stored = second.load(&key).await.expect("load").expect("exists");
-        assert_eq!(
-            &stored.header.run_id, &winners[0].0,
-            "the winner's run is stored"
-        );
-        assert_eq!(winners[0].1, round + 1, "a new run is one epoch later");
-        first
-            .append(
-                &key,
-                winners[0].1,
-                vec![step(1), state(TransactionState::Done)],
-            )
-            .await
-            .expect("finish");
-    }
+    testing::concurrent_creates_of_one_id_let_exactly_one_win(first, second).await;
 }
 
-/// 200 transactions append 10 times each, concurrently, on a batched store: every record is
-/// stored, in order per transaction, and the appends shared far fewer commits.
-#[tokio::test]
-async fn batched_appends_of_200_transactions_share_commits() {
-    let (store, _dir) = connect(Durability::Batched).await;
-    let ids: Vec<String> = (0..200).map(|i| format!("batch-{i}")).collect();
-    for id in &ids {
-        store.create(&header(id), None).await.expect("create");
-    }
-    let started = Instant::now();
-    let tasks = ids.iter().map(|id| {
-        let store = store.clone();
-        let key = TransactionKey::new("sqlite-test", id.as_str());
-        tokio::spawn(async move {
-            store
-                .append(&key, 1, vec![state(TransactionState::Invoking)])
-                .await?;
-            for n in 1..=9 {
-                store.append(&key, 1, vec![step(n)]).await?;
-            }
-            Ok::<_, StoreError>(())
-        })
-    });
-    for result in futures::future::join_all(tasks).await {
-        result.expect("task").expect("append");
-    }
-    let elapsed = started.elapsed();
-    let stats = store.stats();
-    println!(
-        "batched: {} appends in {} commits, {:.0} appends/s",
-        stats.appends,
-        stats.commits,
-        stats.appends as f64 / elapsed.as_secs_f64()
-    );
-    assert_eq!(stats.appends, 2000);
-    assert_eq!(stats.records, 2000);
-    assert!(
-        stats.commits < stats.appends / 2,
-        "{stats:?}: appends must share commits"
-    );
-    for id in &ids {
-        let key = TransactionKey::new("sqlite-test", id.as_str());
-        let stored = store.load(&key).await.expect("load").expect("exists");
-        let mut expected = vec![state(TransactionState::Invoking)];
-        expected.extend((1..=9).map(step));
-        assert_eq!(stored.records, expected, "{id}: every record, in order");
-        let summary = store.summary(&key).await.expect("summary").expect("exists");
-        assert_eq!(summary.state, TransactionState::Invoking);
-        assert_eq!(summary.created_at, 42);
-    }
-}
-
-/// In a batch, an append to a transaction that was never created fails alone.
-#[tokio::test]
-async fn a_missing_transaction_fails_only_its_own_append_in_a_batch() {
-    let (store, _dir) = connect(Durability::Batched).await;
-    let ids: Vec<String> = (0..20).map(|i| format!("mixed-{i}")).collect();
-    for id in &ids {
-        store.create(&header(id), None).await.expect("create");
-    }
-    let ghost = TransactionKey::new("sqlite-test", "ghost");
-    let appends = ids
-        .iter()
-        .map(|id| TransactionKey::new("sqlite-test", id.as_str()))
-        .chain(std::iter::once(ghost.clone()))
-        .map(|key| {
-            let store = store.clone();
-            tokio::spawn(async move { (store.append(&key, 1, vec![step(1)]).await, key) })
-        });
-    for result in futures::future::join_all(appends).await {
-        let (result, key) = result.expect("task");
-        if key == ghost {
-            assert!(matches!(
-                result,
-                Err(StoreError::Store {
-                    operation: "append",
-                    ..
-                })
-            ));
-        } else {
-            result.expect("the others are written");
-            let stored = store.load(&key).await.expect("load").expect("exists");
-            assert_eq!(stored.records, vec![step(1)]);
-        }
-    }
-}
-
-/// When the commit fails, every append of the batch gets the error (none is acknowledged).
 #[tokio::test]
 async fn a_failed_batch_commit_fails_every_append_in_it() {
     let (store, _dir) = connect(Durability::Batched).await;
-    let ids: Vec<String> = (0..50).map(|i| format!("doomed-{i}")).collect();
-    for id in &ids {
-        store.create(&header(id), None).await.expect("create");
-    }
-    sqlx::query("DROP TABLE transaction_log")
-        .execute(store.pool())
-        .await
-        .expect("drop the log");
-    let appends = ids.iter().map(|id| {
-        let store = store.clone();
-        let key = TransactionKey::new("sqlite-test", id.as_str());
-        tokio::spawn(async move { store.append(&key, 1, vec![step(1)]).await })
-    });
-    for result in futures::future::join_all(appends).await {
-        let error = result.expect("task").expect_err("the commit failed");
-        assert!(
-            matches!(
-                error,
-                StoreError::Store {
-                    operation: "append",
-                    ..
-                }
-            ),
-            "{error}"
-        );
-    }
-    assert_eq!(store.stats().appends, 0);
-    // Nothing of the failed batch was kept: the summaries were rolled back with the log rows.
-    let summary = store
-        .summary(&TransactionKey::new("sqlite-test", "doomed-0"))
-        .await
-        .expect("summary")
-        .expect("exists");
-    assert_eq!(summary.state, TransactionState::NotStarted);
+    let pool = store.pool().clone();
+    testing::a_failed_batch_commit_fails_every_append_in_it(store, SqliteStore::stats, &pool).await;
 }
 
 fn lease(owner: &str, ms: u64) -> Lease {
@@ -402,88 +220,11 @@ async fn two_workers_on_one_file_never_claim_a_transaction_twice() {
     assert_eq!(held, 100);
 }
 
-/// A log row's seq, kind, step, side and attempt.
-type LogRow = (i64, String, Option<i64>, Option<String>, Option<i64>);
-
-/// Each log row carries the record's kind, step, side and attempt beside the JSON, in seq order.
 #[tokio::test]
 async fn log_rows_are_keyed_by_step_side_and_attempt() {
     let (store, _dir) = connect(Durability::EveryStep).await;
-    let h = header("columns");
-    let epoch = store.create(&h, None).await.expect("create");
-    let mut compensating = StepRun {
-        attempts: 2,
-        compensating: true,
-        ..StepRun::default()
-    };
-    compensating.failures = 1;
-    let records = [
-        state(TransactionState::Compensating),
-        Record::Step {
-            step: 3,
-            run: compensating,
-        },
-        Record::Response {
-            step: 3,
-            handler: HandlerType::Compensate,
-            data: Some(Data::json(json!({"undone": true}))),
-        },
-        Record::Error(TransactionError {
-            action: "charge".into(),
-            handler_type: HandlerType::Invoke,
-            error: StepError::new("declined"),
-        }),
-    ];
-    store
-        .append(&h.key, epoch, records[..2].to_vec())
-        .await
-        .expect("append");
-    store
-        .append(&h.key, epoch, records[2..].to_vec())
-        .await
-        .expect("append");
-    let rows: Vec<LogRow> = sqlx::query_as(
-        "SELECT seq, kind, CAST(step AS BIGINT), side, CAST(attempt AS BIGINT) FROM transaction_log \
-         WHERE workflow = ?1 AND transaction_id = ?2 ORDER BY seq",
-    )
-    .bind("sqlite-test")
-    .bind("columns")
-    .fetch_all(store.pool())
-    .await
-    .expect("query the log");
-    let expected = vec![
-        (0, "transaction".to_string(), None, None, None),
-        (
-            1,
-            "step".to_string(),
-            Some(3),
-            Some("compensate".to_string()),
-            Some(2),
-        ),
-        (
-            2,
-            "response".to_string(),
-            Some(3),
-            Some("compensate".to_string()),
-            None,
-        ),
-        (
-            3,
-            "error".to_string(),
-            None,
-            Some("invoke".to_string()),
-            None,
-        ),
-    ];
-    assert_eq!(rows, expected);
-    let stored = store.load(&h.key).await.expect("load").expect("exists");
-    assert_eq!(stored.records, records.to_vec());
-    let summary = store
-        .summary(&h.key)
-        .await
-        .expect("summary")
-        .expect("exists");
-    assert_eq!(summary.state, TransactionState::Compensating);
+    let pool = store.pool().clone();
+    testing::log_rows_are_keyed_by_step_side_and_attempt(store, &pool).await;
 }
 
 const CHILD_ENV: &str = "GORGON_SQLITE_CHILD";

@@ -226,7 +226,7 @@ impl Engine {
                     .iter()
                     .filter_map(|(name, r)| Some((name.clone(), r.flow.options().retention_ms()?)))
                     .collect();
-                let now = crate::log_rows::now_millis().max(0) as u64;
+                let now = crate::clock::now_millis().max(0) as u64;
                 for (workflow, retention) in workflows {
                     let before = now.saturating_sub(retention);
                     match engine.purge(before, Some(workflow.clone())).await {

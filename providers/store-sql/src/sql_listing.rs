@@ -1,4 +1,4 @@
-//! Listing and purge statements for the SQL stores (SQLite and PostgreSQL), built from a
+//! Listing and purge statements of the SQL stores (SQLite and PostgreSQL), built from a
 //! [`TransactionFilter`] or a [`Purge`]: the SQL text with numbered placeholders and the values
 //! to bind, in order. Only values are bound; nothing from the caller lands in the SQL text.
 //!
@@ -9,10 +9,11 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use gorgon_orchestration::{
+    Error, Purge, Result, TransactionFilter, TransactionKey, TransactionState, TransactionSummary,
+};
+
 use crate::log_rows;
-use crate::state::TransactionState;
-use crate::store::{Purge, TransactionFilter, TransactionKey, TransactionSummary};
 
 /// The SQL dialect: how placeholders and byte-order comparisons are spelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +201,7 @@ pub fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::PageCursor;
+    use gorgon_orchestration::PageCursor;
 
     #[test]
     fn values_are_bound_never_spliced() {

@@ -1,11 +1,12 @@
-//! How a [`Record`] becomes a row of a SQL log table, and back: shared by the SQL stores.
+//! How a [`Record`] becomes a row of a SQL log table, and back.
 //!
 //! A row carries the record as JSON plus the columns a query filters on: the record's kind, the
 //! step, the side and the attempt.
 
-use crate::state::TransactionState;
-use crate::store::{Lease, TransactionHeader};
-use crate::{Error as StoreError, Record, TransactionKey};
+use gorgon_orchestration::store::{Lease, TransactionHeader, check_size};
+use gorgon_orchestration::{Error as StoreError, Record, TransactionKey, TransactionState};
+
+use crate::error::store_error;
 
 /// One record, encoded for the log table.
 #[derive(Clone, Debug)]
@@ -31,21 +32,14 @@ pub struct EncodedAppend {
     pub state: Option<&'static str>,
 }
 
-fn store_error(operation: &'static str, key: &TransactionKey, reason: impl ToString) -> StoreError {
-    StoreError::Store {
-        operation,
-        transaction: key.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 /// Encodes the records of one append.
 pub fn encode(key: &TransactionKey, records: &[Record]) -> Result<EncodedAppend, StoreError> {
     let mut rows = Vec::with_capacity(records.len());
     let mut state = None;
     for record in records {
-        let json = serde_json::to_string(record).map_err(|e| store_error("append", key, e))?;
-        crate::store::check_size("record", key, json.len())?;
+        let json =
+            serde_json::to_string(record).map_err(|e| store_error("append", key, e.to_string()))?;
+        check_size("record", key, json.len())?;
         let row = match record {
             Record::Transaction(fields) => {
                 state = Some(fields.state.as_str());
@@ -105,8 +99,9 @@ pub fn encode_packed(
         Record::Transaction(fields) => Some(fields.state.as_str()),
         _ => None,
     });
-    let record = serde_json::to_string(records).map_err(|e| store_error("append", key, e))?;
-    crate::store::check_size("record", key, record.len())?;
+    let record =
+        serde_json::to_string(records).map_err(|e| store_error("append", key, e.to_string()))?;
+    check_size("record", key, record.len())?;
     Ok(EncodedAppend {
         rows: vec![LogRow {
             kind: "records",
@@ -152,12 +147,21 @@ pub fn state(key: &TransactionKey, name: &str) -> Result<TransactionState, Store
         .map_err(|_| store_error("summary", key, format!("unknown state `{name}`")))
 }
 
-/// Milliseconds since the Unix epoch, for `updated_at`.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// A header's payload as JSON text, refused when it is larger than a stored value may be.
+pub fn payload(header: &TransactionHeader) -> Result<String, StoreError> {
+    let payload = header
+        .payload
+        .to_json()
+        .map_err(|e| {
+            store_error(
+                "create",
+                &header.key,
+                format!("the payload is not JSON: {e}"),
+            )
+        })?
+        .to_string();
+    check_size("payload", &header.key, payload.len())?;
+    Ok(payload)
 }
 
 /// A transaction to create in the commit of its first append (a generated id), encoded for the
@@ -180,19 +184,10 @@ pub struct NewTransaction {
 impl NewTransaction {
     /// Encodes a header and the creator's lease.
     pub fn encode(header: &TransactionHeader, lease: Option<&Lease>) -> Result<Self, StoreError> {
-        let payload = header.payload.to_json().map_err(|e| {
-            store_error(
-                "create",
-                &header.key,
-                format!("the payload is not JSON: {e}"),
-            )
-        })?;
         let saturate = |at: u64| i64::try_from(at).unwrap_or(i64::MAX);
-        let payload = payload.to_string();
-        crate::store::check_size("payload", &header.key, payload.len())?;
         Ok(NewTransaction {
             run_id: header.run_id.to_string(),
-            payload,
+            payload: payload(header)?,
             created_at: saturate(header.created_at),
             owner: lease.map(|l| l.owner.to_string()),
             // Ten years at most: the database adds it to its clock.
