@@ -84,6 +84,6 @@ pub use machine::{
 pub use relay::{EventRelay, MemoryRelay, RelayStats, RelayedEvent};
 pub use state::{HandlerType, StepRun, StepState, StepStatus, TransactionState};
 pub use store::{
-    Claim, Keep, Lease, MemoryStore, PageCursor, Purge, Store, TransactionFilter, TransactionKey,
-    TransactionPage, TransactionSummary, WriteMode,
+    Claim, Keep, Lease, Leases, Listing, MemoryStore, PageCursor, Purge, Store, TransactionFilter,
+    TransactionKey, TransactionLog, TransactionPage, TransactionSummary, WriteMode,
 };

@@ -1,7 +1,7 @@
 //! The [`Store`] trait: where transactions are kept, as an append-only log of step events.
 //!
 //! Every step event of a transaction (a round prepared, a handler's outcome, a cancel, the
-//! finish) becomes one [`append`](Store::append) of the few [`Record`]s that changed; a store
+//! finish) becomes one [`append`](TransactionLog::append) of the few [`Record`]s that changed; a store
 //! never rewrites a whole transaction. [`Transaction::replay`](crate::Transaction::replay) folds
 //! the log back into a transaction. A summary per transaction (state, times) serves listings.
 //!
@@ -152,7 +152,7 @@ pub struct TransactionSummary {
     pub created_at: u64,
     /// When the summary last changed, on the store's wall clock (Unix milliseconds): at least at
     /// every state change (so for a finished transaction, when it finished); SQLite also moves
-    /// it at every append. Retention ([`Store::purge_finished`]) compares this.
+    /// it at every append. Retention ([`Listing::purge_finished`]) compares this.
     pub updated_at: u64,
 }
 
@@ -166,7 +166,7 @@ pub struct Lease {
     pub ms: u64,
 }
 
-/// The answer to a [`Store::claim`].
+/// The answer to a [`Leases::claim`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// The lease is the claimer's, at this epoch.
@@ -204,18 +204,44 @@ pub enum WriteMode {
     Volatile,
 }
 
-/// Where transactions live. Object-safe; held as `Arc<dyn Store>`.
+/// A store's log of transactions: each a header and an append-only list of records. Appends to
+/// one transaction are applied in order; an append whose epoch is not the transaction's current
+/// one is refused ([`fenced`]), so a worker that lost its lease cannot write.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait TransactionLog: Send + Sync + 'static {
     /// Writes the header of a new transaction (or of a new run of a finished one) and returns
     /// its epoch. With a lease the creator owns it; without one it is due at once, for any
-    /// worker's [`claim_due`](Store::claim_due) (an enqueued start).
+    /// worker's [`claim_due`](Leases::claim_due) (an enqueued start).
     async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64>;
     /// Appends records to a transaction's log, in one durable write, if `epoch` is current
     /// ([`Error::Fenced`] otherwise). Records that finish the transaction also end its lease.
     async fn append(&self, key: &TransactionKey, epoch: u64, records: Vec<Record>) -> Result<()>;
     /// Reads a transaction's header and log, if it exists.
     async fn load(&self, key: &TransactionKey) -> Result<Option<StoredTransaction>>;
+    /// How the store's appends are made durable, which decides when the engine appends (see
+    /// [`WriteMode`]). Default: [`WriteMode::Durable`].
+    fn write_mode(&self) -> WriteMode {
+        WriteMode::Durable
+    }
+    /// [`create`](TransactionLog::create) and a first [`append`](TransactionLog::append) at the new epoch, in one
+    /// write where the store can (pipelined stores use it for generated transaction ids, which
+    /// cannot be taken). Default: one after the other.
+    async fn create_and_append(
+        &self,
+        header: &TransactionHeader,
+        lease: Option<&Lease>,
+        records: Vec<Record>,
+    ) -> Result<u64> {
+        let epoch = self.create(header, lease).await?;
+        self.append(&header.key, epoch, records).await?;
+        Ok(epoch)
+    }
+}
+
+/// Who advances each transaction: a lease (an owner until a time), an epoch that grows with
+/// every new holder, and when an unleased transaction is due to be taken over.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
     /// The summary of a transaction, if it exists.
     async fn summary(&self, key: &TransactionKey) -> Result<Option<TransactionSummary>>;
     /// Takes (or keeps) a transaction's lease, unless another worker's lease runs now.
@@ -236,25 +262,12 @@ pub trait Store: Send + Sync + 'static {
     /// and taken over) is left alone, so a transaction this worker dropped lapses and is taken
     /// over.
     async fn renew(&self, lease: &Lease, keys: &[TransactionKey]) -> Result<usize>;
-    /// How the store's appends are made durable, which decides when the engine appends (see
-    /// [`WriteMode`]). Default: [`WriteMode::Durable`].
-    fn write_mode(&self) -> WriteMode {
-        WriteMode::Durable
-    }
-    /// [`create`](Store::create) and a first [`append`](Store::append) at the new epoch, in one
-    /// write where the store can (pipelined stores use it for generated transaction ids, which
-    /// cannot be taken). Default: one after the other.
-    async fn create_and_append(
-        &self,
-        header: &TransactionHeader,
-        lease: Option<&Lease>,
-        records: Vec<Record>,
-    ) -> Result<u64> {
-        let epoch = self.create(header, lease).await?;
-        self.append(&header.key, epoch, records).await?;
-        Ok(epoch)
-    }
+}
 
+/// Listing finished and running transactions, and deleting finished ones past their
+/// retention.
+#[async_trait]
+pub trait Listing: Send + Sync + 'static {
     /// A page of transaction summaries matching `filter`, newest first (`created_at`
     /// descending; ties in a store-defined order that is the same on every call), starting
     /// after `filter.after`. `next` is set when more may follow. Keyset pagination: a page is
@@ -265,6 +278,12 @@ pub trait Store: Send + Sync + 'static {
     /// deleted. Callers loop while it returns `purge.limit` (one bounded batch per call).
     async fn purge_finished(&self, purge: &Purge) -> Result<u64>;
 }
+
+/// Where transactions live: the log, leases and listing together. Implement the three traits;
+/// `Store` follows. Object-safe; held as `Arc<dyn Store>`.
+pub trait Store: TransactionLog + Leases + Listing {}
+
+impl<T: TransactionLog + Leases + Listing> Store for T {}
 
 /// The largest value (a workflow input, a step's response, as JSON) a durable store holds: it is
 /// loaded whole on every takeover and kept in memory while the run lives. Larger ones are
@@ -678,7 +697,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl TransactionLog for MemoryStore {
     fn write_mode(&self) -> WriteMode {
         WriteMode::Volatile
     }
@@ -712,7 +731,10 @@ impl Store for MemoryStore {
             records: e.records.clone(),
         }))
     }
+}
 
+#[async_trait]
+impl Leases for MemoryStore {
     async fn summary(&self, key: &TransactionKey) -> Result<Option<TransactionSummary>> {
         let (hash, shard) = self.shard(key);
         let shard = shard.lock();
@@ -799,6 +821,10 @@ impl Store for MemoryStore {
         }
         Ok(renewed)
     }
+}
+
+#[async_trait]
+impl Listing for MemoryStore {
     async fn list(&self, filter: &TransactionFilter) -> Result<TransactionPage> {
         filter.check()?;
         let mut matching: Vec<TransactionSummary> = Vec::new();
@@ -1056,7 +1082,7 @@ impl TransactionPage {
     }
 }
 
-/// Which finished transactions [`Store::purge_finished`] deletes, and how many at most.
+/// Which finished transactions [`Listing::purge_finished`] deletes, and how many at most.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Purge {
     /// Only those whose `updated_at` (store wall clock, Unix ms) is before this.

@@ -1,13 +1,14 @@
 //! Engine behaviour beyond the conformance scenarios: what handlers receive, injected time,
 //! async steps, cancel, idempotency, events, replay from the store, and typed errors.
 
+use gorgon_orchestration::Leases;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gorgon_orchestration::{
     Data, Engine, EngineOptions, Error, EventKind, Flow, FlowDefinition, HandlerType,
     IdempotencyKey, ManualClock, MemoryStore, RunOptions, StepCall, StepError, StepOutcome,
-    StepState, StepStatus, Store, TransactionKey, TransactionState, WorkflowOptions,
+    StepState, StepStatus, TransactionKey, TransactionState, WorkflowOptions,
 };
 use parking_lot::Mutex;
 use serde_json::json;

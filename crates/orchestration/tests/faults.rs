@@ -15,6 +15,7 @@ use gorgon_orchestration::{
     Record, RunOptions, StepCall, StepOutcome, Store, SystemClock, TransactionFilter,
     TransactionKey, TransactionPage, TransactionSummary, WorkerOptions, WorkflowOptions,
 };
+use gorgon_orchestration::{Leases, Listing, TransactionLog};
 use parking_lot::Mutex;
 
 /// The system clock, off by `offset_ms` (a worker whose clock is wrong).
@@ -56,7 +57,7 @@ impl Faulty {
 }
 
 #[async_trait]
-impl Store for Faulty {
+impl TransactionLog for Faulty {
     async fn create(
         &self,
         header: &TransactionHeader,
@@ -64,6 +65,7 @@ impl Store for Faulty {
     ) -> gorgon_orchestration::Result<u64> {
         self.inner.create(header, lease).await
     }
+
     async fn append(
         &self,
         key: &TransactionKey,
@@ -73,18 +75,24 @@ impl Store for Faulty {
         self.fail("append", &key.id)?;
         self.inner.append(key, epoch, records).await
     }
+
     async fn load(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
         self.inner.load(key).await
     }
+}
+
+#[async_trait]
+impl Leases for Faulty {
     async fn summary(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         self.inner.summary(key).await
     }
+
     async fn claim(
         &self,
         key: &TransactionKey,
@@ -93,6 +101,7 @@ impl Store for Faulty {
         self.fail("claim", &key.id)?;
         self.inner.claim(key, lease).await
     }
+
     async fn release(
         &self,
         key: &TransactionKey,
@@ -102,6 +111,7 @@ impl Store for Faulty {
         self.fail("release", &key.id)?;
         self.inner.release(key, epoch, wake_in).await
     }
+
     async fn claim_due(
         &self,
         workflows: &[Arc<str>],
@@ -110,6 +120,7 @@ impl Store for Faulty {
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         self.inner.claim_due(workflows, lease, limit).await
     }
+
     async fn renew(
         &self,
         lease: &Lease,
@@ -118,12 +129,17 @@ impl Store for Faulty {
         self.fail("renew", "leases")?;
         self.inner.renew(lease, keys).await
     }
+}
+
+#[async_trait]
+impl Listing for Faulty {
     async fn list(
         &self,
         filter: &TransactionFilter,
     ) -> gorgon_orchestration::Result<TransactionPage> {
         self.inner.list(filter).await
     }
+
     async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
         self.inner.purge_finished(purge).await
     }

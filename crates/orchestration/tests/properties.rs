@@ -15,11 +15,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use gorgon_orchestration::store::{StoredTransaction, TransactionHeader};
+use gorgon_orchestration::{Leases, Listing, TransactionLog};
 
 use gorgon_orchestration::flow::{Next, SkipOnPermanentFailure};
 use gorgon_orchestration::{
     Claim, EngineOptions, Flow, FlowDefinition, HandlerType, Lease, MemoryStore, Purge, Record,
-    RunOptions, StepCall, StepOptions, StepOutcome, StepRun, Store, Transaction, TransactionFilter,
+    RunOptions, StepCall, StepOptions, StepOutcome, StepRun, Transaction, TransactionFilter,
     TransactionKey, TransactionPage, TransactionState, TransactionSummary, WorkflowOptions,
     WriteMode,
 };
@@ -164,7 +165,7 @@ struct PathStore {
 }
 
 #[async_trait]
-impl Store for PathStore {
+impl TransactionLog for PathStore {
     fn write_mode(&self) -> WriteMode {
         match self.path {
             WritePath::EveryStep => WriteMode::Durable,
@@ -172,6 +173,7 @@ impl Store for PathStore {
             WritePath::Deferred => WriteMode::Volatile,
         }
     }
+
     async fn create(
         &self,
         header: &TransactionHeader,
@@ -179,6 +181,7 @@ impl Store for PathStore {
     ) -> gorgon_orchestration::Result<u64> {
         self.inner.create(header, lease).await
     }
+
     async fn append(
         &self,
         key: &TransactionKey,
@@ -187,18 +190,24 @@ impl Store for PathStore {
     ) -> gorgon_orchestration::Result<()> {
         self.inner.append(key, epoch, records).await
     }
+
     async fn load(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
         self.inner.load(key).await
     }
+}
+
+#[async_trait]
+impl Leases for PathStore {
     async fn summary(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         self.inner.summary(key).await
     }
+
     async fn claim(
         &self,
         key: &TransactionKey,
@@ -206,6 +215,7 @@ impl Store for PathStore {
     ) -> gorgon_orchestration::Result<Claim> {
         self.inner.claim(key, lease).await
     }
+
     async fn release(
         &self,
         key: &TransactionKey,
@@ -214,6 +224,7 @@ impl Store for PathStore {
     ) -> gorgon_orchestration::Result<()> {
         self.inner.release(key, epoch, wake_in).await
     }
+
     async fn claim_due(
         &self,
         workflows: &[Arc<str>],
@@ -222,6 +233,7 @@ impl Store for PathStore {
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         self.inner.claim_due(workflows, lease, limit).await
     }
+
     async fn renew(
         &self,
         lease: &Lease,
@@ -229,12 +241,17 @@ impl Store for PathStore {
     ) -> gorgon_orchestration::Result<usize> {
         self.inner.renew(lease, keys).await
     }
+}
+
+#[async_trait]
+impl Listing for PathStore {
     async fn list(
         &self,
         filter: &TransactionFilter,
     ) -> gorgon_orchestration::Result<TransactionPage> {
         self.inner.list(filter).await
     }
+
     async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
         self.inner.purge_finished(purge).await
     }

@@ -1,5 +1,6 @@
 //! The in-memory store passes the store suite.
 
+use gorgon_orchestration::TransactionLog;
 use std::sync::Arc;
 
 use gorgon_orchestration::{

@@ -13,6 +13,7 @@ use gorgon_orchestration::{
     RunOptions, StepCall, StepOutcome, Store, SystemClock, TransactionFilter, TransactionKey,
     TransactionPage, TransactionState, TransactionSummary, WorkerOptions, WorkflowOptions,
 };
+use gorgon_orchestration::{Leases, Listing, TransactionLog};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -135,7 +136,7 @@ struct Flaky {
 }
 
 #[async_trait]
-impl Store for Flaky {
+impl TransactionLog for Flaky {
     async fn create(
         &self,
         header: &TransactionHeader,
@@ -143,6 +144,7 @@ impl Store for Flaky {
     ) -> gorgon_orchestration::Result<u64> {
         self.inner.create(header, lease).await
     }
+
     async fn append(
         &self,
         key: &TransactionKey,
@@ -159,18 +161,24 @@ impl Store for Flaky {
         }
         self.inner.append(key, epoch, records).await
     }
+
     async fn load(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
         self.inner.load(key).await
     }
+}
+
+#[async_trait]
+impl Leases for Flaky {
     async fn summary(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         self.inner.summary(key).await
     }
+
     async fn claim(
         &self,
         key: &TransactionKey,
@@ -178,6 +186,7 @@ impl Store for Flaky {
     ) -> gorgon_orchestration::Result<Claim> {
         self.inner.claim(key, lease).await
     }
+
     async fn release(
         &self,
         key: &TransactionKey,
@@ -186,6 +195,7 @@ impl Store for Flaky {
     ) -> gorgon_orchestration::Result<()> {
         self.inner.release(key, epoch, wake_in).await
     }
+
     async fn claim_due(
         &self,
         workflows: &[Arc<str>],
@@ -194,6 +204,7 @@ impl Store for Flaky {
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         self.inner.claim_due(workflows, lease, limit).await
     }
+
     async fn renew(
         &self,
         lease: &Lease,
@@ -201,12 +212,17 @@ impl Store for Flaky {
     ) -> gorgon_orchestration::Result<usize> {
         self.inner.renew(lease, keys).await
     }
+}
+
+#[async_trait]
+impl Listing for Flaky {
     async fn list(
         &self,
         filter: &TransactionFilter,
     ) -> gorgon_orchestration::Result<TransactionPage> {
         self.inner.list(filter).await
     }
+
     async fn purge_finished(
         &self,
         purge: &gorgon_orchestration::Purge,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use gorgon_orchestration::Leases;
 use std::sync::Arc;
 use std::time::Duration;
 

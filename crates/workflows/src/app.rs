@@ -48,7 +48,7 @@ pub struct RunOptions {
     /// runs always hold theirs for their parent.
     pub hold_events: bool,
     /// Whether a finished run of this transaction id answers with its stored result instead of
-    /// running again; `None`: as the workflow's [`idempotent`](WorkflowOptions::idempotent)
+    /// running again; `None`: as the workflow's [`idempotent`](gorgon_orchestration::WorkflowOptions::idempotent)
     /// option says. An idempotent run is kept until its workflow's retention ends.
     ///
     /// [`WorkflowOptions::idempotent`]: gorgon_orchestration::WorkflowOptions::idempotent

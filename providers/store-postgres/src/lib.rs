@@ -59,7 +59,7 @@
 //! reverted, failed)`, so of two concurrent creates of one id exactly one wins, and the other
 //! gets [`Error::AlreadyStarted`](gorgon_orchestration::Error::AlreadyStarted).
 //!
-//! Listing and retention (`Store::list`, `Store::purge_finished`) use the indexes of
+//! Listing and retention (`Listing::list`, `Listing::purge_finished`) use the indexes of
 //! `migrations/0002_listing.sql`; [`PostgresRelay`] carries engine events over `LISTEN/NOTIFY`.
 //!
 //! # Durability modes and what survives a crash
@@ -67,7 +67,7 @@
 //! - [`Durability::EveryStep`] (the default): each `append` is its own commit and returns once
 //!   PostgreSQL has committed it. Latency per step is one commit (about 2 ms with the default
 //!   `fsync` here); throughput is bounded by how many commits the server makes per second.
-//! - [`Durability::Batched`]: the store is *pipelined* (`Store::write_mode` is
+//! - [`Durability::Batched`]: the store is *pipelined* (`TransactionLog::write_mode` is
 //!   [`WriteMode::Pipelined`]): the engine does not wait for each append before the next step,
 //!   keeps one append per transaction in flight, and returns a run's outcome only once all of it
 //!   is committed. Appends of many transactions are queued to background writers
@@ -80,7 +80,7 @@
 //!   thousand, so throughput grows with concurrency.
 //!
 //! A transaction with a generated id is created in the commit of its first append
-//! (`Store::create_and_append`), in both modes.
+//! (`TransactionLog::create_and_append`), in both modes.
 //!
 //! Either way an `append` that returned `Ok` is durable: it survives a crash of the process and
 //! (with PostgreSQL's default `fsync = on`, `synchronous_commit = on`) of the database host. An
@@ -99,9 +99,10 @@ use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
 };
 use gorgon_orchestration::{
-    Error as StoreError, Purge, Record, Store, TransactionFilter, TransactionKey, TransactionPage,
+    Error as StoreError, Purge, Record, TransactionFilter, TransactionKey, TransactionPage,
     WriteMode,
 };
+use gorgon_orchestration::{Leases, Listing, TransactionLog};
 use gorgon_store_sql::log_rows::{self, NewTransaction, encode, encode_packed};
 use gorgon_store_sql::sql_listing::{self, Dialect};
 use gorgon_store_sql::{
@@ -718,7 +719,7 @@ ORDER BY seq
 "#;
 
 #[async_trait]
-impl Store for PostgresStore {
+impl TransactionLog for PostgresStore {
     async fn create(
         &self,
         header: &TransactionHeader,
@@ -780,7 +781,10 @@ impl Store for PostgresStore {
     ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
         self.reads().load(LOAD_SQL, key).await
     }
+}
 
+#[async_trait]
+impl Leases for PostgresStore {
     async fn claim(
         &self,
         key: &TransactionKey,
@@ -871,7 +875,10 @@ impl Store for PostgresStore {
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         self.reads().summary(SUMMARY_SQL, key).await
     }
+}
 
+#[async_trait]
+impl Listing for PostgresStore {
     async fn list(
         &self,
         filter: &TransactionFilter,

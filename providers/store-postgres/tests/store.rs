@@ -1,6 +1,7 @@
 //! The PostgreSQL store against the real database: the store suite in both durability modes,
 //! create races, batching, failures and reopening. Each test uses its own schema and drops it.
 
+use gorgon_orchestration::TransactionLog;
 use std::sync::Arc;
 
 use gorgon_orchestration::store::TransactionHeader;

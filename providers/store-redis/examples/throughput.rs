@@ -5,12 +5,13 @@
 //! steps, finish), run with CONCURRENCY transactions in flight. Keys go under a prefix of the
 //! run's own and are deleted at the end.
 
+use gorgon_orchestration::TransactionLog;
 use std::sync::Arc;
 use std::time::Instant;
 
 use gorgon_orchestration::machine::TransactionFields;
 use gorgon_orchestration::store::{Lease, TransactionHeader, TransactionKey};
-use gorgon_orchestration::{Data, HandlerType, Record, Store, TransactionState};
+use gorgon_orchestration::{Data, HandlerType, Record, TransactionState};
 use gorgon_store_redis::{Durability, Options, RedisStore};
 use tokio::sync::Semaphore;
 

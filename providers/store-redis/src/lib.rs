@@ -127,7 +127,7 @@
 //! replaces a finished one; `append` is one atomic write; `load` returns the records in append
 //! order; an append or release with a stale epoch is refused with `Fenced`. A new run of a
 //! finished id gets a newer epoch, so an append from the old run that arrives late is fenced
-//! too. Nothing expires by itself: `Store::list` pages the indexes and `Store::purge_finished`
+//! too. Nothing expires by itself: `Listing::list` pages the indexes and `Listing::purge_finished`
 //! deletes finished runs (see `listing.rs`); [`RedisRelay`] carries engine events over pub/sub.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -146,7 +146,8 @@ use async_trait::async_trait;
 use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionKey, TransactionSummary, fenced,
 };
-use gorgon_orchestration::{Data, Record, Store, TransactionState, WriteMode};
+use gorgon_orchestration::{Data, Record, TransactionState, WriteMode};
+use gorgon_orchestration::{Leases, Listing, TransactionLog};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -682,7 +683,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl TransactionLog for RedisStore {
     async fn create(
         &self,
         header: &TransactionHeader,
@@ -761,6 +762,77 @@ impl Store for RedisStore {
         }
     }
 
+    fn write_mode(&self) -> WriteMode {
+        if self.inner.batch.is_some() {
+            WriteMode::Pipelined
+        } else {
+            WriteMode::Durable
+        }
+    }
+
+    async fn load(
+        &self,
+        key: &TransactionKey,
+    ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
+        let member = member(key);
+        let mut connection = self.inner.connection.clone();
+        let (fields, log): (Vec<Option<String>>, Vec<String>) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(self.header_key(&member))
+            .arg(&["run_id", "payload", "created_at"])
+            .cmd("LRANGE")
+            .arg(self.log_key(&member))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| store_error("load", key, e))?;
+        let [run_id, payload, created_at]: [Option<String>; 3] = fields
+            .try_into()
+            .map_err(|_| store_error("load", key, "HMGET returned the wrong number of fields"))?;
+        let (Some(run_id), Some(payload), Some(created_at)) = (run_id, payload, created_at) else {
+            return Ok(None);
+        };
+        let payload: serde_json::Value = serde_json::from_str(&payload).map_err(|e| {
+            store_error("load", key, format!("the stored payload is not JSON: {e}"))
+        })?;
+        let created_at = created_at
+            .parse()
+            .map_err(|_| store_error("load", key, "the stored created_at is not a number"))?;
+        // The first entry marks the run the log belongs to.
+        if log.first() != Some(&run_id) {
+            return Err(store_error(
+                "load",
+                key,
+                format!("the log does not start with the marker of run {run_id}"),
+            ));
+        }
+        let records = log
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, entry)| {
+                serde_json::from_str::<Record>(entry).map_err(|e| {
+                    store_error("load", key, format!("log entry {i} is not a record: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(StoredTransaction {
+            header: TransactionHeader {
+                key: key.clone(),
+                run_id: run_id.into(),
+                payload: Data::json(payload),
+                created_at,
+                keep: Default::default(),
+            },
+            records,
+        }))
+    }
+}
+
+#[async_trait]
+impl Leases for RedisStore {
     async fn claim(
         &self,
         key: &TransactionKey,
@@ -867,14 +939,6 @@ impl Store for RedisStore {
             .collect()
     }
 
-    fn write_mode(&self) -> WriteMode {
-        if self.inner.batch.is_some() {
-            WriteMode::Pipelined
-        } else {
-            WriteMode::Durable
-        }
-    }
-
     async fn renew(
         &self,
         lease: &Lease,
@@ -903,66 +967,6 @@ impl Store for RedisStore {
             }
         })?;
         Ok(usize::try_from(renewed).unwrap_or(0))
-    }
-
-    async fn load(
-        &self,
-        key: &TransactionKey,
-    ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
-        let member = member(key);
-        let mut connection = self.inner.connection.clone();
-        let (fields, log): (Vec<Option<String>>, Vec<String>) = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(self.header_key(&member))
-            .arg(&["run_id", "payload", "created_at"])
-            .cmd("LRANGE")
-            .arg(self.log_key(&member))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| store_error("load", key, e))?;
-        let [run_id, payload, created_at]: [Option<String>; 3] = fields
-            .try_into()
-            .map_err(|_| store_error("load", key, "HMGET returned the wrong number of fields"))?;
-        let (Some(run_id), Some(payload), Some(created_at)) = (run_id, payload, created_at) else {
-            return Ok(None);
-        };
-        let payload: serde_json::Value = serde_json::from_str(&payload).map_err(|e| {
-            store_error("load", key, format!("the stored payload is not JSON: {e}"))
-        })?;
-        let created_at = created_at
-            .parse()
-            .map_err(|_| store_error("load", key, "the stored created_at is not a number"))?;
-        // The first entry marks the run the log belongs to.
-        if log.first() != Some(&run_id) {
-            return Err(store_error(
-                "load",
-                key,
-                format!("the log does not start with the marker of run {run_id}"),
-            ));
-        }
-        let records = log
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(i, entry)| {
-                serde_json::from_str::<Record>(entry).map_err(|e| {
-                    store_error("load", key, format!("log entry {i} is not a record: {e}"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(StoredTransaction {
-            header: TransactionHeader {
-                key: key.clone(),
-                run_id: run_id.into(),
-                payload: Data::json(payload),
-                created_at,
-                keep: Default::default(),
-            },
-            records,
-        }))
     }
 
     async fn summary(
@@ -1000,7 +1004,10 @@ impl Store for RedisStore {
                 .map_or(created_at, |u| u as u64),
         }))
     }
+}
 
+#[async_trait]
+impl Listing for RedisStore {
     // ---- executions listing and retention (issue 4): see listing.rs ----
     async fn list(
         &self,

@@ -151,7 +151,7 @@ impl RedisStore {
         }
     }
 
-    /// [`Store::list`](gorgon_orchestration::Store::list) on the indexes.
+    /// [`Listing::list`](gorgon_orchestration::Listing::list) on the indexes.
     pub(crate) async fn list_page(
         &self,
         filter: &TransactionFilter,
@@ -179,7 +179,7 @@ impl RedisStore {
         Ok(TransactionPage::from_sorted(items, filter.limit))
     }
 
-    /// [`Store::purge_finished`](gorgon_orchestration::Store::purge_finished) on the indexes.
+    /// [`Listing::purge_finished`](gorgon_orchestration::Listing::purge_finished) on the indexes.
     pub(crate) async fn purge_page(&self, purge: &Purge) -> Result<u64, Error> {
         let limit = purge.limit.max(1);
         let finished: Vec<String> = ["done", "reverted", "failed"]

@@ -2,6 +2,7 @@
 //! port, with `appendonly yes` and `appendfsync always`) is killed with SIGKILL after batched
 //! appends were acknowledged, and restarted on the same directory.
 
+use gorgon_orchestration::{Leases, TransactionLog};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use gorgon_orchestration::machine::TransactionFields;
 use gorgon_orchestration::store::{TransactionHeader, TransactionKey};
-use gorgon_orchestration::{Data, HandlerType, Record, Store, TransactionState};
+use gorgon_orchestration::{Data, HandlerType, Record, TransactionState};
 use gorgon_store_redis::{Durability, Options, RedisStore};
 use serde_json::json;
 

@@ -1,6 +1,7 @@
 //! The Redis store against the real Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`).
 //! Every test uses its own key prefix and deletes its keys at the end.
 
+use gorgon_orchestration::{Leases, TransactionLog};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -79,7 +79,7 @@
 //! committed. Rows written before migration 0002 get epoch 1, no owner and no wake-up time:
 //! a worker claims them by name, never by `claim_due`.
 //!
-//! Listing and retention (`Store::list`, `Store::purge_finished`) use the indexes of
+//! Listing and retention (`Listing::list`, `Listing::purge_finished`) use the indexes of
 //! `migrations/0002_listing.sql`; a purge is one SQLite transaction on the write connection.
 //!
 //! # Durability modes and what survives a crash
@@ -111,9 +111,10 @@ use gorgon_orchestration::store::{
     Claim, Lease, StoredTransaction, TransactionHeader, TransactionSummary, fenced,
 };
 use gorgon_orchestration::{
-    Error as StoreError, Purge, Record, Store, TransactionFilter, TransactionKey, TransactionPage,
+    Error as StoreError, Purge, Record, TransactionFilter, TransactionKey, TransactionPage,
     WriteMode,
 };
+use gorgon_orchestration::{Leases, Listing, TransactionLog};
 use gorgon_store_sql::log_rows::{self, NewTransaction, encode};
 use gorgon_store_sql::sql_listing::{self, Dialect};
 use gorgon_store_sql::{
@@ -593,7 +594,7 @@ SELECT l.seq, l.run_id, l.record, 0
 ORDER BY seq";
 
 #[async_trait]
-impl Store for SqliteStore {
+impl TransactionLog for SqliteStore {
     async fn create(
         &self,
         header: &TransactionHeader,
@@ -663,6 +664,24 @@ impl Store for SqliteStore {
         Ok(1)
     }
 
+    fn write_mode(&self) -> WriteMode {
+        if self.inner.queue.is_some() {
+            WriteMode::Pipelined
+        } else {
+            WriteMode::Durable
+        }
+    }
+
+    async fn load(
+        &self,
+        key: &TransactionKey,
+    ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
+        self.reads().load(LOAD_SQL, key).await
+    }
+}
+
+#[async_trait]
+impl Leases for SqliteStore {
     async fn claim(
         &self,
         key: &TransactionKey,
@@ -758,14 +777,6 @@ impl Store for SqliteStore {
         Ok(claimed(rows))
     }
 
-    fn write_mode(&self) -> WriteMode {
-        if self.inner.queue.is_some() {
-            WriteMode::Pipelined
-        } else {
-            WriteMode::Durable
-        }
-    }
-
     async fn renew(
         &self,
         lease: &Lease,
@@ -794,20 +805,16 @@ impl Store for SqliteStore {
         Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
     }
 
-    async fn load(
-        &self,
-        key: &TransactionKey,
-    ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
-        self.reads().load(LOAD_SQL, key).await
-    }
-
     async fn summary(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         self.reads().summary(SUMMARY_SQL, key).await
     }
+}
 
+#[async_trait]
+impl Listing for SqliteStore {
     async fn list(
         &self,
         filter: &TransactionFilter,

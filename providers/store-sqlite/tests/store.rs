@@ -1,6 +1,7 @@
 //! The SQLite store on real files: the store suite in both durability modes and in memory,
 //! create races (one file, two stores), batching, failures, and a log surviving its process.
 
+use gorgon_orchestration::{Leases, TransactionLog};
 use std::sync::Arc;
 
 use gorgon_orchestration::store::{Claim, Lease, TransactionHeader};

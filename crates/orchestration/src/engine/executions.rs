@@ -1,9 +1,9 @@
 //! Executions: listing transactions, one transaction in detail, and retention.
 //!
 //! ```text
-//!   Engine::list(filter)            ─► Store::list          (summaries, newest first, keyset pages)
-//!   Engine::detail(workflow, id)    ─► the live or replayed transaction + Store::summary
-//!   Engine::purge_finished(before)  ─► Store::purge_finished, batch after batch
+//!   Engine::list(filter)            ─► Listing::list          (summaries, newest first, keyset pages)
+//!   Engine::detail(workflow, id)    ─► the live or replayed transaction + Leases::summary
+//!   Engine::purge_finished(before)  ─► Listing::purge_finished, batch after batch
 //!   Engine::spawn_retention_sweep   ─► every interval, per workflow with `retentionTime`
 //! ```
 

@@ -9,7 +9,7 @@
 //!   run / resume / set_step_success / cancel / timer fired
 //!                 │
 //!                 ▼
-//!   lock the transaction ──► machine: next_round(now) ──► Effects ──► Store::append, timers, events
+//!   lock the transaction ──► machine: next_round(now) ──► Effects ──► TransactionLog::append, timers, events
 //!                 ▲                   │ Round::Run
 //!                 │                   ▼
 //!                 └──── complete() ◄── handlers (sync: awaited together; async: spawned)

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use gorgon_orchestration::{
-    Claim, Lease, MemoryStore, Record, Store, TransactionKey,
+    Claim, Lease, MemoryStore, Record, TransactionKey,
     store::{StoredTransaction, TransactionHeader, TransactionSummary},
 };
+use gorgon_orchestration::{Leases, Listing, TransactionLog};
 use gorgon_workflows::{App, Services, StepContext, StepFailure};
 use parking_lot::Mutex;
 
@@ -58,7 +59,7 @@ fn through_json<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) ->
 }
 
 #[async_trait]
-impl Store for JsonStore {
+impl TransactionLog for JsonStore {
     async fn create(
         &self,
         header: &TransactionHeader,
@@ -66,6 +67,7 @@ impl Store for JsonStore {
     ) -> gorgon_orchestration::Result<u64> {
         self.inner.create(&through_json(header), lease).await
     }
+
     async fn append(
         &self,
         key: &TransactionKey,
@@ -75,18 +77,24 @@ impl Store for JsonStore {
         let records: Vec<Record> = through_json(&records);
         self.inner.append(key, epoch, records).await
     }
+
     async fn load(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
         self.inner.load(key).await
     }
+}
+
+#[async_trait]
+impl Leases for JsonStore {
     async fn summary(
         &self,
         key: &TransactionKey,
     ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
         self.inner.summary(key).await
     }
+
     async fn claim(
         &self,
         key: &TransactionKey,
@@ -94,6 +102,7 @@ impl Store for JsonStore {
     ) -> gorgon_orchestration::Result<Claim> {
         self.inner.claim(key, lease).await
     }
+
     async fn release(
         &self,
         key: &TransactionKey,
@@ -102,6 +111,7 @@ impl Store for JsonStore {
     ) -> gorgon_orchestration::Result<()> {
         self.inner.release(key, epoch, wake_in).await
     }
+
     async fn claim_due(
         &self,
         workflows: &[Arc<str>],
@@ -110,6 +120,7 @@ impl Store for JsonStore {
     ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
         self.inner.claim_due(workflows, lease, limit).await
     }
+
     async fn renew(
         &self,
         lease: &Lease,
@@ -117,12 +128,17 @@ impl Store for JsonStore {
     ) -> gorgon_orchestration::Result<usize> {
         self.inner.renew(lease, keys).await
     }
+}
+
+#[async_trait]
+impl Listing for JsonStore {
     async fn list(
         &self,
         filter: &gorgon_orchestration::TransactionFilter,
     ) -> gorgon_orchestration::Result<gorgon_orchestration::TransactionPage> {
         self.inner.list(filter).await
     }
+
     async fn purge_finished(
         &self,
         purge: &gorgon_orchestration::Purge,
