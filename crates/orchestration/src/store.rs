@@ -204,6 +204,18 @@ pub enum WriteMode {
     Volatile,
 }
 
+impl WriteMode {
+    /// [`Pipelined`](Self::Pipelined) for a store that batches its appends, else
+    /// [`Durable`](Self::Durable).
+    pub fn batched_if(batched: bool) -> Self {
+        if batched {
+            WriteMode::Pipelined
+        } else {
+            WriteMode::Durable
+        }
+    }
+}
+
 /// A store's log of transactions: each a header and an append-only list of records. Appends to
 /// one transaction are applied in order; an append whose epoch is not the transaction's current
 /// one is refused ([`fenced`]), so a worker that lost its lease cannot write.
@@ -348,6 +360,8 @@ pub struct MemoryStore {
     hasher: KeyHasher,
     /// The store's clock: lease ends and wake-up times are its.
     clock: StoreClock,
+    /// How it tells the engine its appends become durable.
+    write_mode: WriteMode,
 }
 
 /// The clock a memory store keeps its lease times on.
@@ -516,6 +530,7 @@ impl MemoryStore {
             keep_records: Self::DEFAULT_KEEP_RECORDS,
             hasher: KeyHasher::default(),
             clock: StoreClock(Arc::new(crate::SystemClock)),
+            write_mode: WriteMode::Volatile,
         }
     }
     /// The same store keeping its lease times on `clock` (the system clock by default): the
@@ -523,6 +538,13 @@ impl MemoryStore {
     /// that move a [`ManualClock`](crate::ManualClock) to lapse leases give the store that clock.
     pub fn with_clock(mut self, clock: Arc<dyn crate::Clock>) -> Self {
         self.clock = StoreClock(clock);
+        self
+    }
+    /// The same store declaring another [`WriteMode`] (volatile by default), so that tests run
+    /// the engine's other write paths on it. It keeps its records in memory whatever it
+    /// declares; declared durable or pipelined, the engine also checks its leases.
+    pub fn declaring(mut self, write_mode: WriteMode) -> Self {
+        self.write_mode = write_mode;
         self
     }
     fn now(&self) -> u64 {
@@ -699,7 +721,7 @@ impl MemoryStore {
 #[async_trait]
 impl TransactionLog for MemoryStore {
     fn write_mode(&self) -> WriteMode {
-        WriteMode::Volatile
+        self.write_mode
     }
 
     async fn create(&self, header: &TransactionHeader, lease: Option<&Lease>) -> Result<u64> {

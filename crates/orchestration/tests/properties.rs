@@ -13,16 +13,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use gorgon_orchestration::store::{StoredTransaction, TransactionHeader};
-use gorgon_orchestration::{Leases, Listing, TransactionLog};
+use gorgon_orchestration::TransactionLog;
 
 use gorgon_orchestration::flow::{Next, SkipOnPermanentFailure};
 use gorgon_orchestration::{
-    Claim, EngineOptions, Flow, FlowDefinition, HandlerType, Lease, MemoryStore, Purge, Record,
-    RunOptions, StepCall, StepOptions, StepOutcome, StepRun, Transaction, TransactionFilter,
-    TransactionKey, TransactionPage, TransactionState, TransactionSummary, WorkflowOptions,
-    WriteMode,
+    EngineOptions, Flow, FlowDefinition, HandlerType, MemoryStore, RunOptions, StepCall,
+    StepOptions, StepOutcome, StepRun, Transaction, TransactionKey, TransactionState,
+    WorkflowOptions, WriteMode,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -158,105 +155,6 @@ const WRITE_PATHS: [WritePath; 3] = [
     WritePath::Deferred,
 ];
 
-/// The memory store, declaring one write path.
-struct PathStore {
-    inner: MemoryStore,
-    path: WritePath,
-}
-
-#[async_trait]
-impl TransactionLog for PathStore {
-    fn write_mode(&self) -> WriteMode {
-        match self.path {
-            WritePath::EveryStep => WriteMode::Durable,
-            WritePath::Pipelined => WriteMode::Pipelined,
-            WritePath::Deferred => WriteMode::Volatile,
-        }
-    }
-
-    async fn create(
-        &self,
-        header: &TransactionHeader,
-        lease: Option<&Lease>,
-    ) -> gorgon_orchestration::Result<u64> {
-        self.inner.create(header, lease).await
-    }
-
-    async fn append(
-        &self,
-        key: &TransactionKey,
-        epoch: u64,
-        records: Vec<Record>,
-    ) -> gorgon_orchestration::Result<()> {
-        self.inner.append(key, epoch, records).await
-    }
-
-    async fn load(
-        &self,
-        key: &TransactionKey,
-    ) -> gorgon_orchestration::Result<Option<StoredTransaction>> {
-        self.inner.load(key).await
-    }
-}
-
-#[async_trait]
-impl Leases for PathStore {
-    async fn summary(
-        &self,
-        key: &TransactionKey,
-    ) -> gorgon_orchestration::Result<Option<TransactionSummary>> {
-        self.inner.summary(key).await
-    }
-
-    async fn claim(
-        &self,
-        key: &TransactionKey,
-        lease: &Lease,
-    ) -> gorgon_orchestration::Result<Claim> {
-        self.inner.claim(key, lease).await
-    }
-
-    async fn release(
-        &self,
-        key: &TransactionKey,
-        epoch: u64,
-        wake_in: Option<u64>,
-    ) -> gorgon_orchestration::Result<()> {
-        self.inner.release(key, epoch, wake_in).await
-    }
-
-    async fn claim_due(
-        &self,
-        workflows: &[Arc<str>],
-        lease: &Lease,
-        limit: usize,
-    ) -> gorgon_orchestration::Result<Vec<(TransactionKey, u64)>> {
-        self.inner.claim_due(workflows, lease, limit).await
-    }
-
-    async fn renew(
-        &self,
-        lease: &Lease,
-        keys: &[TransactionKey],
-    ) -> gorgon_orchestration::Result<usize> {
-        self.inner.renew(lease, keys).await
-    }
-}
-
-#[async_trait]
-impl Listing for PathStore {
-    async fn list(
-        &self,
-        filter: &TransactionFilter,
-    ) -> gorgon_orchestration::Result<TransactionPage> {
-        self.inner.list(filter).await
-    }
-
-    async fn purge_finished(&self, purge: &Purge) -> gorgon_orchestration::Result<u64> {
-        self.inner.purge_finished(purge).await
-    }
-}
-
 /// What a run leaves behind, clocks left out: the transaction's state, and each step's.
 type RunEnd = (TransactionState, Vec<(String, StepRun)>);
 
@@ -323,10 +221,11 @@ fn run_on(
         .build()
         .expect("runtime");
     let (state, steps, replayed) = runtime.block_on(async {
-        let store = Arc::new(PathStore {
-            inner: MemoryStore::new(),
-            path,
-        });
+        let store = Arc::new(MemoryStore::new().declaring(match path {
+            WritePath::EveryStep => WriteMode::Durable,
+            WritePath::Pipelined => WriteMode::Pipelined,
+            WritePath::Deferred => WriteMode::Volatile,
+        }));
         let engine = EngineOptions {
             store: store.clone(),
             ..EngineOptions::default()

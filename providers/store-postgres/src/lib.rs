@@ -757,11 +757,7 @@ impl TransactionLog for PostgresStore {
     }
 
     fn write_mode(&self) -> WriteMode {
-        if self.inner.queue.is_some() {
-            WriteMode::Pipelined
-        } else {
-            WriteMode::Durable
-        }
+        WriteMode::batched_if(self.inner.queue.is_some())
     }
 
     async fn create_and_append(

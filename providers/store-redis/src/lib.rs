@@ -763,11 +763,7 @@ impl TransactionLog for RedisStore {
     }
 
     fn write_mode(&self) -> WriteMode {
-        if self.inner.batch.is_some() {
-            WriteMode::Pipelined
-        } else {
-            WriteMode::Durable
-        }
+        WriteMode::batched_if(self.inner.batch.is_some())
     }
 
     async fn load(

@@ -665,11 +665,7 @@ impl TransactionLog for SqliteStore {
     }
 
     fn write_mode(&self) -> WriteMode {
-        if self.inner.queue.is_some() {
-            WriteMode::Pipelined
-        } else {
-            WriteMode::Durable
-        }
+        WriteMode::batched_if(self.inner.queue.is_some())
     }
 
     async fn load(
