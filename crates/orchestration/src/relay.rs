@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!   engine A                                   relay                        engine B
-//!   Effect::Emit ─► local subscribers                                       local subscribers ◄─┐
+//!   an event     ─► local subscribers                                       local subscribers ◄─┐
 //!        └─► bounded queue ─► publisher task ─► publish(batch) ─► subscription ─► pump task ─┘
 //!            (full: dropped, counted)                                    (drops A's own events
 //!                                                                          by origin when they
