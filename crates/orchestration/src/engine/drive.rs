@@ -67,7 +67,7 @@ impl Engine {
                     }
                 };
                 now = self.now();
-                let (round, out) = writer.split();
+                let (round, out) = writer.round_and_actions();
                 tx.complete(only, outcome, round.steps(), now, out);
             } else if sync_count > 1 {
                 now = self.run_concurrently(tx, writer).await?;
@@ -156,7 +156,7 @@ impl Engine {
             }
             pending -= ready.len();
             now = self.now();
-            let (round, out) = writer.split();
+            let (round, out) = writer.round_and_actions();
             for (dispatch, outcome) in ready.drain(..) {
                 tx.complete(dispatch, outcome, round.steps(), now, out);
             }

@@ -101,14 +101,9 @@ impl<'a> Writer<'a> {
         &mut self.scratch.out
     }
 
-    /// The round buffer and the actions, for planning a round.
+    /// The round buffer and the actions: for planning a round, and for recording its outcomes.
     pub(super) fn round_and_actions(&mut self) -> (&mut Round, &mut Actions) {
         (&mut self.scratch.round, &mut self.scratch.out)
-    }
-
-    /// The actions, with the round the writer's buffer holds.
-    pub(super) fn split(&mut self) -> (&Round, &mut Actions) {
-        (&self.scratch.round, &mut self.scratch.out)
     }
 
     /// The transaction's cell.
